@@ -1,0 +1,45 @@
+"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s typing`, `nox -s demo`, `nox -s bench`."""
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "typing", "tests"]
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite, with the oracle scenarios, on the installed package."""
+    session.install(".", *nox.project.dependency_groups(PYPROJECT, "tests"))
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install(".", *nox.project.dependency_groups(PYPROJECT, "typing"))
+    session.run("mypy", "--strict")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The main demo: a supervision tree whose children crash and get restarted."""
+    session.install(".")
+    session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """otpy against triotp, pykka and bare trio, side by side (see bench/README.md)."""
+    session.install(".")
+    session.run("python", "bench/run.py", *session.posargs)

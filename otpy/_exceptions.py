@@ -1,0 +1,258 @@
+"""The otpy error tree.
+
+::
+
+    OtpError(Exception)
+    ├── CallError                  a call produced no reply
+    │   ├── NoProcess              nothing registered under that name, or it already exited
+    │   ├── CallTimeout            no reply within ``timeout`` (also a trio.TooSlowError)
+    │   ├── ServerExited           the server exited while the call was pending; .reason
+    │   └── CallingSelf            a process called itself (it would deadlock)
+    ├── AlreadyRegistered          a name is taken; .name, .pid
+    ├── StartError                 a process failed to start; .child_id, .reason
+    ├── InvalidChildSpec           a child spec is malformed; .child_id, .field, .value
+    ├── InvalidSupervisorFlags     a supervisor flag is malformed; .flag, .value
+    └── SupervisorError            a supervisor refused a management request
+        ├── ChildNotFound          no child with that id (or pid)
+        ├── ChildRunning           the child is running
+        ├── ChildRestarting        the child is between restart attempts
+        ├── AlreadyStarted         a child with that id is running; .pid
+        ├── AlreadyPresent         a stopped child with that id exists
+        └── MaxChildren            a DynamicSupervisor is full
+
+    ProcessExit(Exception)         raised by a process to exit with a reason (Erlang's exit/1)
+
+Exit reasons are data, not errors: ``"normal"``, ``"shutdown"``, ``("shutdown", term)``,
+``"killed"``, any other term, or the exception that crashed the process.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+    from ._process import Pid
+
+
+def format_reason(reason: object) -> str:
+    """Render an exit reason for humans: exceptions by type and message, terms by repr."""
+    if isinstance(reason, BaseException):
+        text = str(reason)
+        return f"{type(reason).__name__}({text!r})" if text else type(reason).__name__
+    return repr(reason)
+
+
+@attrs.define(eq=False, init=False, repr=False, slots=False)
+class OtpError(Exception):
+    """Base class of every error that otpy raises."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class CallError(OtpError):
+    """A call produced no reply."""
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class NoProcess(CallError):
+    """No process is registered under that name, or the process already exited.
+
+    Example::
+
+        with pytest.raises(otpy.NoProcess):
+            await otpy.call("nobody", "ping")
+    """
+
+    server: object
+    request: object = None
+
+    def __str__(self) -> str:
+        return f"no process {self.server!r}: it is not registered or has already exited"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class CallTimeout(CallError, trio.TooSlowError):
+    """The server did not reply within ``timeout`` seconds.
+
+    It also derives from `trio.TooSlowError`, so code written against
+    `trio.fail_after` keeps working. A reply that arrives later is dropped.
+    """
+
+    server: object
+    request: object
+    timeout: float
+
+    def __str__(self) -> str:
+        return f"call to {self.server!r} timed out after {self.timeout:g} s (request {type(self.request).__name__})"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ServerExited(CallError):
+    """The server exited before it replied.
+
+    ``reason`` is the server's exit reason: ``"normal"``, ``"shutdown"``, ``"killed"``,
+    another term, or the exception that crashed it.
+    """
+
+    server: object
+    reason: object
+
+    def __str__(self) -> str:
+        return f"server {self.server!r} exited before replying: {format_reason(self.reason)}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class CallingSelf(CallError):
+    """A process called itself, which would deadlock until the timeout."""
+
+    server: object
+
+    def __str__(self) -> str:
+        return f"process {self.server!r} called itself"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class AlreadyRegistered(OtpError):
+    """The name is already registered by a live process (OTP's ``{already_started, Pid}``)."""
+
+    name: object
+    pid: Pid
+
+    def __str__(self) -> str:
+        return f"name {self.name!r} is already registered by {self.pid!r}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class StartError(OtpError):
+    """A process did not start: its ``init`` failed or asked to stop.
+
+    ``reason`` is the exit reason of the failed start (an exception is also chained as
+    ``__cause__``). ``child_id`` names the child when a supervisor started it.
+    """
+
+    child_id: Hashable | None
+    reason: object
+
+    def __str__(self) -> str:
+        what = f"child {self.child_id!r}" if self.child_id is not None else "process"
+        return f"{what} failed to start: {format_reason(self.reason)}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class InvalidChildSpec(OtpError, ValueError):
+    """A child spec is malformed; ``field`` names the offending key.
+
+    ``field`` is one of ``"id"``, ``"start"``, ``"restart"``, ``"shutdown"``, ``"type"``,
+    ``"significant"`` or ``"spec"`` (the whole value). ``conflict`` is set when
+    ``significant`` clashes with another setting: ``("restart", "permanent")`` or
+    ``("auto_shutdown", "never")`` (OTP's ``bad_combination``).
+    """
+
+    child_id: object
+    field: str
+    value: object
+    problem: str
+    conflict: tuple[str, str] | None = None
+
+    def __str__(self) -> str:
+        return f"invalid child spec {self.child_id!r}: {self.field}={self.value!r}: {self.problem}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class InvalidSupervisorFlags(OtpError, ValueError):
+    """A supervisor flag is malformed (OTP's ``{supervisor_data, ...}``)."""
+
+    flag: str
+    value: object
+    problem: str
+
+    def __str__(self) -> str:
+        return f"invalid supervisor flag {self.flag}={self.value!r}: {self.problem}"
+
+
+class SupervisorError(OtpError):
+    """A supervisor refused a management request."""
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ChildNotFound(SupervisorError):
+    """The supervisor has no child with that id (or, for DynamicSupervisor, that pid)."""
+
+    child: object
+
+    def __str__(self) -> str:
+        return f"no child {self.child!r}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ChildRunning(SupervisorError):
+    """The child is running, so it cannot be restarted or deleted."""
+
+    child_id: object
+
+    def __str__(self) -> str:
+        return f"child {self.child_id!r} is running"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ChildRestarting(SupervisorError):
+    """The child is between failed restart attempts."""
+
+    child_id: object
+
+    def __str__(self) -> str:
+        return f"child {self.child_id!r} is restarting"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class AlreadyStarted(SupervisorError):
+    """A child with that id is already running under the supervisor."""
+
+    child_id: object
+    pid: Pid
+
+    def __str__(self) -> str:
+        return f"child {self.child_id!r} is already started as {self.pid!r}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class AlreadyPresent(SupervisorError):
+    """A child spec with that id exists (stopped); use ``restart_child`` or ``delete_child``."""
+
+    child_id: object
+
+    def __str__(self) -> str:
+        return f"child {self.child_id!r} is already present (not running)"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class MaxChildren(SupervisorError):
+    """The DynamicSupervisor already has ``max_children`` children."""
+
+    max_children: int
+
+    def __str__(self) -> str:
+        return f"the supervisor already has its maximum of {self.max_children} children"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ProcessExit(Exception):  # noqa: N818 (Erlang's exit/1, not an error)
+    """Raise it inside a process to exit with ``reason`` (Erlang's ``exit(Reason)``).
+
+    Example::
+
+        async def handle_cast(self, request):
+            if request == "quit":
+                raise otpy.ProcessExit(("shutdown", "asked to quit"))
+    """
+
+    reason: object
+
+    def __str__(self) -> str:
+        return f"process exit: {format_reason(self.reason)}"

@@ -1,0 +1,632 @@
+"""GenServer: a process that owns state and serves calls, casts and messages one at a time."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+
+import attrs
+import structlog
+import trio
+from outcome import Value as _Value
+
+from ._exceptions import CallTimeout, NoProcess, ProcessExit, ServerExited, StartError
+from ._process import (
+    _CURRENT,
+    CAST,
+    EXIT,
+    INFO,
+    SYS,
+    UNSET,
+    ExitSignal,
+    From,
+    Pid,
+    Server,
+    link_pair,
+    register,
+    reply,
+    resolve,
+    send_exit_signal,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Hashable
+
+    from ._child_spec import ChildSpec, Restart, ShutdownSpec
+
+_log = structlog.get_logger("otpy.gen_server")
+
+# --- what callbacks return ------------------------------------------------------------
+
+
+@attrs.frozen
+class Reply:
+    """``handle_call`` answers with ``value`` and goes on (Elixir's ``{:reply, value, state}``).
+
+    A plain return value is the same as ``Reply(value)``; use `Reply` for a value that is
+    itself a control object, or to add ``continue_`` or ``timeout``.
+
+    Example::
+
+        async def handle_call(self, request, from_):
+            return otpy.Reply(self.count, continue_="persist")
+    """
+
+    value: object
+    continue_: object = UNSET
+    timeout: float | None = None
+
+
+@attrs.frozen
+class NoReply:
+    """Go on without replying now (Elixir's ``{:noreply, state}``).
+
+    From ``handle_call`` it defers the reply: answer later with `reply`. From any
+    callback, ``continue_=arg`` runs ``handle_continue(arg)`` before the next message
+    (``{:continue, arg}``), and ``timeout=seconds`` delivers `TIMEOUT` to
+    ``handle_info`` if no message arrives in time.
+
+    Example::
+
+        async def init(self):
+            return otpy.NoReply(continue_="load")   # {:ok, state, {:continue, :load}}
+    """
+
+    continue_: object = UNSET
+    timeout: float | None = None
+
+
+@attrs.frozen
+class Stop:
+    """Stop the process with ``reason`` after running ``terminate`` (Elixir's ``{:stop, ...}``).
+
+    From ``handle_call``, ``reply=value`` answers the caller after ``terminate``; without
+    it the caller fails with `ServerExited`. From ``init`` it makes the start fail with
+    `StartError` carrying ``reason``.
+
+    Example::
+
+        async def handle_call(self, request, from_):
+            if request == "quit":
+                return otpy.Stop("normal", reply="bye")
+    """
+
+    reason: object = "normal"
+    reply: object = UNSET
+
+
+@attrs.frozen
+class Ignore:
+    """From ``init``: do not start, and tell the supervisor so (OTP's ``ignore``)."""
+
+
+@attrs.frozen
+class InactivityTimeout:
+    """The message ``handle_info`` gets when a ``timeout`` passes without messages (``:timeout``)."""
+
+
+TIMEOUT: Final = InactivityTimeout()
+
+_CONTROL: Final = frozenset({Reply, NoReply, Stop})
+
+
+class _Stopping(Exception):  # noqa: N818 (control flow inside the loop, never escapes)
+    def __init__(self, reason: object, from_: From | None = None, reply_value: object = UNSET) -> None:
+        super().__init__()
+        self.reason = reason
+        self.from_ = from_
+        self.reply_value = reply_value
+
+
+# --- exit reasons --------------------------------------------------------------------
+
+
+def is_normal_reason(reason: object) -> bool:
+    """Whether ``reason`` is a normal exit: ``"normal"``, ``"shutdown"`` or ``("shutdown", term)``.
+
+    A transient child is not restarted after a normal exit, and no crash is reported.
+
+    Example::
+
+        assert otpy.is_normal_reason(("shutdown", "bye"))
+        assert not otpy.is_normal_reason("killed")
+    """
+    if type(reason) is str:
+        return reason in ("normal", "shutdown")
+    return type(reason) is tuple and len(reason) == 2 and reason[0] == "shutdown"
+
+
+# --- the server base ----------------------------------------------------------------
+
+
+class ServerBase:
+    """What every otpy process class shares: start functions, child specs and the loop hooks."""
+
+    trap_exit: ClassVar[bool] = False
+    """Whether exit signals arrive as `ExitSignal` messages. OTP's default is False:
+    set it to True for ``terminate`` to run when the supervisor shuts the server down."""
+
+    child_type: ClassVar[Literal["worker", "supervisor"]] = "worker"
+    _hosts_children: ClassVar[bool] = False
+    _pid: Pid
+
+    @property
+    def pid(self) -> Pid:
+        """The pid of the process running this server."""
+        return self._pid
+
+    async def _otp_init(self, *args: Any, **kwargs: Any) -> object:
+        raise NotImplementedError
+
+    async def handle_call(self, request: Any, from_: From) -> Any:
+        """Answer a `call`. Override it; the default crashes, as Elixir's does."""
+        raise NotImplementedError(f"{type(self).__name__} got a call but defines no handle_call: {request!r}")
+
+    async def handle_cast(self, request: Any) -> NoReply | Stop | None:
+        """Handle a `cast`. Override it; the default crashes, as Elixir's does."""
+        raise NotImplementedError(f"{type(self).__name__} got a cast but defines no handle_cast: {request!r}")
+
+    async def handle_info(self, message: Any) -> NoReply | Stop | None:
+        """Handle any other message (`send`, `Down`, `ExitSignal`, `TIMEOUT`). The default logs and ignores it."""
+        _log.debug("unexpected_message", server=repr(self._pid), message_type=type(message).__name__)
+        return None
+
+    async def handle_continue(self, arg: Any) -> NoReply | Stop | None:
+        """Run the continuation requested with ``NoReply(continue_=arg)``."""
+        raise NotImplementedError(f"{type(self).__name__} asked to continue but defines no handle_continue: {arg!r}")
+
+    async def terminate(self, reason: object) -> None:
+        """Clean up before exiting. Runs when a callback stops or crashes, on `stop`, and on a
+        shutdown from the supervisor if the server traps exits."""
+
+    @classmethod
+    async def start_link(
+        cls, *args: Any, name: Server | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
+    ) -> Pid:
+        """Start the server linked to the calling process; return once ``init`` has run.
+
+        ``args`` and ``kwargs`` go to ``init``. ``name`` registers it (a str or `via`).
+        ``nursery`` is where its task lives; inside an otpy process it defaults to the
+        process's own nursery, outside one it is required.
+
+        Raises:
+            StartError: ``init`` raised or returned `Stop`; ``reason`` says why.
+            StartIgnored: ``init`` returned `Ignore`.
+            AlreadyRegistered: ``name`` is taken by a live process.
+
+        Example::
+
+            async with trio.open_nursery() as nursery:
+                pid = await Counter.start_link(0, name="counter", nursery=nursery)
+        """
+        return await spawn(cls(), args, kwargs, name=name, nursery=nursery, link=True)
+
+    @classmethod
+    async def start(
+        cls, *args: Any, name: Server | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
+    ) -> Pid:
+        """Like `start_link`, without the link (Elixir's ``GenServer.start``)."""
+        return await spawn(cls(), args, kwargs, name=name, nursery=nursery, link=False)
+
+    @classmethod
+    def child_spec(
+        cls,
+        *args: Any,
+        id: Hashable = None,  # noqa: A002 (Elixir's :id)
+        restart: Restart = "permanent",
+        shutdown: ShutdownSpec | None = None,
+        significant: bool = False,
+        name: Server | None = None,
+        **kwargs: Any,
+    ) -> ChildSpec:
+        """A child spec that starts this server with ``start_link(*args, name=name, **kwargs)``.
+
+        ``id`` defaults to ``name`` when given, else to the class name.
+
+        Example::
+
+            children = [Counter.child_spec(0, name="c1"), Counter.child_spec(5, name="c2")]
+            await otpy.Supervisor.start_link(children, strategy="one_for_one", nursery=nursery)
+        """
+        from ._child_spec import ChildSpec
+
+        child_id: Hashable = id if id is not None else (name if name is not None else cls.__qualname__)
+        return ChildSpec(
+            id=child_id,
+            start=functools.partial(cls.start_link, *args, name=name, **kwargs),
+            restart=restart,
+            shutdown=shutdown,
+            type=cls.child_type,
+            significant=significant,
+        )
+
+
+class StartIgnored(StartError):
+    """``init`` returned `Ignore`: the process did not start, and that is not an error for a supervisor."""
+
+    def __str__(self) -> str:
+        return "init returned Ignore: the process was not started"
+
+
+async def spawn(
+    server: ServerBase,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    name: Server | None,
+    nursery: trio.Nursery | None,
+    link: bool,
+) -> Pid:
+    """Run ``server`` in a new process and wait for its ``init`` (internal)."""
+    parent = _CURRENT.get()
+    if nursery is None:
+        if parent is None:
+            raise RuntimeError(f"{type(server).__name__}.start_link() outside an otpy process needs nursery=")
+        nursery = parent._nursery
+        if nursery is None:
+            raise RuntimeError(f"process {parent!r} cannot start processes: it has no nursery")
+    pid = Pid(server, parent, type(server).trap_exit)
+    server._pid = pid
+    pid._nursery = nursery
+    runner = _run_hosting if type(server)._hosts_children else _run
+    result = await nursery.start(runner, pid, server, args, kwargs, name, parent if link else None)
+    if result is pid:
+        return pid
+    raise result
+
+
+async def _relay_outer_cancel(pid: Pid) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        if pid.alive:
+            send_exit_signal(pid, pid._parent, "shutdown")
+
+
+async def _run_hosting(
+    pid: Pid,
+    server: ServerBase,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    name: Server | None,
+    link_to: Pid | None,
+    *,
+    task_status: trio.TaskStatus[object],
+) -> None:
+    # A process that hosts children (a supervisor) keeps them in a nursery shielded
+    # from outside cancellation: cancelling the enclosing nursery becomes an exit signal
+    # "shutdown" from the parent, so the children stop in order, per their shutdown specs.
+    async with trio.open_nursery() as guard:
+        guard.start_soon(_relay_outer_cancel, pid)
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as children:
+                pid._nursery = children
+                await _run(pid, server, args, kwargs, name, link_to, task_status=task_status)
+        guard.cancel_scope.cancel()
+
+
+async def _run(
+    pid: Pid,
+    server: ServerBase,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    name: Server | None,
+    link_to: Pid | None,
+    *,
+    task_status: trio.TaskStatus[object],
+) -> None:
+    _CURRENT.set(pid)
+    started = False
+    reason: object = UNSET
+    try:
+        with pid._scope:
+            if name is not None:
+                holder = register(name, pid)
+                if holder is not None:
+                    from ._exceptions import AlreadyRegistered
+
+                    pid.finish("normal")
+                    task_status.started(AlreadyRegistered(name, holder))
+                    return
+            try:
+                result = await server._otp_init(*args, **kwargs)
+            except ProcessExit as exc:
+                result = Stop(exc.reason)
+            except Exception as exc:
+                result = Stop(exc)
+            result_type = type(result)
+            if result_type is Stop or result_type is Ignore:
+                failure: StartError
+                if result_type is Ignore:
+                    failure = StartIgnored(None, "ignore")
+                    pid.finish("normal")
+                else:
+                    assert isinstance(result, Stop)
+                    failure = StartError(None, result.reason)
+                    if isinstance(result.reason, BaseException):
+                        failure.__cause__ = result.reason
+                    pid.finish(result.reason)
+                task_status.started(failure)
+                return
+            if result_type is NoReply:
+                assert isinstance(result, NoReply)
+                continue_, timeout = result.continue_, result.timeout
+            elif result is None:
+                continue_, timeout = UNSET, None
+            else:
+                raise TypeError(f"{type(server).__name__}.init returned {result!r}; expected None, NoReply, Stop or Ignore")
+            if link_to is not None and link_to.alive:
+                link_pair(link_to, pid)
+            started = True
+            task_status.started(pid)
+            reason = await _serve(pid, server, continue_, timeout)
+        if pid._scope.cancelled_caught:
+            reason = pid._kill_reason
+        if not started:
+            failure = StartError(None, reason)
+            pid.finish(reason)
+            task_status.started(failure)
+    finally:
+        if pid.alive:
+            if reason is UNSET:
+                # Cancelled from outside (the hosting nursery is going away): like a
+                # "shutdown" exit signal from the parent, with a bounded terminate.
+                reason = "shutdown"
+                if pid._trap_exit and started:
+                    with trio.move_on_after(5.0, shield=True):
+                        try:
+                            await server.terminate(reason)
+                        except Exception as exc:  # noqa: BLE001 (reported, the exit goes on)
+                            _log.error("terminate_failed", server=repr(pid), exc_info=exc)
+            pid.finish(reason)
+
+
+def _after(result: object, callback: str) -> tuple[object, float | None]:
+    """Interpret what a non-call callback returned: (continue_, timeout)."""
+    if result is None:
+        return UNSET, None
+    result_type = type(result)
+    if result_type is NoReply:
+        assert isinstance(result, NoReply)
+        return result.continue_, result.timeout
+    if result_type is Stop:
+        assert isinstance(result, Stop)
+        raise _Stopping(result.reason)
+    raise TypeError(f"{callback} returned {result!r}; expected None, NoReply or Stop")
+
+
+async def _serve(pid: Pid, server: ServerBase, continue_: object, timeout: float | None) -> object:
+    """Run the loop, then ``terminate``; return the exit reason."""
+    from_: From | None = None
+    reply_value: object = UNSET
+    try:
+        await _loop(pid, server, continue_, timeout)
+    except _Stopping as stop:
+        reason, from_, reply_value = stop.reason, stop.from_, stop.reply_value
+    except ProcessExit as exc:
+        reason = exc.reason
+    except Exception as exc:  # noqa: BLE001 (a crash: the exception is the exit reason)
+        reason = exc
+    try:
+        await server.terminate(reason)
+    except ProcessExit as exc:
+        reason = exc.reason
+    except Exception as exc:  # noqa: BLE001 (a crash in terminate replaces the reason)
+        reason = exc
+    if from_ is not None and reply_value is not UNSET:
+        reply(from_, reply_value)
+    if not is_normal_reason(reason):
+        _log.error(
+            "server_crashed",
+            report="crash",
+            server=repr(pid),
+            reason=repr(reason),
+            exc_info=reason if isinstance(reason, BaseException) else None,
+        )
+    return reason
+
+
+_CHECKPOINT_EVERY: Final = 64
+
+
+async def _loop(pid: Pid, server: ServerBase, continue_: object, timeout: float | None) -> None:
+    queue = pid._queue
+    handle_call = server.handle_call
+    handle_cast = server.handle_cast
+    handle_info = server.handle_info
+    served = 0
+    while True:
+        while continue_ is not UNSET:
+            arg, continue_ = continue_, UNSET
+            continue_, timeout = _after(await server.handle_continue(arg), "handle_continue")
+        if not queue:
+            served = 0
+            if timeout is None:
+                await pid.wait_message()
+            else:
+                with trio.move_on_after(timeout):
+                    await pid.wait_message()
+                if not queue:
+                    continue_, timeout = _after(await handle_info(TIMEOUT), "handle_info")
+                    continue
+        else:
+            served += 1
+            if served >= _CHECKPOINT_EVERY:
+                served = 0
+                await trio.lowlevel.checkpoint()
+        timeout = None
+        message = queue.popleft()
+        if type(message) is From:
+            handled = False
+            try:
+                result = await handle_call(message.request, message)
+                handled = True
+            finally:
+                if not handled:
+                    # The server is going down inside handle_call: the exit fails this caller too.
+                    message.defer()
+            result_type = type(result)
+            if result_type not in _CONTROL:
+                task = message._task
+                if task is not None:
+                    message._task = None
+                    trio.lowlevel.reschedule(task, _Value(result))
+            elif result_type is Reply:
+                reply(message, result.value)
+                continue_, timeout = result.continue_, result.timeout
+            elif result_type is NoReply:
+                message.defer()
+                continue_, timeout = result.continue_, result.timeout
+            else:
+                if result.reply is UNSET:
+                    message.defer()
+                raise _Stopping(result.reason, message, result.reply)
+            continue
+        kind = message[0]
+        if kind == CAST:
+            result = await handle_cast(message[1])
+            if result is not None:
+                continue_, timeout = _after(result, "handle_cast")
+        elif kind == INFO:
+            result = await handle_info(message[1])
+            if result is not None:
+                continue_, timeout = _after(result, "handle_info")
+        elif kind == EXIT:
+            sender, reason = message[1], message[2]
+            if sender is pid._parent:
+                raise _Stopping(reason)
+            result = await handle_info(ExitSignal(sender, reason))
+            if result is not None:
+                continue_, timeout = _after(result, "handle_info")
+        elif kind == SYS:
+            op, from_, arg = message[1], message[2], message[3]
+            if op == "get_state":
+                reply(from_, server)
+            elif op == "stop":
+                raise _Stopping(arg)
+
+
+# --- client functions that need the loop's system messages ----------------------------
+
+
+async def stop(server: Server, reason: object = "normal", timeout: float = math.inf) -> None:  # noqa: ASYNC109 (OTP's stop timeout)
+    """Stop ``server`` with ``reason``: it runs ``terminate(reason)`` and exits (``GenServer.stop``).
+
+    The request is queued behind messages already in the mailbox. It returns once the
+    process has exited.
+
+    Raises:
+        NoProcess: no such process.
+        ServerExited: it exited with another reason (for example ``terminate`` crashed).
+        CallTimeout: it had not exited within ``timeout``.
+
+    Example::
+
+        await otpy.stop("counter")
+        await otpy.stop(pid, ("shutdown", "maintenance"), timeout=5)
+    """
+    pid = resolve(server)
+    if pid is None or not pid.alive:
+        raise NoProcess(server, "stop")
+    pid.deliver((SYS, "stop", None, reason))
+    with trio.move_on_after(timeout):
+        exit_reason = await pid.wait_exited()
+        if exit_reason != reason:
+            raise ServerExited(server, exit_reason)
+        return
+    raise CallTimeout(server, "stop", timeout)
+
+
+async def get_state(server: Server, timeout: float = 5.0) -> Any:  # noqa: ASYNC109 (OTP's sys timeout)
+    """Return the server object of a running process (Erlang's ``sys:get_state``).
+
+    The request waits behind the messages already queued, so it also tells you the
+    server has handled them. For debugging and tests.
+
+    Example::
+
+        counter = await otpy.get_state("counter")
+        assert counter.count == 3
+    """
+    pid = resolve(server)
+    if pid is None or not pid.alive:
+        raise NoProcess(server, "get_state")
+    from_ = From(pid, trio.lowlevel.current_task(), "get_state")
+    pid.deliver((SYS, "get_state", from_, None))
+    with trio.CancelScope(deadline=trio.current_time() + timeout):
+        return await trio.lowlevel.wait_task_rescheduled(from_.abort)
+    raise CallTimeout(server, "get_state", timeout)
+
+
+
+
+class GenServer(ServerBase):
+    """A process that owns state and answers calls, casts and messages one at a time.
+
+    A GenServer is a class whose callbacks run inside its own trio task. Its state is
+    the object's attributes: ``init`` sets them up, and each callback reads and changes
+    them. Messages are handled strictly one after another.
+
+    Example:
+        A stack. ``init`` runs before `start_link` returns::
+
+            class Stack(otpy.GenServer):
+                async def init(self, items=()):
+                    self.items = list(items)
+
+                async def handle_call(self, request, from_):
+                    match request:
+                        case "pop":
+                            return self.items.pop()
+
+                async def handle_cast(self, request):
+                    match request:
+                        case ("push", item):
+                            self.items.append(item)
+
+            async def main():
+                async with trio.open_nursery() as nursery:
+                    stack = await Stack.start_link(["hello"], nursery=nursery)
+                    otpy.cast(stack, ("push", "world"))
+                    assert await otpy.call(stack, "pop") == "world"
+                    await otpy.stop(stack)
+
+            trio.run(main)
+
+    Return values and Elixir's tuples:
+        ==================================  =====================================
+        Elixir                              otpy
+        ==================================  =====================================
+        ``{:ok, state}``                    ``init`` returns ``None``
+        ``{:ok, state, {:continue, a}}``    ``NoReply(continue_=a)``
+        ``{:ok, state, timeout}``           ``NoReply(timeout=seconds)``
+        ``:ignore``                         ``Ignore()``
+        ``{:stop, reason}``                 ``Stop(reason)`` (or raise)
+        ``{:reply, value, state}``          return ``value`` (or ``Reply(value)``)
+        ``{:noreply, state}``               ``None`` (cast/info) / ``NoReply()`` (call: defer)
+        ``{:stop, reason, reply, state}``   ``Stop(reason, reply=value)``
+        ``{:stop, reason, state}``          ``Stop(reason)``
+        ==================================  =====================================
+
+    Exit signals:
+        By default a GenServer does not trap exits, as in OTP: a supervisor's shutdown
+        stops it at its next checkpoint and ``terminate`` does not run (``finally``
+        blocks and context managers do). Set ``trap_exit = True`` on the class for
+        ``terminate`` to run on shutdown.
+
+    When not to use:
+        If you don't need a process, you don't need a process: code that only computes
+        needs no mailbox. Use a GenServer to own state or a resource over time.
+    """
+
+    async def init(self, *args: Any, **kwargs: Any) -> NoReply | Stop | Ignore | None:
+        """Set up the state; `start_link` returns once it has run.
+
+        Return ``None`` to start, `NoReply` to continue or time out, `Stop` to fail the
+        start with a reason (raising does the same), or `Ignore` to not start.
+        """
+        return None
+
+    async def _otp_init(self, *args: Any, **kwargs: Any) -> object:
+        return await self.init(*args, **kwargs)

@@ -1,0 +1,789 @@
+"""Processes: identity, mailbox, names, links, monitors and exit signals.
+
+A process is one trio task running a server's loop. Its `Pid` holds everything
+other tasks may touch: the mailbox (a deque plus at most one parked receiver), the
+links and monitors, and the exit reason once it is gone. Every operation here is
+synchronous and O(1) except where it must visit links or monitors at exit.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, overload, runtime_checkable
+
+import attrs
+import outcome
+import trio
+from trio.lowlevel import Abort, RunVar, Task, current_task, reschedule, wait_task_rescheduled
+
+from ._exceptions import CallingSelf, CallTimeout, NoProcess, ServerExited
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
+
+    from ._gen_server import ServerBase
+
+# Mailbox item kinds. A call is a `From`; everything else is a tuple whose first
+# element is one of these.
+CAST: Final = 0
+INFO: Final = 1
+EXIT: Final = 2  # (EXIT, sender, reason): an exit signal to a process that traps exits
+SYS: Final = 3  # (SYS, op, from_or_none, arg): stop / get_state
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+_ids = itertools.count(1)
+_CURRENT: contextvars.ContextVar[Pid | None] = contextvars.ContextVar("otpy_current", default=None)
+
+
+class _Unset:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+UNSET: Final = _Unset()
+
+
+class Pid:
+    """The identity of a process: what you call, cast to, monitor or link.
+
+    Pids compare by identity, like Erlang pids. A pid stays valid after its process
+    exits: `alive` turns false and `exit_reason` tells why it exited. Get one from
+    `start_link`, from `whereis`, or from `otpy.self()` inside a process.
+
+    Example::
+
+        pid = await Counter.start_link(name="counter")
+        assert otpy.whereis("counter") is pid
+        await otpy.stop(pid)
+        assert not pid.alive and pid.exit_reason == "normal"
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_exit_event",
+        "_kill_reason",
+        "_label",
+        "_links",
+        "_monitors",
+        "_name",
+        "_nursery",
+        "_on_exit",
+        "_parent",
+        "_pending",
+        "_queue",
+        "_reason",
+        "_scope",
+        "_server",
+        "_serial",
+        "_started_at",
+        "_trap_exit",
+        "_waiter",
+        "_watching",
+        "alive",
+    )
+
+    def __init__(self, server: ServerBase | None, parent: Pid | None, trap_exit: bool) -> None:
+        self._queue: deque[Any] = deque()
+        self._waiter: Task | None = None
+        self.alive = True
+        self._reason: object = UNSET
+        self._name: object = None
+        self._links: set[Pid] | None = None
+        self._monitors: dict[MonitorRef, Pid | None] | None = None
+        self._watching: set[MonitorRef] | None = None
+        self._scope = trio.CancelScope()
+        self._trap_exit = trap_exit
+        self._parent = parent
+        self._server = server
+        self._exit_event: trio.Event | None = None
+        self._kill_reason: object = UNSET
+        self._pending: set[From] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._on_exit: list[Callable[[Pid, object], None]] | None = None
+        self._label = type(server).__name__ if server is not None else "process"
+        self._serial = next(_ids)
+        self._started_at = trio.current_time()
+
+    def __repr__(self) -> str:
+        name = f" {self._name!r}" if self._name is not None else ""
+        state = "" if self.alive else f" exited={self._reason!r}"
+        return f"<Pid {self._label}#{self._serial}{name}{state}>"
+
+    @property
+    def name(self) -> object:
+        """The registered name, or ``None``."""
+        return self._name
+
+    @property
+    def exit_reason(self) -> object:
+        """The exit reason once the process has exited (``None`` while it is alive)."""
+        return None if self._reason is UNSET else self._reason
+
+    @property
+    def parent(self) -> Pid | None:
+        """The process that started this one (``None`` when started outside any process)."""
+        return self._parent
+
+    @property
+    def traps_exits(self) -> bool:
+        """Whether exit signals arrive as `ExitSignal` messages instead of stopping the process."""
+        return self._trap_exit
+
+    @property
+    def mailbox_size(self) -> int:
+        """How many messages wait in the mailbox."""
+        return len(self._queue)
+
+    @property
+    def started_at(self) -> float:
+        """`trio.current_time` when the process was created."""
+        return self._started_at
+
+    @property
+    def server(self) -> ServerBase | None:
+        """The server object that runs in this process (``None`` once it has exited)."""
+        return self._server
+
+    async def wait_exited(self) -> object:
+        """Wait until the process has exited and return its exit reason.
+
+        Example::
+
+            otpy.exit(pid, "kill")
+            assert await pid.wait_exited() == "killed"
+        """
+        if self.alive:
+            if self._exit_event is None:
+                self._exit_event = trio.Event()
+            await self._exit_event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        return self._reason
+
+    # --- the mailbox -------------------------------------------------------------
+
+    def deliver(self, item: object) -> None:
+        """Append ``item`` to the mailbox and wake the process if it waits (internal)."""
+        self._queue.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            reschedule(waiter)
+
+    async def wait_message(self) -> None:
+        """Park until something arrives in the mailbox (internal; the mailbox is empty)."""
+        self._waiter = current_task()
+        await wait_task_rescheduled(self._abort_wait)
+
+    def _abort_wait(self, _raise_cancel: object) -> Abort:
+        self._waiter = None
+        return Abort.SUCCEEDED
+
+    # --- exit -----------------------------------------------------------------------
+
+    def kill(self, reason: object) -> None:
+        """Stop the process at its next checkpoint with ``reason`` (internal)."""
+        if self._kill_reason is UNSET:
+            self._kill_reason = reason
+        self._scope.cancel()
+
+    def add_exit_hook(self, hook: Callable[[Pid, object], None]) -> None:
+        """Run ``hook(pid, reason)`` synchronously when the process exits (internal)."""
+        if not self.alive:
+            hook(self, self._reason)
+            return
+        if self._on_exit is None:
+            self._on_exit = []
+        self._on_exit.append(hook)
+
+    def finish(self, reason: object) -> None:
+        """Mark the process exited and propagate its exit (internal; idempotent)."""
+        if not self.alive:
+            return
+        self.alive = False
+        self._reason = reason
+        self._server = None
+        if self._name is not None:
+            _unregister(self._name, self)
+        if self._on_exit is not None:
+            hooks, self._on_exit = self._on_exit, None
+            for hook in hooks:
+                hook(self, reason)
+        queue = self._queue
+        if queue:
+            for item in queue:
+                if type(item) is From:
+                    item.fail(ServerExited(self, reason))
+                elif type(item) is tuple and item[0] == SYS and item[2] is not None:
+                    item[2].fail(ServerExited(self, reason))
+            queue.clear()
+        if self._pending:
+            pending, self._pending = self._pending, None
+            for from_ in pending:
+                from_.fail(ServerExited(self, reason))
+        if self._watching:
+            for ref in self._watching:
+                target_monitors = ref.target._monitors
+                if target_monitors is not None:
+                    target_monitors.pop(ref, None)
+            self._watching = None
+        if self._links:
+            links, self._links = self._links, None
+            for other in links:
+                if other._links is not None:
+                    other._links.discard(self)
+                send_exit_signal(other, self, reason)
+        if self._monitors:
+            monitors, self._monitors = self._monitors, None
+            for ref, watcher in monitors.items():
+                if watcher is not None:
+                    if watcher._watching is not None:
+                        watcher._watching.discard(ref)
+                    watcher.deliver((INFO, Down(ref, self, reason)))
+                else:
+                    ref.fire(reason)
+        if self._exit_event is not None:
+            self._exit_event.set()
+
+
+# --- messages a process may receive -------------------------------------------------
+
+
+@attrs.frozen
+class ExitSignal:
+    """An exit signal, received as a message by a process that traps exits.
+
+    Elixir's ``{:EXIT, pid, reason}``. ``pid`` is the sender (``None`` when the signal
+    came from outside any process).
+
+    Example::
+
+        async def handle_info(self, message):
+            match message:
+                case otpy.ExitSignal(pid=pid, reason=reason):
+                    print(f"linked process {pid} exited: {reason!r}")
+    """
+
+    pid: Pid | None
+    reason: object
+
+
+@attrs.frozen(eq=False)
+class MonitorRef:
+    """The reference returned by `monitor`; pass it to `demonitor`."""
+
+    target: Pid
+    _event: trio.Event | None = attrs.field(default=None, alias="_event")
+    _reason: list[object] = attrs.field(factory=list, alias="_reason")
+
+    def fire(self, reason: object) -> None:
+        """Record the target's exit for a monitor held outside any process (internal)."""
+        self._reason.append(reason)
+        if self._event is not None:
+            self._event.set()
+
+    async def wait(self) -> object:
+        """Wait for the monitored process to exit and return its reason.
+
+        Only for monitors taken outside any process; inside a process the exit arrives
+        as a `Down` message instead.
+
+        Example::
+
+            ref = otpy.monitor(pid)
+            otpy.exit(pid, "kill")
+            assert await ref.wait() == "killed"
+        """
+        if not self._reason:
+            if self._event is None:
+                raise RuntimeError("MonitorRef.wait() is for monitors taken outside a process")
+            await self._event.wait()
+        else:
+            await trio.lowlevel.checkpoint()
+        return self._reason[0]
+
+
+@attrs.frozen
+class Down:
+    """The message a monitor delivers when the monitored process exits.
+
+    Elixir's ``{:DOWN, ref, :process, pid, reason}``. ``reason`` is ``"noproc"`` when the
+    process was already dead when the monitor was taken.
+
+    Example::
+
+        ref = otpy.monitor(worker)
+        ...
+        async def handle_info(self, message):
+            match message:
+                case otpy.Down(ref=ref, reason=reason):
+                    ...
+    """
+
+    ref: MonitorRef
+    pid: Pid
+    reason: object
+
+
+# --- replies ------------------------------------------------------------------------
+
+
+class From:
+    """Who is waiting for a reply: the second argument of ``handle_call``.
+
+    Keep it and answer later with `reply` to defer a reply (return `NoReply` from
+    ``handle_call``). A reply to a caller that has timed out is dropped.
+
+    Example::
+
+        async def handle_call(self, request, from_):
+            self.waiting.append(from_)
+            return otpy.NoReply()
+
+        async def handle_cast(self, request):
+            otpy.reply(self.waiting.pop(0), request)
+    """
+
+    __slots__ = ("_deferred", "_task", "pid", "request")
+
+    def __init__(self, pid: Pid, task: Task | None, request: object) -> None:
+        self.pid = pid
+        self._task = task
+        self.request = request
+        self._deferred = False
+
+    def __repr__(self) -> str:
+        return f"<From {type(self.request).__name__} to {self.pid!r}>"
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the caller still waits for a reply."""
+        return self._task is not None
+
+    def abort(self, _raise_cancel: object) -> Abort:
+        """The caller stopped waiting (timeout or cancellation)."""
+        self._task = None
+        return Abort.SUCCEEDED
+
+    def defer(self) -> None:
+        """Remember this call until it is answered, so an exit can fail it (internal)."""
+        if self._task is None:
+            return
+        self._deferred = True
+        pending = self.pid._pending
+        if pending is None:
+            pending = self.pid._pending = set()
+        pending.add(self)
+
+    def fail(self, error: BaseException) -> None:
+        """Raise ``error`` in the waiting caller (internal)."""
+        task = self._task
+        if task is not None:
+            self._task = None
+            reschedule(task, outcome.Error(error))
+
+
+def reply(from_: From, value: object) -> None:
+    """Send ``value`` to a caller whose ``handle_call`` deferred its reply.
+
+    Replying twice, or to a caller that has timed out, does nothing: the late reply
+    is dropped, as Elixir drops it.
+
+    Example::
+
+        async def handle_call(self, request, from_):
+            self.nursery.start_soon(self.slow_answer, from_)
+            return otpy.NoReply()
+
+        async def slow_answer(self, from_):
+            await trio.sleep(1)
+            otpy.reply(from_, "done")
+    """
+    task = from_._task
+    if task is None:
+        return
+    from_._task = None
+    if from_._deferred:
+        pending = from_.pid._pending
+        if pending is not None:
+            pending.discard(from_)
+    reschedule(task, outcome.Value(value))
+
+
+# --- names ----------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ViaRegistry(Protocol):
+    """**Protocol**: a registry that can hold process names (Elixir's ``:via`` module).
+
+    `otpy.Registry` implements it; any object with these three methods works.
+    """
+
+    def register_name(self, key: Hashable, pid: Pid) -> bool:
+        """Register ``pid`` under ``key``; return False if the key is taken."""
+        ...
+
+    def unregister_name(self, key: Hashable) -> None:
+        """Remove ``key``."""
+        ...
+
+    def whereis_name(self, key: Hashable) -> Pid | None:
+        """Return the live pid under ``key``, or None."""
+        ...
+
+
+@attrs.frozen
+class Via:
+    """A name held by a `ViaRegistry` instead of the local name table. See `via`."""
+
+    registry: ViaRegistry
+    key: Hashable
+
+
+def via(registry: ViaRegistry, key: Hashable) -> Via:
+    """Name a process through ``registry`` (Elixir's ``{:via, Registry, {registry, key}}``).
+
+    Works wherever a name works: ``start_link(name=...)``, `call`, `cast`, child specs.
+
+    Example::
+
+        registry = await otpy.Registry.start_link(keys="unique", name="sessions")
+        await Session.start_link(name=otpy.via(registry, "alice"))
+        await otpy.call(otpy.via(registry, "alice"), "hello")
+    """
+    return Via(registry, key)
+
+
+Name = str | Via
+_NAMES: RunVar[dict[str, Pid]] = RunVar("otpy_names")
+
+
+def _name_table() -> dict[str, Pid]:
+    try:
+        return _NAMES.get()
+    except LookupError:
+        table: dict[str, Pid] = {}
+        _NAMES.set(table)
+        return table
+
+
+def register(name: Name, pid: Pid) -> Pid | None:
+    """Register ``pid`` under ``name``; return the pid that holds it already, if any."""
+    if type(name) is str:
+        table = _name_table()
+        existing = table.get(name)
+        if existing is not None and existing.alive:
+            return existing
+        table[name] = pid
+    elif isinstance(name, Via):
+        if not name.registry.register_name(name.key, pid):
+            holder = name.registry.whereis_name(name.key)
+            return holder if holder is not None else pid
+    else:
+        raise TypeError(f"a process name must be a str or otpy.via(...), not {type(name).__name__}: {name!r}")
+    pid._name = name
+    return None
+
+
+def _unregister(name: object, pid: Pid) -> None:
+    if type(name) is str:
+        table = _name_table()
+        if table.get(name) is pid:
+            del table[name]
+    elif isinstance(name, Via):
+        if name.registry.whereis_name(name.key) is pid:
+            name.registry.unregister_name(name.key)
+
+
+def whereis(name: Name) -> Pid | None:
+    """Return the live process registered under ``name``, or ``None``.
+
+    Example::
+
+        await Counter.start_link(name="counter")
+        assert otpy.whereis("counter") is not None
+        assert otpy.whereis("nobody") is None
+    """
+    if type(name) is str:
+        pid = _name_table().get(name)
+    elif isinstance(name, Via):
+        pid = name.registry.whereis_name(name.key)
+    else:
+        raise TypeError(f"a process name must be a str or otpy.via(...), not {type(name).__name__}: {name!r}")
+    if pid is not None and pid.alive:
+        return pid
+    return None
+
+
+def registered() -> list[str]:
+    """The locally registered names of live processes (Erlang's ``registered/0``)."""
+    return [name for name, pid in _name_table().items() if pid.alive]
+
+
+Server = Pid | str | Via
+
+
+def resolve(server: Server) -> Pid | None:
+    """The pid behind a pid or a name (``None`` if no live process has that name)."""
+    if type(server) is Pid:
+        return server
+    if isinstance(server, (str, Via)):
+        return whereis(server)
+    raise TypeError(f"expected a Pid, a name or otpy.via(...), not {type(server).__name__}: {server!r}")
+
+
+def self() -> Pid:
+    """The pid of the calling process (Elixir's ``self()``).
+
+    Raises:
+        RuntimeError: when called outside any otpy process.
+
+    Example::
+
+        async def init(self):
+            print("I am", otpy.self())
+    """
+    pid = _CURRENT.get()
+    if pid is None:
+        raise RuntimeError("otpy.self() called outside an otpy process")
+    return pid
+
+
+def current_process() -> Pid | None:
+    """The pid of the calling process, or ``None`` outside any process."""
+    return _CURRENT.get()
+
+
+# --- client operations --------------------------------------------------------------------
+
+
+class Call(Generic[R_co]):
+    """Base for request types that declare their reply type, so `call` is typed.
+
+    Example::
+
+        @attrs.frozen
+        class Get(otpy.Call[int]):
+            key: str
+
+        value = await otpy.call(server, Get("a"))   # mypy knows: int
+    """
+
+
+@overload
+async def call(server: Server, request: Call[R], timeout: float = ...) -> R: ...
+@overload
+async def call(server: Server, request: object, timeout: float = ...) -> Any: ...
+
+async def call(server: Server, request: object, timeout: float = 5.0) -> Any:  # noqa: ASYNC109 (OTP's call timeout)
+    """Send ``request`` to ``server`` and wait for its reply.
+
+    The server answers in ``handle_call``. While the caller waits it effectively
+    monitors the server: if the server exits first, the call fails at once with
+    `ServerExited` carrying the exit reason. A request that subclasses `Call[R]`
+    gives the reply the type ``R``.
+
+    Args:
+        server: a `Pid`, a registered name, or `via(...)`.
+        request: any value; ``handle_call`` receives it.
+        timeout: seconds to wait (``math.inf`` to wait forever). Enclosing trio cancel
+            scopes are honoured as well.
+
+    Raises:
+        NoProcess: no live process has that name, or the pid has exited.
+        CallTimeout: no reply within ``timeout``; a later reply is dropped.
+        ServerExited: the server exited before replying.
+        CallingSelf: a process called itself.
+
+    Example::
+
+        assert await otpy.call("counter", "get") == 0
+    """
+    pid = server if type(server) is Pid else resolve(server)
+    if pid is None or not pid.alive:
+        raise NoProcess(server, request)
+    if pid is _CURRENT.get():
+        raise CallingSelf(server)
+    from_ = From(pid, current_task(), request)
+    pid._queue.append(from_)
+    waiter = pid._waiter
+    if waiter is not None:
+        pid._waiter = None
+        reschedule(waiter)
+    if timeout == math.inf:
+        return await wait_task_rescheduled(from_.abort)
+    with trio.CancelScope(deadline=trio.current_time() + timeout):
+        return await wait_task_rescheduled(from_.abort)
+    raise CallTimeout(server, request, timeout)
+
+
+def cast(server: Server, request: Any) -> None:
+    """Send ``request`` to ``server``'s ``handle_cast`` without waiting.
+
+    A cast never blocks, and a cast to a name that nobody holds, or to a dead pid, does
+    nothing, as in OTP.
+
+    Example::
+
+        otpy.cast("counter", "increment")
+    """
+    pid = server if type(server) is Pid else resolve(server)
+    if pid is None or not pid.alive:
+        return
+    pid._queue.append((CAST, request))
+    waiter = pid._waiter
+    if waiter is not None:
+        pid._waiter = None
+        reschedule(waiter)
+
+
+def send(server: Server, message: Any) -> None:
+    """Send ``message`` to ``server``'s ``handle_info`` (Erlang's ``!``).
+
+    Like `cast`, it never blocks and sending to a dead process does nothing.
+
+    Example::
+
+        otpy.send(pid, ("tick", 1))
+    """
+    pid = server if type(server) is Pid else resolve(server)
+    if pid is None or not pid.alive:
+        return
+    pid.deliver((INFO, message))
+
+
+def send_exit_signal(target: Pid, sender: Pid | None, reason: object) -> None:
+    """Deliver an exit signal with OTP's rules (internal; see `exit`)."""
+    if not target.alive:
+        return
+    if type(reason) is str and reason == "kill":
+        target.kill("killed")
+    elif target._trap_exit:
+        target.deliver((EXIT, sender, reason))
+    elif type(reason) is str and reason == "normal" and sender is not target:
+        return
+    else:
+        target.kill(reason)
+
+
+def exit(pid: Server, reason: object) -> None:  # noqa: A001 (Elixir's Process.exit/2)
+    """Send an exit signal to ``pid`` (Elixir's ``Process.exit/2``).
+
+    - ``"kill"`` stops it unconditionally with reason ``"killed"``; ``terminate`` does
+      not run. On trio the stop happens at the process's next checkpoint: a task that
+      never reaches one cannot be killed.
+    - If it traps exits, any other reason arrives as an `ExitSignal` message (a
+      GenServer whose *parent* sends it runs ``terminate`` and exits with that reason).
+    - Otherwise ``"normal"`` is ignored and any other reason stops it with that reason.
+
+    Example::
+
+        otpy.exit(pid, "shutdown")
+    """
+    target = pid if type(pid) is Pid else resolve(pid)
+    if target is None:
+        return
+    send_exit_signal(target, _CURRENT.get(), reason)
+
+
+def link(pid: Pid) -> None:
+    """Link the calling process with ``pid``: when either exits, the other gets an exit signal.
+
+    Linking to a process that is already dead sends the caller the exit signal
+    ``"noproc"`` at once, as in OTP.
+
+    Example::
+
+        otpy.link(worker)   # if worker crashes, so do we (unless we trap exits)
+    """
+    me = self()
+    if pid is me:
+        return
+    if not pid.alive:
+        send_exit_signal(me, pid, "noproc")
+        return
+    if me._links is None:
+        me._links = set()
+    if pid._links is None:
+        pid._links = set()
+    me._links.add(pid)
+    pid._links.add(me)
+
+
+def unlink(pid: Pid) -> None:
+    """Remove the link between the calling process and ``pid`` (no-op if none)."""
+    me = self()
+    if me._links is not None:
+        me._links.discard(pid)
+    if pid._links is not None:
+        pid._links.discard(me)
+
+
+def link_pair(a: Pid, b: Pid) -> None:
+    """Link two processes (internal: used when a process starts another)."""
+    if a._links is None:
+        a._links = set()
+    if b._links is None:
+        b._links = set()
+    a._links.add(b)
+    b._links.add(a)
+
+
+def monitor(pid: Server) -> MonitorRef:
+    """Watch ``pid``: when it exits, the caller gets a `Down` message with the reason.
+
+    Outside any process, await `MonitorRef.wait` instead. Monitoring a process that is
+    already dead (or a name nobody holds) delivers ``Down(..., reason="noproc")`` at once.
+
+    Example::
+
+        ref = otpy.monitor(worker)
+        # later, in handle_info: Down(ref=ref, pid=worker, reason=...)
+    """
+    watcher = _CURRENT.get()
+    target = pid if type(pid) is Pid else resolve(pid)
+    if target is None:
+        target = Pid(None, None, False)
+        target.finish("noproc")
+    ref = MonitorRef(target, None if watcher is not None else trio.Event())
+    if not target.alive:
+        reason = "noproc"
+        if watcher is not None:
+            watcher.deliver((INFO, Down(ref, target, reason)))
+        else:
+            ref.fire(reason)
+        return ref
+    if target._monitors is None:
+        target._monitors = {}
+    target._monitors[ref] = watcher
+    if watcher is not None:
+        if watcher._watching is None:
+            watcher._watching = set()
+        watcher._watching.add(ref)
+    return ref
+
+
+def demonitor(ref: MonitorRef, *, flush: bool = False) -> None:
+    """Stop watching; with ``flush=True`` also drop a `Down` for ``ref`` already queued."""
+    monitors = ref.target._monitors
+    watcher = None
+    if monitors is not None:
+        watcher = monitors.pop(ref, None)
+    if watcher is None:
+        watcher = _CURRENT.get()
+    if watcher is not None:
+        if watcher._watching is not None:
+            watcher._watching.discard(ref)
+        if flush:
+            queue = watcher._queue
+            for item in list(queue):
+                if type(item) is tuple and item[0] == INFO and isinstance(item[1], Down) and item[1].ref is ref:
+                    queue.remove(item)
