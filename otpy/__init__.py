@@ -51,6 +51,7 @@ from ._process import registered as registered
 from ._process import reply as reply
 from ._process import self as self
 from ._process import send as send
+from ._process import trap_exits as trap_exits
 from ._process import unlink as unlink
 from ._process import via as via
 from ._process import whereis as whereis
@@ -58,8 +59,13 @@ from ._supervisor import ChildCounts as ChildCounts
 from ._supervisor import ChildInfo as ChildInfo
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorSpec as SupervisorSpec
-from ._util import fixup_module_metadata as _fixup
 from ._version import __version__ as __version__
+
+# --- Registry, timers, Agent (issue 4) -------------------------------------------------
+
+# --- Task, Task.Supervisor, the application entry point, the tree view (issue 4) ------
+
+from ._util import fixup_module_metadata as _fixup  # noqa: E402
 
 _fixup(__name__, globals())
 del _fixup

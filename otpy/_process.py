@@ -557,6 +557,24 @@ def self() -> Pid:
     return pid
 
 
+def trap_exits(enabled: bool = True) -> bool:
+    """Set whether the calling process traps exits; return the previous setting.
+
+    Erlang's ``process_flag(trap_exit, enabled)``. A process that traps exits receives
+    exit signals as `ExitSignal` messages instead of being stopped by them (``"kill"``
+    still stops it). A GenServer class can set ``trap_exit = True`` instead.
+
+    Example::
+
+        async def init(self):
+            otpy.trap_exits()          # terminate() will run on shutdown
+    """
+    pid = self()
+    previous = pid._trap_exit
+    pid._trap_exit = enabled
+    return previous
+
+
 def current_process() -> Pid | None:
     """The pid of the calling process, or ``None`` outside any process."""
     return _CURRENT.get()
