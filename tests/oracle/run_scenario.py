@@ -273,6 +273,11 @@ class Runner:
         await otpy.call(self.collector_pid, ("record", event), math.inf)
 
     async def sync(self) -> None:
+        # Everything that can run at this instant runs first (the consequences of the
+        # step, such as a parent reacting to an exit), then the collector has handled
+        # every event queued before this call. wait_all_tasks_blocked does not advance
+        # the mock clock.
+        await trio.testing.wait_all_tasks_blocked()
         await otpy.call(self.collector_pid, "sync", math.inf)
 
     def output(self) -> list[dict[str, Any]]:
