@@ -295,7 +295,8 @@ class Supervisor(ServerBase):
         )
 
     def _label(self) -> str:
-        return repr(self._pid)
+        name = self._pid.name
+        return str(name) if isinstance(name, str) else repr(self._pid)
 
     async def _otp_init(self, *args: Any, **kwargs: Any) -> object:
         spec = await self.init(*args, **kwargs)
