@@ -9,6 +9,7 @@ synchronous and O(1) except where it must visit links or monitors at exit.
 from __future__ import annotations
 
 import contextvars
+import heapq
 import itertools
 import math
 from collections import deque
@@ -636,11 +637,64 @@ async def call(server: Server, request: object, timeout: float = 5.0) -> Any:  #
     if waiter is not None:
         pid._waiter = None
         reschedule(waiter)
-    if timeout == math.inf:
-        return await wait_task_rescheduled(from_.abort)
-    with trio.CancelScope(deadline=trio.current_time() + timeout):
-        return await wait_task_rescheduled(from_.abort)
-    raise CallTimeout(server, request, timeout)
+    if timeout != math.inf:
+        _call_deadlines().add(trio.current_time() + timeout, from_, server, timeout)
+    return await wait_task_rescheduled(from_.abort)
+
+
+class _CallDeadlines:
+    """The deadlines of pending calls in one trio.run, served by one system task.
+
+    A cancel scope per call would cost more than the rest of the call; instead each
+    timed call pushes (deadline, seq, from_) on a heap, and the task fails the callers
+    whose deadline has passed with `CallTimeout`. Entries of answered calls are dropped
+    lazily: when the heap outgrows its limit it is compacted, so memory stays within
+    twice the pending calls.
+    """
+
+    __slots__ = ("heap", "limit", "scope", "seq")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, From, object, float]] = []
+        self.limit = 1024
+        self.scope: trio.CancelScope | None = None
+        self.seq = 0
+
+    def add(self, deadline: float, from_: From, server: object, timeout: float) -> None:
+        self.seq += 1
+        heap = self.heap
+        heapq.heappush(heap, (deadline, self.seq, from_, server, timeout))
+        if len(heap) > self.limit:
+            heap[:] = [entry for entry in heap if entry[2]._task is not None]
+            heapq.heapify(heap)
+            self.limit = max(1024, 2 * len(heap))
+        scope = self.scope
+        if scope is not None and deadline < scope.deadline:
+            scope.deadline = deadline
+
+    async def serve(self) -> None:
+        heap = self.heap
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, from_, server, timeout = heapq.heappop(heap)
+                if from_._task is not None:
+                    from_.fail(CallTimeout(server, from_.request, timeout))
+            with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self.scope:
+                await trio.sleep_forever()
+
+
+_DEADLINES: RunVar[_CallDeadlines] = RunVar("otpy_call_deadlines")
+
+
+def _call_deadlines() -> _CallDeadlines:
+    try:
+        return _DEADLINES.get()
+    except LookupError:
+        deadlines = _CallDeadlines()
+        _DEADLINES.set(deadlines)
+        trio.lowlevel.spawn_system_task(deadlines.serve, name="otpy call deadlines")
+        return deadlines
 
 
 def cast(server: Server, request: Any) -> None:
