@@ -19,6 +19,7 @@ order, and each worker says goodbye from its ``terminate``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any
 
@@ -134,10 +135,8 @@ async def main(seconds: float) -> None:
                 say(f"-> flaky: call failed at once, the server exited: {exc.reason!r}")
             if job == 6:
                 say("-> db: asking it to crash (rest_for_one restarts db, then cache)")
-                try:
+                with contextlib.suppress(otpy.ServerExited):
                     await otpy.call("db", "crash")
-                except otpy.ServerExited:
-                    pass
             await trio.sleep(0.25)
         say(f"clock has ticked {await otpy.call('clock', 'ticks')} times since its last start")
         counts = await otpy.Supervisor.count_children(app)

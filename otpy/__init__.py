@@ -59,13 +59,11 @@ from ._supervisor import ChildCounts as ChildCounts
 from ._supervisor import ChildInfo as ChildInfo
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorSpec as SupervisorSpec
-from ._version import __version__ as __version__
 
 # --- Registry, timers, Agent (issue 4) -------------------------------------------------
-
 # --- Task, Task.Supervisor, the application entry point, the tree view (issue 4) ------
-
-from ._util import fixup_module_metadata as _fixup  # noqa: E402
+from ._util import fixup_module_metadata as _fixup
+from ._version import __version__ as __version__
 
 _fixup(__name__, globals())
 del _fixup

@@ -111,7 +111,7 @@ class DynamicSupervisor(ServerBase):
         return str(name) if isinstance(name, str) else repr(self._pid)
 
     async def _otp_init(self, *args: Any, **kwargs: Any) -> object:
-        spec = await self.init(*args, **kwargs)
+        spec: object = await self.init(*args, **kwargs)
         if isinstance(spec, Ignore):
             return spec
         if not isinstance(spec, DynamicSupervisorSpec):
@@ -242,7 +242,7 @@ class DynamicSupervisor(ServerBase):
         children = getattr(self, "_children", {})
         running = [(pid, child) for pid, child in children.items() if not child.restarting]
         children.clear()
-        for pid, child in running:
+        for pid, _child in running:
             unlink_child(self._pid, pid)
         # All at once, as Elixir does: signal every child first, then wait for each
         # within its own shutdown spec.

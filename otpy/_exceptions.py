@@ -242,7 +242,7 @@ class MaxChildren(SupervisorError):
 
 
 @attrs.define(eq=False, repr=False, slots=False)
-class ProcessExit(Exception):  # noqa: N818 (Erlang's exit/1, not an error)
+class ProcessExit(Exception):
     """Raise it inside a process to exit with ``reason`` (Erlang's ``exit(Reason)``).
 
     Example::

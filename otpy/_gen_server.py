@@ -21,6 +21,7 @@ from ._process import (
     UNSET,
     ExitSignal,
     From,
+    Name,
     Pid,
     Server,
     link_pair,
@@ -111,7 +112,7 @@ TIMEOUT: Final = InactivityTimeout()
 _CONTROL: Final = frozenset({Reply, NoReply, Stop})
 
 
-class _Stopping(Exception):  # noqa: N818 (control flow inside the loop, never escapes)
+class _Stopping(Exception):
     def __init__(self, reason: object, from_: From | None = None, reply_value: object = UNSET) -> None:
         super().__init__()
         self.reason = reason
@@ -182,7 +183,7 @@ class ServerBase:
 
     @classmethod
     async def start_link(
-        cls, *args: Any, name: Server | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
+        cls, *args: Any, name: Name | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
     ) -> Pid:
         """Start the server linked to the calling process; return once ``init`` has run.
 
@@ -204,7 +205,7 @@ class ServerBase:
 
     @classmethod
     async def start(
-        cls, *args: Any, name: Server | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
+        cls, *args: Any, name: Name | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
     ) -> Pid:
         """Like `start_link`, without the link (Elixir's ``GenServer.start``)."""
         return await spawn(cls(), args, kwargs, name=name, nursery=nursery, link=False)
@@ -217,7 +218,7 @@ class ServerBase:
         restart: Restart = "permanent",
         shutdown: ShutdownSpec | None = None,
         significant: bool = False,
-        name: Server | None = None,
+        name: Name | None = None,
         **kwargs: Any,
     ) -> ChildSpec:
         """A child spec that starts this server with ``start_link(*args, name=name, **kwargs)``.
@@ -254,7 +255,7 @@ async def spawn(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     *,
-    name: Server | None,
+    name: Name | None,
     nursery: trio.Nursery | None,
     link: bool,
 ) -> Pid:
@@ -270,10 +271,10 @@ async def spawn(
     server._pid = pid
     pid._nursery = nursery
     runner = _run_hosting if type(server)._hosts_children else _run
-    result = await nursery.start(runner, pid, server, args, kwargs, name, parent if link else None)
-    if result is pid:
-        return pid
-    raise result
+    result: object = await nursery.start(runner, pid, server, args, kwargs, name, parent if link else None)
+    if isinstance(result, BaseException):
+        raise result
+    return pid
 
 
 async def _relay_outer_cancel(pid: Pid) -> None:
@@ -289,7 +290,7 @@ async def _run_hosting(
     server: ServerBase,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    name: Server | None,
+    name: Name | None,
     link_to: Pid | None,
     *,
     task_status: trio.TaskStatus[object],
@@ -311,7 +312,7 @@ async def _run(
     server: ServerBase,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    name: Server | None,
+    name: Name | None,
     link_to: Pid | None,
     *,
     task_status: trio.TaskStatus[object],
@@ -333,7 +334,7 @@ async def _run(
                 result = await server._otp_init(*args, **kwargs)
             except ProcessExit as exc:
                 result = Stop(exc.reason)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 (an init crash fails the start with the exception)
                 result = Stop(exc)
             result_type = type(result)
             if result_type is Stop or result_type is Ignore:
@@ -355,7 +356,9 @@ async def _run(
             elif result is None:
                 continue_, timeout = UNSET, None
             else:
-                raise TypeError(f"{type(server).__name__}.init returned {result!r}; expected None, NoReply, Stop or Ignore")
+                raise TypeError(
+                    f"{type(server).__name__}.init returned {result!r}; expected None, NoReply, Stop or Ignore"
+                )
             if link_to is not None and link_to.alive:
                 link_pair(link_to, pid)
             started = True
@@ -396,12 +399,12 @@ def _after(result: object, callback: str) -> tuple[object, float | None]:
     raise TypeError(f"{callback} returned {result!r}; expected None, NoReply or Stop")
 
 
-async def _serve(pid: Pid, server: ServerBase, continue_: object, timeout: float | None) -> object:
+async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: float | None) -> object:
     """Run the loop, then ``terminate``; return the exit reason."""
     from_: From | None = None
     reply_value: object = UNSET
     try:
-        await _loop(pid, server, continue_, timeout)
+        await _loop(pid, server, continue_, idle_timeout)
     except _Stopping as stop:
         reason, from_, reply_value = stop.reason, stop.from_, stop.reply_value
     except ProcessExit as exc:
@@ -430,7 +433,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, timeout: float
 _CHECKPOINT_EVERY: Final = 64
 
 
-async def _loop(pid: Pid, server: ServerBase, continue_: object, timeout: float | None) -> None:
+async def _loop(pid: Pid, server: ServerBase, continue_: object, idle_timeout: float | None) -> None:
     queue = pid._queue
     handle_call = server.handle_call
     handle_cast = server.handle_cast
@@ -439,23 +442,23 @@ async def _loop(pid: Pid, server: ServerBase, continue_: object, timeout: float 
     while True:
         while continue_ is not UNSET:
             arg, continue_ = continue_, UNSET
-            continue_, timeout = _after(await server.handle_continue(arg), "handle_continue")
+            continue_, idle_timeout = _after(await server.handle_continue(arg), "handle_continue")
         if not queue:
             served = 0
-            if timeout is None:
+            if idle_timeout is None:
                 await pid.wait_message()
             else:
-                with trio.move_on_after(timeout):
+                with trio.move_on_after(idle_timeout):
                     await pid.wait_message()
                 if not queue:
-                    continue_, timeout = _after(await handle_info(TIMEOUT), "handle_info")
+                    continue_, idle_timeout = _after(await handle_info(TIMEOUT), "handle_info")
                     continue
         else:
             served += 1
             if served >= _CHECKPOINT_EVERY:
                 served = 0
                 await trio.lowlevel.checkpoint()
-        timeout = None
+        idle_timeout = None
         message = queue.popleft()
         if type(message) is From:
             handled = False
@@ -474,10 +477,10 @@ async def _loop(pid: Pid, server: ServerBase, continue_: object, timeout: float 
                     trio.lowlevel.reschedule(task, _Value(result))
             elif result_type is Reply:
                 reply(message, result.value)
-                continue_, timeout = result.continue_, result.timeout
+                continue_, idle_timeout = result.continue_, result.timeout
             elif result_type is NoReply:
                 message.defer()
-                continue_, timeout = result.continue_, result.timeout
+                continue_, idle_timeout = result.continue_, result.timeout
             else:
                 if result.reply is UNSET:
                     message.defer()
@@ -487,18 +490,18 @@ async def _loop(pid: Pid, server: ServerBase, continue_: object, timeout: float 
         if kind == CAST:
             result = await handle_cast(message[1])
             if result is not None:
-                continue_, timeout = _after(result, "handle_cast")
+                continue_, idle_timeout = _after(result, "handle_cast")
         elif kind == INFO:
             result = await handle_info(message[1])
             if result is not None:
-                continue_, timeout = _after(result, "handle_info")
+                continue_, idle_timeout = _after(result, "handle_info")
         elif kind == EXIT:
             sender, reason = message[1], message[2]
             if sender is pid._parent:
                 raise _Stopping(reason)
             result = await handle_info(ExitSignal(sender, reason))
             if result is not None:
-                continue_, timeout = _after(result, "handle_info")
+                continue_, idle_timeout = _after(result, "handle_info")
         elif kind == SYS:
             op, from_, arg = message[1], message[2], message[3]
             if op == "get_state":
@@ -557,8 +560,6 @@ async def get_state(server: Server, timeout: float = 5.0) -> Any:  # noqa: ASYNC
     with trio.CancelScope(deadline=trio.current_time() + timeout):
         return await trio.lowlevel.wait_task_rescheduled(from_.abort)
     raise CallTimeout(server, "get_state", timeout)
-
-
 
 
 class GenServer(ServerBase):

@@ -499,9 +499,8 @@ def _unregister(name: object, pid: Pid) -> None:
         table = _name_table()
         if table.get(name) is pid:
             del table[name]
-    elif isinstance(name, Via):
-        if name.registry.whereis_name(name.key) is pid:
-            name.registry.unregister_name(name.key)
+    elif isinstance(name, Via) and name.registry.whereis_name(name.key) is pid:
+        name.registry.unregister_name(name.key)
 
 
 def whereis(name: Name) -> Pid | None:
@@ -598,9 +597,10 @@ class Call(Generic[R_co]):
 
 
 @overload
-async def call(server: Server, request: Call[R], timeout: float = ...) -> R: ...
+async def call(server: Server, request: Call[R], timeout: float = ...) -> R: ...  # noqa: ASYNC109
 @overload
-async def call(server: Server, request: object, timeout: float = ...) -> Any: ...
+async def call(server: Server, request: object, timeout: float = ...) -> Any: ...  # noqa: ASYNC109
+
 
 async def call(server: Server, request: object, timeout: float = 5.0) -> Any:  # noqa: ASYNC109 (OTP's call timeout)
     """Send ``request`` to ``server`` and wait for its reply.

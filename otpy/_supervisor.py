@@ -140,7 +140,7 @@ class RestartIntensity:
 async def start_child_process(spec: ChildSpec) -> tuple[Pid | None, object]:
     """Run ``spec.start``: (pid or None for ignore, UNSET) or (None, failure reason)."""
     try:
-        pid = await spec.start()
+        pid: object = await spec.start()
     except StartIgnored:
         return None, None
     except StartError as exc:
@@ -299,7 +299,7 @@ class Supervisor(ServerBase):
         return str(name) if isinstance(name, str) else repr(self._pid)
 
     async def _otp_init(self, *args: Any, **kwargs: Any) -> object:
-        spec = await self.init(*args, **kwargs)
+        spec: object = await self.init(*args, **kwargs)
         if isinstance(spec, Ignore):
             return spec
         if not isinstance(spec, SupervisorSpec):
@@ -528,7 +528,7 @@ class Supervisor(ServerBase):
         if isinstance(child_id, Pid):
             return None
         try:
-            return self._by_id.get(child_id)  # type: ignore[arg-type]
+            return self._by_id.get(child_id)
         except TypeError:
             return None
 

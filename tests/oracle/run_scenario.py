@@ -20,9 +20,10 @@ killed at all).
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import logging
 import json
+import logging
 import math
 import sys
 from pathlib import Path
@@ -36,7 +37,7 @@ import otpy
 from otpy._process import Pid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from trace_tool import canonicalize, relations  # noqa: E402
+from trace_tool import canonicalize, relations
 
 UNDEFINED = "undefined"
 
@@ -116,7 +117,9 @@ class Store:
         return self.nodes.get(node_id, {}).get("type") == "dynamic_supervisor"
 
 
-def parse_tree(json_node: dict[str, Any], default_type: str, parent: str | None) -> list[tuple[dict[str, Any], str | None]]:
+def parse_tree(
+    json_node: dict[str, Any], default_type: str, parent: str | None
+) -> list[tuple[dict[str, Any], str | None]]:
     """Depth-first (node, parent) pairs, as the Erlang runner's parse_tree."""
     node = dict(json_node)
     node.setdefault("type", default_type)
@@ -285,7 +288,11 @@ class Runner:
         for event in self.frozen:
             rendered = {}
             for key, value in event.items():
-                rendered[key] = value if key in ("ev", "id", "inc", "kind", "op", "i") or event["ev"] == "step" else self.render(value)
+                rendered[key] = (
+                    value
+                    if key in ("ev", "id", "inc", "kind", "op", "i") or event["ev"] == "step"
+                    else self.render(value)
+                )
             events.append(rendered)
         parents, dynamic = relations(self.scenario)
         return canonicalize(events, parents, dynamic)
@@ -386,10 +393,8 @@ class Runner:
             before = len(self.collector.events)
             for pid, (_, _, kind) in list(self.collector.labels.items()):
                 if kind == "supervisor" and pid.alive:
-                    try:
+                    with contextlib.suppress(otpy.CallError):
                         await otpy.get_state(pid, math.inf)
-                    except otpy.CallError:
-                        pass
             await trio.sleep(0.002)
             busy = any(pid.mailbox_size > 0 for pid in self.collector.live)
             await self.sync()
@@ -511,10 +516,8 @@ class Runner:
         raise ValueError(f"unknown op {op!r}")
 
     async def stop_quietly(self, pid: Pid, reason: Any) -> None:
-        try:
+        with contextlib.suppress(otpy.OtpError):
             await otpy.stop(pid, reason, math.inf)
-        except otpy.OtpError:
-            pass
 
 
 def _sorted_keys(value: Any) -> Any:
