@@ -11,7 +11,7 @@ import structlog
 import trio
 from outcome import Value as _Value
 
-from ._exceptions import CallTimeout, NoProcess, ProcessExit, ServerExited, StartError
+from ._exceptions import AlreadyRegistered, CallTimeout, NoProcess, ProcessExit, ServerExited, StartError
 from ._process import (
     _CURRENT,
     CAST,
@@ -259,7 +259,13 @@ async def spawn(
     nursery: trio.Nursery | None,
     link: bool,
 ) -> Pid:
-    """Run ``server`` in a new process and wait for its ``init`` (internal)."""
+    """Run ``server`` in a new process once its ``init`` has run (internal).
+
+    This is `trio.Nursery.start`'s contract without its temporary nursery: ``init``
+    runs in the starting task (under the new process's identity and kill scope, and
+    under the starter's cancel scopes, as ``start`` runs a child), and only then does
+    the process get a task of its own. Its failure comes out of ``start_link``.
+    """
     parent = _CURRENT.get()
     if nursery is None:
         if parent is None:
@@ -270,11 +276,52 @@ async def spawn(
     pid = Pid(server, parent, type(server).trap_exit)
     server._pid = pid
     pid._nursery = nursery
-    runner = _run_hosting if type(server)._hosts_children else _run
-    result: object = await nursery.start(runner, pid, server, args, kwargs, name, parent if link else None)
+    link_to = parent if link else None
+    result: object
+    if type(server)._hosts_children:
+        # A supervisor's init starts children into a nursery that its own task owns,
+        # so its init runs in its task; the starter waits for the outcome.
+        starter = _Starter(trio.lowlevel.current_task(), pid)
+        nursery.start_soon(_run_hosting, pid, server, args, kwargs, name, link_to, starter)
+        result = await trio.lowlevel.wait_task_rescheduled(starter.abort)
+        if isinstance(result, BaseException):
+            raise result
+        return pid
+    token = _CURRENT.set(pid)
+    try:
+        result = await _init(pid, server, args, kwargs, name, link_to)
+    finally:
+        _CURRENT.reset(token)
     if isinstance(result, BaseException):
         raise result
+    assert isinstance(result, tuple)
+    nursery.start_soon(_serve, pid, server, result[0], result[1])
     return pid
+
+
+class _Starter:
+    """A supervisor's start handshake: the starter parks until its ``init`` has run.
+
+    If the starter is cancelled meanwhile, the half-started process is killed, as
+    `trio.Nursery.start` would cancel it.
+    """
+
+    __slots__ = ("pid", "task")
+
+    def __init__(self, task: trio.lowlevel.Task, pid: Pid) -> None:
+        self.task: trio.lowlevel.Task | None = task
+        self.pid = pid
+
+    def started(self, value: object) -> None:
+        task = self.task
+        if task is not None:
+            self.task = None
+            trio.lowlevel.reschedule(task, _Value(value))
+
+    def abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+        self.task = None
+        self.pid.kill("killed")
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 async def _relay_outer_cancel(pid: Pid) -> None:
@@ -292,8 +339,7 @@ async def _run_hosting(
     kwargs: dict[str, Any],
     name: Name | None,
     link_to: Pid | None,
-    *,
-    task_status: trio.TaskStatus[object],
+    starter: _Starter,
 ) -> None:
     # A process that hosts children (a supervisor) keeps them in a nursery shielded
     # from outside cancellation: cancelling the enclosing nursery becomes an exit signal
@@ -303,90 +349,84 @@ async def _run_hosting(
         with trio.CancelScope(shield=True):
             async with trio.open_nursery() as children:
                 pid._nursery = children
-                await _run(pid, server, args, kwargs, name, link_to, task_status=task_status)
+                _CURRENT.set(pid)
+                result = await _init(pid, server, args, kwargs, name, link_to)
+                starter.started(result)
+                if not isinstance(result, BaseException):
+                    await _serve(pid, server, result[0], result[1])
         guard.cancel_scope.cancel()
 
 
-async def _run(
+async def _init(
     pid: Pid,
     server: ServerBase,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     name: Name | None,
     link_to: Pid | None,
-    *,
-    task_status: trio.TaskStatus[object],
-) -> None:
-    _CURRENT.set(pid)
-    started = False
-    reason: object = UNSET
+) -> tuple[object, float | None] | StartError | AlreadyRegistered:
+    """Register the name and run ``init`` in the process's kill scope.
+
+    Returns ``(continue_, idle_timeout)`` when the process may run, or the error that
+    ``start_link`` raises (the process has then exited).
+    """
+    finished = False
     try:
         with pid._scope:
             if name is not None:
                 holder = register(name, pid)
                 if holder is not None:
-                    from ._exceptions import AlreadyRegistered
-
                     pid.finish("normal")
-                    task_status.started(AlreadyRegistered(name, holder))
-                    return
+                    finished = True
+                    return AlreadyRegistered(name, holder)
             try:
                 result = await server._otp_init(*args, **kwargs)
             except ProcessExit as exc:
                 result = Stop(exc.reason)
             except Exception as exc:  # noqa: BLE001 (an init crash fails the start with the exception)
                 result = Stop(exc)
-            result_type = type(result)
-            if result_type is Stop or result_type is Ignore:
-                failure: StartError
-                if result_type is Ignore:
-                    failure = StartIgnored(None, "ignore")
-                    pid.finish("normal")
-                else:
-                    assert isinstance(result, Stop)
-                    failure = StartError(None, result.reason)
-                    if isinstance(result.reason, BaseException):
-                        failure.__cause__ = result.reason
-                    pid.finish(result.reason)
-                task_status.started(failure)
-                return
-            if result_type is NoReply:
-                assert isinstance(result, NoReply)
-                continue_, timeout = result.continue_, result.timeout
-            elif result is None:
-                continue_, timeout = UNSET, None
+            if result is None:
+                outcome: tuple[object, float | None] = (UNSET, None)
+            elif isinstance(result, NoReply):
+                outcome = (result.continue_, result.timeout)
+            elif isinstance(result, Ignore):
+                pid.finish("normal")
+                finished = True
+                return StartIgnored(None, "ignore")
+            elif isinstance(result, Stop):
+                failure = StartError(None, result.reason)
+                if isinstance(result.reason, BaseException):
+                    failure.__cause__ = result.reason
+                pid.finish(result.reason)
+                finished = True
+                return failure
             else:
-                raise TypeError(
+                bad = TypeError(
                     f"{type(server).__name__}.init returned {result!r}; expected None, NoReply, Stop or Ignore"
                 )
+                pid.finish(bad)
+                finished = True
+                return StartError(None, bad)
             if link_to is not None and link_to.alive:
                 link_pair(link_to, pid)
-            started = True
-            task_status.started(pid)
-            reason = await _serve(pid, server, continue_, timeout)
         if pid._scope.cancelled_caught:
-            reason = pid._kill_reason
-        if not started:
-            failure = StartError(None, reason)
-            pid.finish(reason)
-            task_status.started(failure)
+            pid.finish(pid._kill_reason)
+            finished = True
+            return StartError(None, pid._kill_reason)
+        # The loop runs in a fresh kill scope (a scope is entered once); a kill that came
+        # during init without a checkpoint after it carries over.
+        pid._scope = trio.CancelScope()
+        if pid._kill_reason is not UNSET:
+            pid._scope.cancel()
+        finished = True
+        return outcome
     finally:
-        if pid.alive:
-            if reason is UNSET:
-                # Cancelled from outside (the hosting nursery is going away): like a
-                # "shutdown" exit signal from the parent, with a bounded terminate.
-                reason = "shutdown"
-                if pid._trap_exit and started:
-                    with trio.move_on_after(5.0, shield=True):
-                        try:
-                            await server.terminate(reason)
-                        except Exception as exc:  # noqa: BLE001 (reported, the exit goes on)
-                            _log.error("terminate_failed", server=repr(pid), exc_info=exc)
-            pid.finish(reason)
+        if not finished:
+            pid.finish("killed")  # the starter was cancelled during init
 
 
 def _after(result: object, callback: str) -> tuple[object, float | None]:
-    """Interpret what a non-call callback returned: (continue_, timeout)."""
+    """Interpret what a non-call callback returned: (continue_, idle_timeout)."""
     if result is None:
         return UNSET, None
     result_type = type(result)
@@ -399,115 +439,131 @@ def _after(result: object, callback: str) -> tuple[object, float | None]:
     raise TypeError(f"{callback} returned {result!r}; expected None, NoReply or Stop")
 
 
-async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: float | None) -> object:
-    """Run the loop, then ``terminate``; return the exit reason."""
-    from_: From | None = None
-    reply_value: object = UNSET
-    try:
-        await _loop(pid, server, continue_, idle_timeout)
-    except _Stopping as stop:
-        reason, from_, reply_value = stop.reason, stop.from_, stop.reply_value
-    except ProcessExit as exc:
-        reason = exc.reason
-    except Exception as exc:  # noqa: BLE001 (a crash: the exception is the exit reason)
-        reason = exc
-    try:
-        await server.terminate(reason)
-    except ProcessExit as exc:
-        reason = exc.reason
-    except Exception as exc:  # noqa: BLE001 (a crash in terminate replaces the reason)
-        reason = exc
-    if from_ is not None and reply_value is not UNSET:
-        reply(from_, reply_value)
-    if not is_normal_reason(reason):
-        _log.error(
-            "server_crashed",
-            report="crash",
-            server=repr(pid),
-            reason=repr(reason),
-            exc_info=reason if isinstance(reason, BaseException) else None,
-        )
-    return reason
-
-
 _CHECKPOINT_EVERY: Final = 64
 
 
-async def _loop(pid: Pid, server: ServerBase, continue_: object, idle_timeout: float | None) -> None:
-    queue = pid._queue
-    handle_call = server.handle_call
-    handle_cast = server.handle_cast
-    handle_info = server.handle_info
-    served = 0
-    while True:
-        while continue_ is not UNSET:
-            arg, continue_ = continue_, UNSET
-            continue_, idle_timeout = _after(await server.handle_continue(arg), "handle_continue")
-        if not queue:
+async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: float | None) -> None:
+    """The process's task: the receive loop, then ``terminate``, then the exit.
+
+    Kept as one flat coroutine: every frame a parked process holds is an object the
+    garbage collector walks, and a tree holds many parked processes.
+    """
+    _CURRENT.set(pid)
+    reason: object = UNSET
+    try:
+        with pid._scope:
+            from_: From | None = None
+            reply_value: object = UNSET
+            queue = pid._queue
+            handle_call = server.handle_call
             served = 0
-            if idle_timeout is None:
-                await pid.wait_message()
-            else:
-                with trio.move_on_after(idle_timeout):
-                    await pid.wait_message()
-                if not queue:
-                    continue_, idle_timeout = _after(await handle_info(TIMEOUT), "handle_info")
-                    continue
-        else:
-            served += 1
-            if served >= _CHECKPOINT_EVERY:
-                served = 0
-                await trio.lowlevel.checkpoint()
-        idle_timeout = None
-        message = queue.popleft()
-        if type(message) is From:
-            handled = False
             try:
-                result = await handle_call(message.request, message)
-                handled = True
-            finally:
-                if not handled:
-                    # The server is going down inside handle_call: the exit fails this caller too.
-                    message.defer()
-            result_type = type(result)
-            if result_type not in _CONTROL:
-                task = message._task
-                if task is not None:
-                    message._task = None
-                    trio.lowlevel.reschedule(task, _Value(result))
-            elif result_type is Reply:
-                reply(message, result.value)
-                continue_, idle_timeout = result.continue_, result.timeout
-            elif result_type is NoReply:
-                message.defer()
-                continue_, idle_timeout = result.continue_, result.timeout
-            else:
-                if result.reply is UNSET:
-                    message.defer()
-                raise _Stopping(result.reason, message, result.reply)
-            continue
-        kind = message[0]
-        if kind == CAST:
-            result = await handle_cast(message[1])
-            if result is not None:
-                continue_, idle_timeout = _after(result, "handle_cast")
-        elif kind == INFO:
-            result = await handle_info(message[1])
-            if result is not None:
-                continue_, idle_timeout = _after(result, "handle_info")
-        elif kind == EXIT:
-            sender, reason = message[1], message[2]
-            if sender is pid._parent:
-                raise _Stopping(reason)
-            result = await handle_info(ExitSignal(sender, reason))
-            if result is not None:
-                continue_, idle_timeout = _after(result, "handle_info")
-        elif kind == SYS:
-            op, from_, arg = message[1], message[2], message[3]
-            if op == "get_state":
-                reply(from_, server)
-            elif op == "stop":
-                raise _Stopping(arg)
+                while True:
+                    while continue_ is not UNSET:
+                        arg, continue_ = continue_, UNSET
+                        continue_, idle_timeout = _after(await server.handle_continue(arg), "handle_continue")
+                    if not queue:
+                        served = 0
+                        if idle_timeout is None:
+                            pid._waiter = trio.lowlevel.current_task()
+                            await trio.lowlevel.wait_task_rescheduled(pid._abort_wait)
+                        else:
+                            with trio.move_on_after(idle_timeout):
+                                await pid.wait_message()
+                            if not queue:
+                                continue_, idle_timeout = _after(await server.handle_info(TIMEOUT), "handle_info")
+                                continue
+                    else:
+                        served += 1
+                        if served >= _CHECKPOINT_EVERY:
+                            served = 0
+                            await trio.lowlevel.checkpoint()
+                    idle_timeout = None
+                    message = queue.popleft()
+                    if type(message) is From:
+                        handled = False
+                        try:
+                            result = await handle_call(message.request, message)
+                            handled = True
+                        finally:
+                            if not handled:
+                                # Going down inside handle_call: the exit fails this caller too.
+                                message.defer()
+                        result_type = type(result)
+                        if result_type not in _CONTROL:
+                            task = message._task
+                            if task is not None:
+                                message._task = None
+                                trio.lowlevel.reschedule(task, _Value(result))
+                        elif result_type is Reply:
+                            reply(message, result.value)
+                            continue_, idle_timeout = result.continue_, result.timeout
+                        elif result_type is NoReply:
+                            message.defer()
+                            continue_, idle_timeout = result.continue_, result.timeout
+                        else:
+                            if result.reply is UNSET:
+                                message.defer()
+                            raise _Stopping(result.reason, message, result.reply)
+                        continue
+                    kind = message[0]
+                    if kind == CAST:
+                        result = await server.handle_cast(message[1])
+                        if result is not None:
+                            continue_, idle_timeout = _after(result, "handle_cast")
+                    elif kind == INFO:
+                        result = await server.handle_info(message[1])
+                        if result is not None:
+                            continue_, idle_timeout = _after(result, "handle_info")
+                    elif kind == EXIT:
+                        sender, signal = message[1], message[2]
+                        if sender is pid._parent:
+                            raise _Stopping(signal)
+                        result = await server.handle_info(ExitSignal(sender, signal))
+                        if result is not None:
+                            continue_, idle_timeout = _after(result, "handle_info")
+                    elif kind == SYS:
+                        if message[1] == "get_state":
+                            reply(message[2], server)
+                        elif message[1] == "stop":
+                            raise _Stopping(message[3])
+            except _Stopping as stop:
+                reason, from_, reply_value = stop.reason, stop.from_, stop.reply_value
+            except ProcessExit as exc:
+                reason = exc.reason
+            except Exception as exc:  # noqa: BLE001 (a crash: the exception is the exit reason)
+                reason = exc
+            try:
+                await server.terminate(reason)
+            except ProcessExit as exc:
+                reason = exc.reason
+            except Exception as exc:  # noqa: BLE001 (a crash in terminate replaces the reason)
+                reason = exc
+            if from_ is not None and reply_value is not UNSET:
+                reply(from_, reply_value)
+            if not is_normal_reason(reason):
+                _log.error(
+                    "server_crashed",
+                    report="crash",
+                    server=repr(pid),
+                    reason=repr(reason),
+                    exc_info=reason if isinstance(reason, BaseException) else None,
+                )
+        if pid._scope.cancelled_caught:
+            reason = pid._kill_reason
+    finally:
+        if pid.alive:
+            if reason is UNSET:
+                # Cancelled from outside (the hosting nursery is going away): like a
+                # "shutdown" exit signal from the parent, with a bounded terminate.
+                reason = "shutdown"
+                if pid._trap_exit:
+                    with trio.move_on_after(5.0, shield=True):
+                        try:
+                            await server.terminate(reason)
+                        except Exception as exc:  # noqa: BLE001 (reported, the exit goes on)
+                            _log.error("terminate_failed", server=repr(pid), exc_info=exc)
+            pid.finish(reason)
 
 
 # --- client functions that need the loop's system messages ----------------------------
