@@ -49,14 +49,30 @@ def format_reason(reason: object) -> str:
 
 @attrs.define(eq=False, init=False, repr=False, slots=False)
 class OtpError(Exception):
-    """Base class of every error that otpy raises."""
+    """Base class of every error that otpy raises.
+
+    Example::
+
+        try:
+            await otpy.call("cache", "get")
+        except otpy.OtpError as exc:   # any otpy failure, with its context as attributes
+            log.warning("cache unavailable", error=str(exc))
+    """
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self)!r})"
 
 
 class CallError(OtpError):
-    """A call produced no reply."""
+    """A call produced no reply: the base of `NoProcess`, `CallTimeout`, `ServerExited`, `CallingSelf`.
+
+    Example::
+
+        try:
+            value = await otpy.call("cache", ("get", key))
+        except otpy.CallError:
+            value = None
+    """
 
 
 @attrs.define(eq=False, repr=False, slots=False)
@@ -82,6 +98,13 @@ class CallTimeout(CallError, trio.TooSlowError):
 
     It also derives from `trio.TooSlowError`, so code written against
     `trio.fail_after` keeps working. A reply that arrives later is dropped.
+
+    Example::
+
+        try:
+            await otpy.call(pid, "slow", timeout=0.5)
+        except otpy.CallTimeout as exc:
+            assert exc.timeout == 0.5
     """
 
     server: object
@@ -98,6 +121,13 @@ class ServerExited(CallError):
 
     ``reason`` is the server's exit reason: ``"normal"``, ``"shutdown"``, ``"killed"``,
     another term, or the exception that crashed it.
+
+    Example::
+
+        try:
+            await otpy.call(pid, "crash")
+        except otpy.ServerExited as exc:
+            assert isinstance(exc.reason, KeyError)
     """
 
     server: object
@@ -109,7 +139,13 @@ class ServerExited(CallError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class CallingSelf(CallError):
-    """A process called itself, which would deadlock until the timeout."""
+    """A process called itself, which would deadlock until the timeout.
+
+    Example::
+
+        async def handle_cast(self, request):
+            await otpy.call(otpy.self(), "get")   # raises CallingSelf
+    """
 
     server: object
 
@@ -119,7 +155,15 @@ class CallingSelf(CallError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class AlreadyRegistered(OtpError):
-    """The name is already registered by a live process (OTP's ``{already_started, Pid}``)."""
+    """The name is already registered by a live process (OTP's ``{already_started, Pid}``).
+
+    Example::
+
+        await Counter.start_link(name="c", nursery=nursery)
+        with pytest.raises(otpy.AlreadyRegistered) as info:
+            await Counter.start_link(name="c", nursery=nursery)
+        assert info.value.pid is otpy.whereis("c")
+    """
 
     name: object
     pid: Pid
@@ -134,6 +178,13 @@ class StartError(OtpError):
 
     ``reason`` is the exit reason of the failed start (an exception is also chained as
     ``__cause__``). ``child_id`` names the child when a supervisor started it.
+
+    Example::
+
+        try:
+            await Db.start_link("postgres://nowhere", nursery=nursery)
+        except otpy.StartError as exc:
+            print("db did not start:", exc.reason)
     """
 
     child_id: Hashable | None
@@ -152,6 +203,12 @@ class InvalidChildSpec(OtpError, ValueError):
     ``"significant"`` or ``"spec"`` (the whole value). ``conflict`` is set when
     ``significant`` clashes with another setting: ``("restart", "permanent")`` or
     ``("auto_shutdown", "never")`` (OTP's ``bad_combination``).
+
+    Example::
+
+        with pytest.raises(otpy.InvalidChildSpec) as info:
+            otpy.ChildSpec(id="w", start=Worker.start_link, restart="sometimes")
+        assert (info.value.child_id, info.value.field) == ("w", "restart")
     """
 
     child_id: object
@@ -166,7 +223,16 @@ class InvalidChildSpec(OtpError, ValueError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class InvalidSupervisorFlags(OtpError, ValueError):
-    """A supervisor flag is malformed (OTP's ``{supervisor_data, ...}``)."""
+    """A supervisor flag is malformed (OTP's ``{supervisor_data, ...}``).
+
+    It is the reason of the `StartError` that ``start_link`` raises.
+
+    Example::
+
+        with pytest.raises(otpy.StartError) as info:
+            await otpy.Supervisor.start_link([], strategy="none_for_one", nursery=nursery)
+        assert info.value.reason.flag == "strategy"
+    """
 
     flag: str
     value: object
@@ -177,12 +243,26 @@ class InvalidSupervisorFlags(OtpError, ValueError):
 
 
 class SupervisorError(OtpError):
-    """A supervisor refused a management request."""
+    """A supervisor refused a management request: the base of the errors below.
+
+    Example::
+
+        try:
+            await otpy.Supervisor.delete_child(sup, "worker")
+        except otpy.SupervisorError as exc:
+            print("not deleted:", exc)
+    """
 
 
 @attrs.define(eq=False, repr=False, slots=False)
 class ChildNotFound(SupervisorError):
-    """The supervisor has no child with that id (or, for DynamicSupervisor, that pid)."""
+    """The supervisor has no child with that id (or, for DynamicSupervisor, that pid).
+
+    Example::
+
+        with pytest.raises(otpy.ChildNotFound):
+            await otpy.Supervisor.terminate_child(sup, "nobody")
+    """
 
     child: object
 
@@ -192,7 +272,13 @@ class ChildNotFound(SupervisorError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class ChildRunning(SupervisorError):
-    """The child is running, so it cannot be restarted or deleted."""
+    """The child is running, so it cannot be restarted or deleted.
+
+    Example::
+
+        with pytest.raises(otpy.ChildRunning):
+            await otpy.Supervisor.delete_child(sup, "worker")   # terminate_child it first
+    """
 
     child_id: object
 
@@ -202,7 +288,14 @@ class ChildRunning(SupervisorError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class ChildRestarting(SupervisorError):
-    """The child is between failed restart attempts."""
+    """The child is between failed restart attempts.
+
+    Example::
+
+        # its restart failed and is being retried
+        with pytest.raises(otpy.ChildRestarting):
+            await otpy.Supervisor.restart_child(sup, "flaky")
+    """
 
     child_id: object
 
@@ -212,7 +305,14 @@ class ChildRestarting(SupervisorError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class AlreadyStarted(SupervisorError):
-    """A child with that id is already running under the supervisor."""
+    """A child with that id is already running under the supervisor.
+
+    Example::
+
+        with pytest.raises(otpy.AlreadyStarted) as info:
+            await otpy.Supervisor.start_child(sup, Worker.child_spec(id="worker"))
+        assert info.value.pid is not None
+    """
 
     child_id: object
     pid: Pid
@@ -223,7 +323,14 @@ class AlreadyStarted(SupervisorError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class AlreadyPresent(SupervisorError):
-    """A child spec with that id exists (stopped); use ``restart_child`` or ``delete_child``."""
+    """A child spec with that id exists (stopped); use ``restart_child`` or ``delete_child``.
+
+    Example::
+
+        await otpy.Supervisor.terminate_child(sup, "worker")
+        with pytest.raises(otpy.AlreadyPresent):
+            await otpy.Supervisor.start_child(sup, Worker.child_spec(id="worker"))
+    """
 
     child_id: object
 
@@ -233,7 +340,15 @@ class AlreadyPresent(SupervisorError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class MaxChildren(SupervisorError):
-    """The DynamicSupervisor already has ``max_children`` children."""
+    """The DynamicSupervisor already has ``max_children`` children.
+
+    Example::
+
+        sup = await otpy.DynamicSupervisor.start_link(max_children=1, nursery=nursery)
+        await otpy.DynamicSupervisor.start_child(sup, Worker.child_spec())
+        with pytest.raises(otpy.MaxChildren):
+            await otpy.DynamicSupervisor.start_child(sup, Worker.child_spec())
+    """
 
     max_children: int
 

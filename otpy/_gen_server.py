@@ -99,12 +99,26 @@ class Stop:
 
 @attrs.frozen
 class Ignore:
-    """From ``init``: do not start, and tell the supervisor so (OTP's ``ignore``)."""
+    """From ``init``: do not start, and tell the supervisor so (OTP's ``ignore``).
+
+    Example::
+
+        async def init(self, config):
+            if not config.enabled:
+                return otpy.Ignore()    # the supervisor keeps the spec, with no process
+    """
 
 
 @attrs.frozen
 class InactivityTimeout:
-    """The message ``handle_info`` gets when a ``timeout`` passes without messages (``:timeout``)."""
+    """The type of `TIMEOUT`: what ``handle_info`` gets when a ``timeout`` passes without messages.
+
+    Example::
+
+        async def handle_info(self, message):
+            if message is otpy.TIMEOUT:       # Elixir's :timeout
+                return otpy.Stop("normal")    # idle for too long
+    """
 
 
 TIMEOUT: Final = InactivityTimeout()
@@ -244,7 +258,15 @@ class ServerBase:
 
 
 class StartIgnored(StartError):
-    """``init`` returned `Ignore`: the process did not start, and that is not an error for a supervisor."""
+    """``init`` returned `Ignore`: the process did not start, and that is not an error for a supervisor.
+
+    Example::
+
+        try:
+            await Optional.start_link(nursery=nursery)
+        except otpy.StartIgnored:
+            pass   # disabled by configuration
+    """
 
     def __str__(self) -> str:
         return "init returned Ignore: the process was not started"

@@ -278,7 +278,13 @@ class ExitSignal:
 
 @attrs.frozen(eq=False)
 class MonitorRef:
-    """The reference returned by `monitor`; pass it to `demonitor`."""
+    """The reference returned by `monitor`; pass it to `demonitor`.
+
+    Example::
+
+        ref = otpy.monitor(worker)
+        otpy.demonitor(ref, flush=True)
+    """
 
     target: Pid
     _event: trio.Event | None = attrs.field(default=None, alias="_event")
@@ -426,6 +432,20 @@ class ViaRegistry(Protocol):
     """**Protocol**: a registry that can hold process names (Elixir's ``:via`` module).
 
     `otpy.Registry` implements it; any object with these three methods works.
+
+    Example::
+
+        class Table:
+            def __init__(self):
+                self.pids = {}
+            def register_name(self, key, pid):
+                return self.pids.setdefault(key, pid) is pid
+            def unregister_name(self, key):
+                self.pids.pop(key, None)
+            def whereis_name(self, key):
+                return self.pids.get(key)
+
+        await Worker.start_link(name=otpy.via(Table(), "w1"), nursery=nursery)
     """
 
     def register_name(self, key: Hashable, pid: Pid) -> bool:
@@ -443,7 +463,14 @@ class ViaRegistry(Protocol):
 
 @attrs.frozen
 class Via:
-    """A name held by a `ViaRegistry` instead of the local name table. See `via`."""
+    """A name held by a `ViaRegistry` instead of the local name table. See `via`.
+
+    Example::
+
+        name = otpy.via(registry, ("room", 42))
+        await Room.start_link(name=name, nursery=nursery)
+        await otpy.call(name, "members")
+    """
 
     registry: ViaRegistry
     key: Hashable
@@ -524,7 +551,13 @@ def whereis(name: Name) -> Pid | None:
 
 
 def registered() -> list[str]:
-    """The locally registered names of live processes (Erlang's ``registered/0``)."""
+    """The locally registered names of live processes (Erlang's ``registered/0``).
+
+    Example::
+
+        await Counter.start_link(name="counter", nursery=nursery)
+        assert "counter" in otpy.registered()
+    """
     return [name for name, pid in _name_table().items() if pid.alive]
 
 
@@ -576,7 +609,13 @@ def trap_exits(enabled: bool = True) -> bool:
 
 
 def current_process() -> Pid | None:
-    """The pid of the calling process, or ``None`` outside any process."""
+    """The pid of the calling process, or ``None`` outside any process.
+
+    Example::
+
+        if otpy.current_process() is None:
+            print("called from plain trio code")
+    """
     return _CURRENT.get()
 
 
@@ -791,7 +830,14 @@ def link(pid: Pid) -> None:
 
 
 def unlink(pid: Pid) -> None:
-    """Remove the link between the calling process and ``pid`` (no-op if none)."""
+    """Remove the link between the calling process and ``pid`` (no-op if none).
+
+    Example::
+
+        otpy.link(helper)
+        ...
+        otpy.unlink(helper)   # helper's exit no longer affects us
+    """
     me = self()
     if me._links is not None:
         me._links.discard(pid)
@@ -844,7 +890,14 @@ def monitor(pid: Server) -> MonitorRef:
 
 
 def demonitor(ref: MonitorRef, *, flush: bool = False) -> None:
-    """Stop watching; with ``flush=True`` also drop a `Down` for ``ref`` already queued."""
+    """Stop watching; with ``flush=True`` also drop a `Down` for ``ref`` already queued.
+
+    Example::
+
+        ref = otpy.monitor(worker)
+        result = await otpy.call(worker, "job")
+        otpy.demonitor(ref, flush=True)
+    """
     monitors = ref.target._monitors
     watcher = None
     if monitors is not None:

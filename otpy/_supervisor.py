@@ -73,6 +73,10 @@ class ChildInfo:
 
     ``child`` is the running `Pid`, ``"restarting"`` between failed restart attempts,
     or ``None`` when the child is not running.
+
+    Example::
+
+        running = [info.id for info in await otpy.Supervisor.which_children(sup) if info.child]
     """
 
     id: Hashable
@@ -86,6 +90,11 @@ class ChildCounts:
 
     ``specs`` counts every child spec, running or not; ``active`` the running
     processes; ``supervisors`` and ``workers`` the specs by type.
+
+    Example::
+
+        counts = await otpy.Supervisor.count_children(sup)
+        print(f"{counts.active}/{counts.specs} children running")
     """
 
     specs: int
