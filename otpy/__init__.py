@@ -61,7 +61,16 @@ from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorSpec as SupervisorSpec
 
 # --- Registry, timers, Agent (issue 4) -------------------------------------------------
+# isort: split
+from ._agent import Agent as Agent
+from ._registry import Registry as Registry
+from ._timers import TimerRef as TimerRef
+from ._timers import cancel_timer as cancel_timer
+from ._timers import read_timer as read_timer
+from ._timers import send_after as send_after
+
 # --- Task, Task.Supervisor, the application entry point, the tree view (issue 4) ------
+
 from ._util import fixup_module_metadata as _fixup
 from ._version import __version__ as __version__
 

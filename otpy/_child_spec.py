@@ -34,6 +34,10 @@ def _check_fields(
 ) -> None:
     # The order is OTP's (supervisor.erl do_check_childspec), so the first problem
     # reported is the one OTP reports.
+    try:
+        hash(child_id)
+    except TypeError:
+        raise InvalidChildSpec(child_id, "id", child_id, "must be hashable (a str, a tuple, ...)") from None
     if not callable(start):
         raise InvalidChildSpec(child_id, "start", start, "must be an async callable that starts the child")
     if restart not in _RESTARTS:

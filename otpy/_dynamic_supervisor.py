@@ -159,12 +159,20 @@ class DynamicSupervisor(ServerBase):
             return _Failure(MaxChildren(int(self._max_children)))
         pid, failure = await start_child_process(spec)
         if failure is not None:
-            if type(failure) is tuple and failure[0] == "already_started":
-                return _Failure(AlreadyRegistered(spec.id, failure[1]))
             return _Failure(start_failure(None, failure))
         if pid is not None:
             self._save(pid, _DynChild(spec))
+            self._report_started(spec)
         return pid
+
+    def _report_started(self, spec: ChildSpec) -> None:
+        _log.debug(
+            "child_started",
+            report="progress",
+            supervisor=self._label(),
+            child_id=repr(spec.id),
+            restart=spec.restart,
+        )
 
     async def _handle_terminate_child(self, pid: object) -> Any:
         child = self._children.get(pid) if isinstance(pid, Pid) else None
@@ -192,9 +200,9 @@ class DynamicSupervisor(ServerBase):
                 "child_terminated",
                 report="supervisor",
                 supervisor=self._label(),
+                child_id=repr(child.spec.id),
                 restart=restart,
                 reason=repr(message.reason),
-                exc_info=message.reason if isinstance(message.reason, BaseException) else None,
             )
             if restart == "temporary":
                 del self._children[pid]
@@ -214,6 +222,7 @@ class DynamicSupervisor(ServerBase):
                 "supervisor_gave_up",
                 report="supervisor",
                 supervisor=self._label(),
+                child_id=repr(child.spec.id),
                 max_restarts=self._intensity.max_restarts,
                 max_seconds=self._intensity.max_seconds,
                 reason="reached_max_restart_intensity",
@@ -222,10 +231,13 @@ class DynamicSupervisor(ServerBase):
             return True
         pid, failure = await start_child_process(child.spec)
         if failure is not None:
+            if isinstance(failure, AlreadyRegistered):
+                failure = ("already_started", failure.pid)  # OTP's term, inside exit reasons
             _log.error(
                 "child_start_failed",
                 report="supervisor",
                 supervisor=self._label(),
+                child_id=repr(child.spec.id),
                 reason=repr(failure),
                 exc_info=failure if isinstance(failure, BaseException) else None,
             )
@@ -236,6 +248,7 @@ class DynamicSupervisor(ServerBase):
         if pid is not None:
             child.restarting = False
             self._save(pid, child)
+            self._report_started(child.spec)
         return False
 
     async def terminate(self, reason: object) -> None:

@@ -40,10 +40,7 @@ if TYPE_CHECKING:
 
 
 def format_reason(reason: object) -> str:
-    """Render an exit reason for humans: exceptions by type and message, terms by repr."""
-    if isinstance(reason, BaseException):
-        text = str(reason)
-        return f"{type(reason).__name__}({text!r})" if text else type(reason).__name__
+    """Render an exit reason for humans: ``KeyError('k')``, ``'shutdown'``, ``('shutdown', 'bye')``."""
     return repr(reason)
 
 

@@ -114,7 +114,13 @@ class Pid:
 
     def __repr__(self) -> str:
         name = f" {self._name!r}" if self._name is not None else ""
-        state = "" if self.alive else f" exited={self._reason!r}"
+        if self.alive:
+            state = ""
+        elif isinstance(self._reason, BaseException):
+            # Only the type: an exception reason may hold this very pid (CallingSelf).
+            state = f" exited={type(self._reason).__name__}"
+        else:
+            state = f" exited={self._reason!r}"
         return f"<Pid {self._label}#{self._serial}{name}{state}>"
 
     @property
@@ -287,8 +293,8 @@ class MonitorRef:
     """
 
     target: Pid
-    _event: trio.Event | None = attrs.field(default=None, alias="_event")
-    _reason: list[object] = attrs.field(factory=list, alias="_reason")
+    _event: trio.Event | None = attrs.field(default=None, alias="_event", repr=False)
+    _reason: list[object] = attrs.field(factory=list, alias="_reason", repr=False)
 
     def fire(self, reason: object) -> None:
         """Record the target's exit for a monitor held outside any process (internal)."""
@@ -406,12 +412,12 @@ def reply(from_: From, value: object) -> None:
     Example::
 
         async def handle_call(self, request, from_):
-            self.nursery.start_soon(self.slow_answer, from_)
-            return otpy.NoReply()
+            if request == "next_job":
+                self.idle_workers.append(from_)   # answered when a job arrives
+                return otpy.NoReply()
 
-        async def slow_answer(self, from_):
-            await trio.sleep(1)
-            otpy.reply(from_, "done")
+        async def handle_cast(self, job):
+            otpy.reply(self.idle_workers.pop(0), job)
     """
     task = from_._task
     if task is None:
@@ -472,22 +478,35 @@ class Via:
         await otpy.call(name, "members")
     """
 
-    registry: ViaRegistry
+    registry: ViaRegistry | Pid | str
     key: Hashable
 
 
-def via(registry: ViaRegistry, key: Hashable) -> Via:
+def via(registry: ViaRegistry | Pid | str, key: Hashable) -> Via:
     """Name a process through ``registry`` (Elixir's ``{:via, Registry, {registry, key}}``).
 
-    Works wherever a name works: ``start_link(name=...)``, `call`, `cast`, child specs.
+    ``registry`` is a `ViaRegistry` object, or the pid or registered name of a process
+    whose server is one (an `otpy.Registry`); a pid or name is looked up each time the
+    via name is used. Works wherever a name works: ``start_link(name=...)``, `call`,
+    `cast`, child specs.
 
     Example::
 
-        registry = await otpy.Registry.start_link(keys="unique", name="sessions")
-        await Session.start_link(name=otpy.via(registry, "alice"))
-        await otpy.call(otpy.via(registry, "alice"), "hello")
+        registry = await otpy.Registry.start_link(keys="unique", name="sessions", nursery=nursery)
+        await Session.start_link(name=otpy.via(registry, "alice"), nursery=nursery)
+        await otpy.call(otpy.via("sessions", "alice"), "hello")
     """
     return Via(registry, key)
+
+
+def _via_registry(name: Via) -> ViaRegistry | None:
+    """The registry object behind a via name (``None`` if its registry process is gone)."""
+    registry = name.registry
+    if isinstance(registry, (Pid, str)):
+        pid = registry if isinstance(registry, Pid) else _name_table().get(registry)
+        server: object = pid._server if pid is not None and pid.alive else None
+        return server if isinstance(server, ViaRegistry) else None
+    return registry
 
 
 Name = str | Via
@@ -512,8 +531,11 @@ def register(name: Name, pid: Pid) -> Pid | None:
             return existing
         table[name] = pid
     elif isinstance(name, Via):
-        if not name.registry.register_name(name.key, pid):
-            holder = name.registry.whereis_name(name.key)
+        registry = _via_registry(name)
+        if registry is None:
+            raise NoProcess(name.registry, "register_name")
+        if not registry.register_name(name.key, pid):
+            holder = registry.whereis_name(name.key)
             return holder if holder is not None else pid
     else:
         raise TypeError(f"a process name must be a str or otpy.via(...), not {type(name).__name__}: {name!r}")
@@ -526,8 +548,10 @@ def _unregister(name: object, pid: Pid) -> None:
         table = _name_table()
         if table.get(name) is pid:
             del table[name]
-    elif isinstance(name, Via) and name.registry.whereis_name(name.key) is pid:
-        name.registry.unregister_name(name.key)
+    elif isinstance(name, Via):
+        registry = _via_registry(name)
+        if registry is not None and registry.whereis_name(name.key) is pid:
+            registry.unregister_name(name.key)
 
 
 def whereis(name: Name) -> Pid | None:
@@ -542,7 +566,8 @@ def whereis(name: Name) -> Pid | None:
     if type(name) is str:
         pid = _name_table().get(name)
     elif isinstance(name, Via):
-        pid = name.registry.whereis_name(name.key)
+        registry = _via_registry(name)
+        pid = registry.whereis_name(name.key) if registry is not None else None
     else:
         raise TypeError(f"a process name must be a str or otpy.via(...), not {type(name).__name__}: {name!r}")
     if pid is not None and pid.alive:

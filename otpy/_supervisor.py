@@ -147,15 +147,17 @@ class RestartIntensity:
 
 
 async def start_child_process(spec: ChildSpec) -> tuple[Pid | None, object]:
-    """Run ``spec.start``: (pid or None for ignore, UNSET) or (None, failure reason)."""
+    """Run ``spec.start``: ``(pid or None for ignore, None)`` or ``(None, failure reason)``.
+
+    A name clash (`AlreadyRegistered`, OTP's ``{already_started, Pid}``) is returned as
+    the failure itself, so the API can raise it as it is.
+    """
     try:
         pid: object = await spec.start()
     except StartIgnored:
         return None, None
     except StartError as exc:
         return None, exc.reason
-    except AlreadyRegistered as exc:
-        return None, ("already_started", exc.pid)
     except Exception as exc:  # noqa: BLE001 (a start function that raises fails the start)
         return None, exc
     if pid is None:
@@ -165,7 +167,10 @@ async def start_child_process(spec: ChildSpec) -> tuple[Pid | None, object]:
     return pid, None
 
 
-def start_failure(child_id: object, reason: object) -> StartError:
+def start_failure(child_id: object, reason: object) -> OtpError:
+    """The error a management call raises when a child did not start."""
+    if isinstance(reason, AlreadyRegistered):
+        return reason
     error = StartError(child_id, reason)
     if isinstance(reason, BaseException):
         error.__cause__ = reason
@@ -372,6 +377,8 @@ class Supervisor(ServerBase):
     async def _start_one(self, child: _Child) -> object:
         """Start ``child``; return None on success (or ignore) or the failure reason."""
         pid, failure = await start_child_process(child.spec)
+        if isinstance(failure, AlreadyRegistered):
+            failure = ("already_started", failure.pid)  # OTP's term, inside exit reasons
         if failure is not None:
             _log.error(
                 "child_start_failed",
@@ -428,7 +435,6 @@ class Supervisor(ServerBase):
             child_id=repr(child.spec.id),
             restart=restart,
             reason=repr(reason),
-            exc_info=reason if isinstance(reason, BaseException) else None,
         )
         if restart == "temporary":
             self._del_child(child)
@@ -522,8 +528,6 @@ class Supervisor(ServerBase):
             return _Failure(AlreadyPresent(spec.id))
         pid, failure = await start_child_process(spec)
         if failure is not None:
-            if type(failure) is tuple and failure[0] == "already_started":
-                return _Failure(AlreadyRegistered(spec.id, failure[1]))
             return _Failure(start_failure(spec.id, failure))
         if pid is None and spec.restart == "temporary":
             return None
