@@ -11,7 +11,7 @@ import structlog
 import trio
 from outcome import Value as _Value
 
-from ._exceptions import AlreadyRegistered, CallTimeout, NoProcess, ProcessExit, ServerExited, StartError
+from ._exceptions import AlreadyRegistered, CallingSelf, CallTimeout, NoProcess, ProcessExit, ServerExited, StartError
 from ._process import (
     _CURRENT,
     CAST,
@@ -500,7 +500,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                         if served >= _CHECKPOINT_EVERY:
                             served = 0
                             await trio.lowlevel.checkpoint()
-                    idle_timeout = None
+                    paused_timeout, idle_timeout = idle_timeout, None
                     message = queue.popleft()
                     if type(message) is From:
                         handled = False
@@ -547,6 +547,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                     elif kind == SYS:
                         if message[1] == "get_state":
                             reply(message[2], server)
+                            idle_timeout = paused_timeout  # a system message keeps the timeout, restarted
                         elif message[1] == "stop":
                             raise _Stopping(message[3])
             except _Stopping as stop:
@@ -610,6 +611,8 @@ async def stop(server: Server, reason: object = "normal", timeout: float = math.
     pid = resolve(server)
     if pid is None or not pid.alive:
         raise NoProcess(server, "stop")
+    if pid is _CURRENT.get():
+        raise CallingSelf(server)
     pid.deliver((SYS, "stop", None, reason))
     with trio.move_on_after(timeout):
         exit_reason = await pid.wait_exited()
@@ -633,6 +636,8 @@ async def get_state(server: Server, timeout: float = 5.0) -> Any:  # noqa: ASYNC
     pid = resolve(server)
     if pid is None or not pid.alive:
         raise NoProcess(server, "get_state")
+    if pid is _CURRENT.get():
+        raise CallingSelf(server)
     from_ = From(pid, trio.lowlevel.current_task(), "get_state")
     pid.deliver((SYS, "get_state", from_, None))
     with trio.CancelScope(deadline=trio.current_time() + timeout):

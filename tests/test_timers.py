@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-from collections.abc import Hashable, Iterator, MutableMapping
+from collections.abc import Hashable
 from typing import Any
 
 import pytest
 import structlog
+import structlog.testing
 import trio
 import trio.testing
 
 import otpy
 from otpy._timers import _TIMERS
-
-
-@contextlib.contextmanager
-def capture_reports() -> Iterator[list[MutableMapping[str, Any]]]:
-    """capture_logs with every level let through (conftest filters below CRITICAL)."""
-    wrapper = structlog.get_config()["wrapper_class"]
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
-    try:
-        with structlog.testing.capture_logs() as logs:
-            yield logs
-    finally:
-        structlog.configure(wrapper_class=wrapper)
 
 
 class Inbox(otpy.GenServer):
@@ -241,7 +228,7 @@ class TestLifetime:
                 raise RuntimeError("registry on fire")
 
         pid = await Inbox.start_link(nursery=nursery)
-        with capture_reports() as logs:
+        with structlog.testing.capture_logs() as logs:
             otpy.send_after(otpy.via(Broken(), "k"), "x", 1.0)
             otpy.send_after(pid, "still here", 2.0)
             await trio.sleep(3)
