@@ -51,7 +51,7 @@ from ._process import registered as registered
 from ._process import reply as reply
 from ._process import self as self
 from ._process import send as send
-from ._process import trap_exits as trap_exits
+from ._process import trap_exit as trap_exit
 from ._process import unlink as unlink
 from ._process import via as via
 from ._process import whereis as whereis
@@ -70,7 +70,20 @@ from ._timers import read_timer as read_timer
 from ._timers import send_after as send_after
 
 # --- Task, Task.Supervisor, the application entry point, the tree view (issue 4) ------
-
+# isort: split
+from ._application import ApplicationExited as ApplicationExited
+from ._application import run as run
+from ._application import serve as serve
+from ._task import Task as Task
+from ._task import TaskExit as TaskExit
+from ._task import TaskExited as TaskExited
+from ._task import TaskOk as TaskOk
+from ._task import TaskReply as TaskReply
+from ._task import TaskStream as TaskStream
+from ._task import TaskSupervisor as TaskSupervisor
+from ._task import TaskTimeout as TaskTimeout
+from ._tree import TreeNode as TreeNode
+from ._tree import tree as tree
 from ._util import fixup_module_metadata as _fixup
 from ._version import __version__ as __version__
 

@@ -54,6 +54,7 @@ class DynamicSupervisorSpec:
 class _DynChild:
     spec: ChildSpec
     restarting: bool = False
+    restarts: int = 0  # processes started for this child after its first (read by otpy.tree)
 
 
 @attrs.frozen
@@ -247,6 +248,7 @@ class DynamicSupervisor(ServerBase):
         del self._children[key]
         if pid is not None:
             child.restarting = False
+            child.restarts += 1
             self._save(pid, child)
             self._report_started(child.spec)
         return False

@@ -12,13 +12,16 @@
     ├── StartError                 a process failed to start; .child_id, .reason
     ├── InvalidChildSpec           a child spec is malformed; .child_id, .field, .value
     ├── InvalidSupervisorFlags     a supervisor flag is malformed; .flag, .value
-    └── SupervisorError            a supervisor refused a management request
-        ├── ChildNotFound          no child with that id (or pid)
-        ├── ChildRunning           the child is running
-        ├── ChildRestarting        the child is between restart attempts
-        ├── AlreadyStarted         a child with that id is running; .pid
-        ├── AlreadyPresent         a stopped child with that id exists
-        └── MaxChildren            a DynamicSupervisor is full
+    ├── SupervisorError            a supervisor refused a management request
+    │   ├── ChildNotFound          no child with that id (or pid)
+    │   ├── ChildRunning           the child is running
+    │   ├── ChildRestarting        the child is between restart attempts
+    │   ├── AlreadyStarted         a child with that id is running; .pid
+    │   ├── AlreadyPresent         a stopped child with that id exists
+    │   └── MaxChildren            a DynamicSupervisor is full
+    ├── TaskTimeout                a task did not reply within ``timeout`` (also a trio.TooSlowError); .pid
+    ├── TaskExited                 a task exited before replying; .pid, .reason       (otpy/_task.py)
+    └── ApplicationExited          the top supervisor of otpy.serve exited on its own  (otpy/_application.py)
 
     ProcessExit(Exception)         raised by a process to exit with a reason (Erlang's exit/1)
 

@@ -139,7 +139,7 @@ class Pid:
         return self._parent
 
     @property
-    def traps_exits(self) -> bool:
+    def trap_exit(self) -> bool:
         """Whether exit signals arrive as `ExitSignal` messages instead of stopping the process."""
         return self._trap_exit
 
@@ -615,7 +615,7 @@ def self() -> Pid:
     return pid
 
 
-def trap_exits(enabled: bool = True) -> bool:
+def trap_exit(enabled: bool = True) -> bool:
     """Set whether the calling process traps exits; return the previous setting.
 
     Erlang's ``process_flag(trap_exit, enabled)``. A process that traps exits receives
@@ -625,7 +625,7 @@ def trap_exits(enabled: bool = True) -> bool:
     Example::
 
         async def init(self):
-            otpy.trap_exits()          # terminate() will run on shutdown
+            otpy.trap_exit()          # terminate() will run on shutdown
     """
     pid = self()
     previous = pid._trap_exit

@@ -215,6 +215,8 @@ def unlink_child(supervisor: Pid, pid: Pid) -> None:
 class _Child:
     spec: ChildSpec
     pid: Pid | Literal["restarting"] | None = None
+    started: bool = False
+    restarts: int = 0  # processes started for this child after its first (read by otpy.tree)
 
 
 @attrs.frozen
@@ -359,6 +361,9 @@ class Supervisor(ServerBase):
             self._by_pid.pop(old, None)
         child.pid = pid
         if isinstance(pid, Pid):
+            if child.started:
+                child.restarts += 1
+            child.started = True
             self._by_pid[pid] = child
             link_pair(self._pid, pid)
 

@@ -74,7 +74,7 @@ CORE = {
     "self",
     "send",
     "stop",
-    "trap_exits",
+    "trap_exit",
     "unlink",
     "via",
     "whereis",

@@ -1145,7 +1145,7 @@ class Watcher(otpy.GenServer):
     trap_exit = True
 
     async def init(self, trap: bool = True) -> None:
-        otpy.trap_exits(trap)
+        otpy.trap_exit(trap)
         self.messages: list[Any] = []
         self.refs: list[otpy.MonitorRef] = []
 
@@ -1177,8 +1177,8 @@ class Watcher(otpy.GenServer):
                 await trio.sleep(seconds)
             case "messages":
                 return self.messages
-            case "trap_exits":
-                return otpy.trap_exits(False), otpy.trap_exits(True), otpy.self().traps_exits
+            case "trap_exit":
+                return otpy.trap_exit(False), otpy.trap_exit(True), otpy.self().trap_exit
         return None
 
     async def handle_cast(self, request: Any) -> None:
@@ -1201,7 +1201,7 @@ class TestExitSignals:
         await otpy.call(target, "get")
         assert ("info", otpy.ExitSignal(sender, "boom")) in events
         assert target.alive
-        assert target.traps_exits
+        assert target.trap_exit
 
     async def test_trapping_server_gets_normal_exit_signal(self, nursery: trio.Nursery) -> None:
         """A trapping server receives even a "normal" exit signal as a message."""
@@ -1263,14 +1263,14 @@ class TestExitSignals:
         assert await exited(pid) == "normal"
 
     async def test_trap_exits_toggles(self, nursery: trio.Nursery) -> None:
-        """trap_exits sets the flag and returns the previous setting."""
+        """trap_exit sets the flag and returns the previous setting."""
         pid = await Watcher.start_link(nursery=nursery)
-        assert await otpy.call(pid, "trap_exits") == (True, False, True)
+        assert await otpy.call(pid, "trap_exit") == (True, False, True)
 
     async def test_trap_exits_via_the_function(self, nursery: trio.Nursery) -> None:
-        """A server that calls trap_exits() in init receives exit signals as messages."""
+        """A server that calls trap_exit() in init receives exit signals as messages."""
         pid = await Watcher.start_link(False, nursery=nursery)
-        assert not pid.traps_exits
+        assert not pid.trap_exit
         otpy.exit(pid, "boom")
         assert await exited(pid) == "boom"
 
@@ -1329,14 +1329,14 @@ class TestLinks:
         assert await otpy.call(a, "messages") == [otpy.ExitSignal(b, "noproc")]
 
     def test_link_outside_a_process(self) -> None:
-        """link, self and trap_exits need a process; current_process is None outside one."""
+        """link, self and trap_exit need a process; current_process is None outside one."""
 
         async def main() -> None:
             assert otpy.current_process() is None
             with pytest.raises(RuntimeError):
                 otpy.self()
             with pytest.raises(RuntimeError):
-                otpy.trap_exits()
+                otpy.trap_exit()
 
         trio.run(main)
 

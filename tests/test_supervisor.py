@@ -65,7 +65,7 @@ class Worker(otpy.GenServer):
 
     async def init(self, log: Log, wid: str, trap: bool = True) -> Any:
         self.log, self.wid, self.count = log, wid, 0
-        otpy.trap_exits(trap)
+        otpy.trap_exit(trap)
         log.attempts[wid] += 1
         delay = log.init_delay.get(wid)
         if delay:

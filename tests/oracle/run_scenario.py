@@ -557,7 +557,7 @@ class ScriptedWorker(otpy.GenServer):
     async def init(self, runner: Runner, node_id: str) -> Any:
         self.runner, self.node_id = runner, node_id
         node = runner.store.nodes[node_id]
-        otpy.trap_exits(node.get("trap_exit", True))
+        otpy.trap_exit(node.get("trap_exit", True))
         self.inc = runner.store.next_inc(node_id)
         result = await _init_script(runner, node_id, self.inc)
         collector = runner.collector_pid
