@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import structlog
@@ -11,13 +11,14 @@ import trio
 
 from ._child_spec import ChildSpec, to_child_spec
 from ._exceptions import AlreadyRegistered, ChildNotFound, InvalidChildSpec, InvalidSupervisorFlags, MaxChildren
-from ._gen_server import Ignore, ServerBase, Stop, is_normal_reason
+from ._gen_server import Ignore, Stop, is_normal_reason
 from ._process import ExitSignal, From, Pid, Server, call, link_pair, send
 from ._supervisor import (
     RESTARTING,
     ChildCounts,
     ChildInfo,
     RestartIntensity,
+    SupervisorBase,
     _Failure,
     _unwrap,
     check_restart_flags,
@@ -62,7 +63,7 @@ class _Restart:
     key: Pid
 
 
-class DynamicSupervisor(ServerBase):
+class DynamicSupervisor(SupervisorBase):
     """A supervisor with no children at start: you add them with `start_child`.
 
     Children are independent (``one_for_one``); there are no ids, each child is known
@@ -86,10 +87,6 @@ class DynamicSupervisor(ServerBase):
         removed. Restarts count towards ``max_restarts`` within ``max_seconds``.
     """
 
-    trap_exit: ClassVar[bool] = True
-    child_type: ClassVar[Literal["worker", "supervisor"]] = "supervisor"
-    _hosts_children: ClassVar[bool] = True
-
     _children: dict[Pid, _DynChild]
     _max_children: float
     _intensity: RestartIntensity
@@ -106,10 +103,6 @@ class DynamicSupervisor(ServerBase):
         return DynamicSupervisorSpec(
             max_children=max_children, max_restarts=max_restarts, max_seconds=max_seconds, strategy=strategy
         )
-
-    def _label(self) -> str:
-        name = self._pid.name
-        return str(name) if isinstance(name, str) else repr(self._pid)
 
     async def _otp_init(self, *args: Any, **kwargs: Any) -> object:
         spec: object = await self.init(*args, **kwargs)
@@ -182,8 +175,7 @@ class DynamicSupervisor(ServerBase):
         assert isinstance(pid, Pid)
         del self._children[pid]
         if not child.restarting:
-            unlink_child(self._pid, pid)
-            await shutdown_child(self._pid, pid, child.spec, self._label())
+            await self._stop_child(pid, child.spec)
         return None
 
     async def handle_info(self, message: Any) -> Stop | None:

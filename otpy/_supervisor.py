@@ -235,7 +235,24 @@ class _TryAgain:
     child_id: Hashable
 
 
-class Supervisor(ServerBase):
+class SupervisorBase(ServerBase):
+    """What both supervisors share: they trap exits, host their children, and stop them (internal)."""
+
+    trap_exit: ClassVar[bool] = True
+    child_type: ClassVar[Literal["worker", "supervisor"]] = "supervisor"
+    _hosts_children: ClassVar[bool] = True
+
+    def _label(self) -> str:
+        name = self._pid.name
+        return str(name) if isinstance(name, str) else repr(self._pid)
+
+    async def _stop_child(self, pid: Pid, spec: ChildSpec) -> None:
+        """Stop a child by its shutdown spec; its exit is not handled as a crash."""
+        unlink_child(self._pid, pid)
+        await shutdown_child(self._pid, pid, spec, self._label())
+
+
+class Supervisor(SupervisorBase):
     """A process that starts children, restarts them when they exit, and stops them in order.
 
     Example:
@@ -276,10 +293,6 @@ class Supervisor(ServerBase):
         (it becomes an exit signal ``"shutdown"`` from the parent).
     """
 
-    trap_exit: ClassVar[bool] = True
-    child_type: ClassVar[Literal["worker", "supervisor"]] = "supervisor"
-    _hosts_children: ClassVar[bool] = True
-
     _children: list[_Child]
     _by_id: dict[Hashable, _Child]
     _by_pid: dict[Pid, _Child]
@@ -309,10 +322,6 @@ class Supervisor(ServerBase):
             max_seconds=max_seconds,
             auto_shutdown=auto_shutdown,
         )
-
-    def _label(self) -> str:
-        name = self._pid.name
-        return str(name) if isinstance(name, str) else repr(self._pid)
 
     async def _otp_init(self, *args: Any, **kwargs: Any) -> object:
         spec: object = await self.init(*args, **kwargs)
@@ -420,8 +429,7 @@ class Supervisor(ServerBase):
             pid = child.pid
             if isinstance(pid, Pid):
                 self._set_pid(child, None)
-                unlink_child(self._pid, pid)
-                await shutdown_child(self._pid, pid, child.spec, self._label())
+                await self._stop_child(pid, child.spec)
             if child.spec.id in self._by_id:
                 self._del_child(child)
 
@@ -557,12 +565,12 @@ class Supervisor(ServerBase):
         pid = child.pid
         if isinstance(pid, Pid):
             self._set_pid(child, None)
-            unlink_child(self._pid, pid)
-            await shutdown_child(self._pid, pid, child.spec, self._label())
+            await self._stop_child(pid, child.spec)
         self._del_child(child)
         return None
 
-    async def _handle_restart_child(self, child_id: object) -> Any:
+    def _find_stopped(self, child_id: object) -> _Child | _Failure:
+        """The child for restart_child / delete_child, which must exist and not be running."""
         child = self._find(child_id)
         if child is None:
             return _Failure(ChildNotFound(child_id))
@@ -570,6 +578,12 @@ class Supervisor(ServerBase):
             return _Failure(ChildRestarting(child_id))
         if child.pid is not None:
             return _Failure(ChildRunning(child_id))
+        return child
+
+    async def _handle_restart_child(self, child_id: object) -> Any:
+        child = self._find_stopped(child_id)
+        if isinstance(child, _Failure):
+            return child
         pid, failure = await start_child_process(child.spec)
         if failure is not None:
             return _Failure(start_failure(child.spec.id, failure))
@@ -577,13 +591,9 @@ class Supervisor(ServerBase):
         return pid
 
     async def _handle_delete_child(self, child_id: object) -> Any:
-        child = self._find(child_id)
-        if child is None:
-            return _Failure(ChildNotFound(child_id))
-        if child.pid == RESTARTING:
-            return _Failure(ChildRestarting(child_id))
-        if child.pid is not None:
-            return _Failure(ChildRunning(child_id))
+        child = self._find_stopped(child_id)
+        if isinstance(child, _Failure):
+            return child
         self._remove(child)
         return None
 
