@@ -156,17 +156,7 @@ class DynamicSupervisor(SupervisorBase):
             return _Failure(start_failure(None, failure))
         if pid is not None:
             self._save(pid, _DynChild(spec))
-            self._report_started(spec)
         return pid
-
-    def _report_started(self, spec: ChildSpec) -> None:
-        _log.debug(
-            "child_started",
-            report="progress",
-            supervisor=self._label(),
-            child_id=repr(spec.id),
-            restart=spec.restart,
-        )
 
     async def _handle_terminate_child(self, pid: object) -> Any:
         child = self._children.get(pid) if isinstance(pid, Pid) else None
@@ -242,7 +232,6 @@ class DynamicSupervisor(SupervisorBase):
             child.restarting = False
             child.restarts += 1
             self._save(pid, child)
-            self._report_started(child.spec)
         return False
 
     async def terminate(self, reason: object) -> None:

@@ -923,6 +923,26 @@ class TestCallErrors:
         assert info.value.timeout == 1.5
         assert pid.alive
 
+    async def test_timeouts_expire_in_deadline_order(
+        self, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Concurrent calls time out at their own deadlines, also when a shorter one comes later."""
+        pid = await Echo.start_link(nursery=nursery)
+        expired: dict[str, float] = {}
+
+        async def caller(label: str, delay: float, timeout: float) -> None:
+            await trio.sleep(delay)
+            with pytest.raises(otpy.CallTimeout):
+                await otpy.call(pid, "defer", timeout=timeout)
+            expired[label] = trio.current_time()
+
+        async with trio.open_nursery() as callers:
+            callers.start_soon(caller, "long", 0, 10)
+            callers.start_soon(caller, "short", 1, 2)  # deadline 3, before the long one's 10
+            callers.start_soon(caller, "same", 2, 8)  # deadline 10, the same as the long one
+            callers.start_soon(caller, "later", 4, 7)  # deadline 11
+        assert expired == {"long": 10.0, "short": 3.0, "same": 10.0, "later": 11.0}
+
     async def test_default_timeout_is_five_seconds(
         self, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
     ) -> None:
