@@ -138,7 +138,9 @@ def to_child_spec(spec: object, auto_shutdown: str | None = None) -> ChildSpec:
     server class (``cls.child_spec()``), or a ``(cls, arg)`` pair (``cls.child_spec(arg)``).
     """
     if isinstance(spec, ChildSpec):
-        _check_fields(spec.id, spec.start, spec.restart, spec.shutdown, spec.type, spec.significant, auto_shutdown)
+        # Its fields were checked when it was built; only significant depends on the supervisor.
+        if spec.significant and auto_shutdown is not None:
+            _check_fields(spec.id, spec.start, spec.restart, spec.shutdown, spec.type, spec.significant, auto_shutdown)
         return spec
     if isinstance(spec, Mapping):
         if "id" not in spec:
