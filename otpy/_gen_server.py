@@ -312,12 +312,13 @@ async def spawn(
     token = _CURRENT.set(pid)
     try:
         result = await _init(pid, server, args, kwargs, name, link_to)
+        if isinstance(result, BaseException):
+            raise result
+        # Spawned while the process's identity is current: the task's copy of the
+        # context already carries it (one context per process, not two).
+        nursery.start_soon(_serve, pid, server, result[0], result[1])
     finally:
         _CURRENT.reset(token)
-    if isinstance(result, BaseException):
-        raise result
-    assert isinstance(result, tuple)
-    nursery.start_soon(_serve, pid, server, result[0], result[1])
     return pid
 
 
@@ -468,16 +469,15 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
     """The process's task: the receive loop, then ``terminate``, then the exit.
 
     Kept as one flat coroutine: every frame a parked process holds is an object the
-    garbage collector walks, and a tree holds many parked processes.
+    garbage collector walks, and a tree holds many parked processes. The caller has
+    made ``pid`` the current process in the context this task runs in.
     """
-    _CURRENT.set(pid)
     reason: object = UNSET
     try:
         with pid._scope:
             from_: From | None = None
             reply_value: object = UNSET
             queue = pid._queue
-            handle_call = server.handle_call
             served = 0
             try:
                 while True:
@@ -505,7 +505,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                     if type(message) is From:
                         handled = False
                         try:
-                            result = await handle_call(message.request, message)
+                            result = await server.handle_call(message.request, message)
                             handled = True
                         finally:
                             if not handled:
