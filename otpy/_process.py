@@ -68,6 +68,7 @@ class Pid:
 
     __slots__ = (
         "__weakref__",
+        "_deadlines",
         "_exit_event",
         "_kill_reason",
         "_label",
@@ -108,6 +109,7 @@ class Pid:
         self._pending: set[From] | None = None
         self._nursery: trio.Nursery | None = None
         self._on_exit: list[Callable[[Pid, object], None]] | None = None
+        self._deadlines = _call_deadlines()
         self._label = type(server).__name__ if server is not None else "process"
         self._serial = next(_ids)
         self._started_at = trio.current_time()
@@ -364,13 +366,22 @@ class From:
             otpy.reply(self.waiting.pop(0), request)
     """
 
-    __slots__ = ("_deferred", "_task", "pid", "request")
+    __slots__ = ("_deadline", "_deferred", "_server", "_task", "_timeout", "pid", "request")
+
+    _deadline: float  # set for timed calls only, with _server and _timeout
+    _server: object
+    _timeout: float
 
     def __init__(self, pid: Pid, task: Task | None, request: object) -> None:
         self.pid = pid
         self._task = task
         self.request = request
         self._deferred = False
+
+    def timed_out(self) -> None:
+        """The call's deadline passed: fail the caller with `CallTimeout` (internal)."""
+        if self._task is not None:
+            self.fail(CallTimeout(self._server, self.request, self._timeout))
 
     def __repr__(self) -> str:
         return f"<From {type(self.request).__name__} to {self.pid!r}>"
@@ -702,7 +713,10 @@ async def call(server: Server, request: object, timeout: float = 5.0) -> Any:  #
         pid._waiter = None
         reschedule(waiter)
     if timeout != math.inf:
-        _call_deadlines().add(trio.current_time() + timeout, from_, server, timeout)
+        from_._server = server
+        from_._timeout = timeout
+        from_._deadline = trio.current_time() + timeout
+        pid._deadlines.add(from_)
     return await wait_task_rescheduled(from_.abort)
 
 
@@ -712,34 +726,38 @@ class _CallDeadlines:
     A cancel scope per call would cost more than the rest of the call; instead each
     timed call records its deadline here, and the task fails the callers whose deadline
     has passed with `CallTimeout`. Calls with the same timeout arrive in deadline order,
-    so they go to a FIFO (O(1)); a deadline earlier than the last one goes to a heap.
-    Entries of answered calls are dropped lazily: when a queue outgrows its limit it is
-    compacted, so memory stays within about twice the pending calls.
+    so they go to a FIFO (O(1), the `From` itself); a deadline earlier than the last one
+    goes to a heap. Entries of answered calls are dropped lazily: when a queue outgrows
+    its limit it is compacted, so memory stays within about twice the pending calls.
     """
 
     __slots__ = ("fifo", "heap", "last", "limit", "scope", "seq")
 
     def __init__(self) -> None:
-        self.fifo: deque[tuple[float, From, object, float]] = deque()
-        self.heap: list[tuple[float, int, From, object, float]] = []
+        self.fifo: deque[From] = deque()
+        self.heap: list[tuple[float, int, From]] = []
         self.last = -math.inf
         self.limit = 1024
         self.scope: trio.CancelScope | None = None
         self.seq = 0
 
-    def add(self, deadline: float, from_: From, server: object, timeout: float) -> None:
+    def add(self, from_: From) -> None:
+        deadline = from_._deadline
+        fifo = self.fifo
         if deadline >= self.last:
             self.last = deadline
-            fifo = self.fifo
-            fifo.append((deadline, from_, server, timeout))
-            if len(fifo) > self.limit:
-                self.fifo = deque(entry for entry in fifo if entry[1]._task is not None)
-                self.limit = max(1024, 2 * len(self.fifo))
+            if fifo:
+                fifo.append(from_)
+                if len(fifo) > self.limit:
+                    self.fifo = deque(entry for entry in fifo if entry._task is not None)
+                    self.limit = max(1024, 2 * len(self.fifo))
+                return  # not earlier than the FIFO's head, which the task already waits for
+            fifo.append(from_)
         else:
             self.seq += 1
             heap = self.heap
-            heapq.heappush(heap, (deadline, self.seq, from_, server, timeout))
-            if len(heap) > 1024 and len(heap) > 2 * len(self.fifo):
+            heapq.heappush(heap, (deadline, self.seq, from_))
+            if len(heap) > 1024 and len(heap) > 2 * len(fifo):
                 heap[:] = [entry for entry in heap if entry[2]._task is not None]
                 heapq.heapify(heap)
         scope = self.scope
@@ -750,17 +768,13 @@ class _CallDeadlines:
         while True:
             now = trio.current_time()
             fifo, heap = self.fifo, self.heap
-            while fifo and fifo[0][0] <= now:
-                _, from_, server, timeout = fifo.popleft()
-                if from_._task is not None:
-                    from_.fail(CallTimeout(server, from_.request, timeout))
+            while fifo and fifo[0]._deadline <= now:
+                fifo.popleft().timed_out()
             while heap and heap[0][0] <= now:
-                _, _, from_, server, timeout = heapq.heappop(heap)
-                if from_._task is not None:
-                    from_.fail(CallTimeout(server, from_.request, timeout))
+                heapq.heappop(heap)[2].timed_out()
             if not fifo:
                 self.last = -math.inf
-            next_deadline = min(fifo[0][0] if fifo else math.inf, heap[0][0] if heap else math.inf)
+            next_deadline = min(fifo[0]._deadline if fifo else math.inf, heap[0][0] if heap else math.inf)
             with trio.CancelScope(deadline=next_deadline) as self.scope:
                 await trio.sleep_forever()
 
