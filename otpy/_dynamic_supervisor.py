@@ -10,7 +10,7 @@ import structlog
 import trio
 
 from ._child_spec import ChildSpec, to_child_spec
-from ._exceptions import AlreadyRegistered, ChildNotFound, InvalidChildSpec, InvalidSupervisorFlags, MaxChildren
+from ._exceptions import ChildNotFound, InvalidChildSpec, InvalidSupervisorFlags, MaxChildren
 from ._gen_server import Ignore, Stop, is_normal_reason
 from ._process import ExitSignal, From, Pid, Server, call, link_pair, send
 from ._supervisor import (
@@ -89,7 +89,6 @@ class DynamicSupervisor(SupervisorBase):
 
     _children: dict[Pid, _DynChild]
     _max_children: float
-    _intensity: RestartIntensity
 
     async def init(
         self,
@@ -179,14 +178,7 @@ class DynamicSupervisor(SupervisorBase):
             if restart != "permanent" and is_normal_reason(message.reason):
                 del self._children[pid]
                 return None
-            _log.error(
-                "child_terminated",
-                report="supervisor",
-                supervisor=self._label(),
-                child_id=repr(child.spec.id),
-                restart=restart,
-                reason=repr(message.reason),
-            )
+            self._report_terminated(child.spec, message.reason)
             if restart == "temporary":
                 del self._children[pid]
                 return None
@@ -200,30 +192,11 @@ class DynamicSupervisor(SupervisorBase):
         return None
 
     async def _restart(self, key: Pid, child: _DynChild) -> bool:
-        if not self._intensity.add():
-            _log.error(
-                "supervisor_gave_up",
-                report="supervisor",
-                supervisor=self._label(),
-                child_id=repr(child.spec.id),
-                max_restarts=self._intensity.max_restarts,
-                max_seconds=self._intensity.max_seconds,
-                reason="reached_max_restart_intensity",
-            )
+        if not self._may_restart(child.spec):
             del self._children[key]
             return True
-        pid, failure = await start_child_process(child.spec)
+        pid, failure = await self._start_reported(child.spec)
         if failure is not None:
-            if isinstance(failure, AlreadyRegistered):
-                failure = ("already_started", failure.pid)  # OTP's term, inside exit reasons
-            _log.error(
-                "child_start_failed",
-                report="supervisor",
-                supervisor=self._label(),
-                child_id=repr(child.spec.id),
-                reason=repr(failure),
-                exc_info=failure if isinstance(failure, BaseException) else None,
-            )
             child.restarting = True
             send(self._pid, _Restart(key))
             return False

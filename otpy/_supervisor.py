@@ -241,6 +241,7 @@ class SupervisorBase(ServerBase):
     trap_exit: ClassVar[bool] = True
     child_type: ClassVar[Literal["worker", "supervisor"]] = "supervisor"
     _hosts_children: ClassVar[bool] = True
+    _intensity: RestartIntensity
 
     def _label(self) -> str:
         name = self._pid.name
@@ -250,6 +251,48 @@ class SupervisorBase(ServerBase):
         """Stop a child by its shutdown spec; its exit is not handled as a crash."""
         unlink_child(self._pid, pid)
         await shutdown_child(self._pid, pid, spec, self._label())
+
+    async def _start_reported(self, spec: ChildSpec) -> tuple[Pid | None, object]:
+        """Start a child from ``spec`` for a restart, reporting a failure (OTP's start_error)."""
+        pid, failure = await start_child_process(spec)
+        if isinstance(failure, AlreadyRegistered):
+            failure = ("already_started", failure.pid)  # OTP's term, inside exit reasons
+        if failure is not None:
+            _log.error(
+                "child_start_failed",
+                report="supervisor",
+                supervisor=self._label(),
+                child_id=repr(spec.id),
+                reason=repr(failure),
+                exc_info=failure if isinstance(failure, BaseException) else None,
+            )
+        return pid, failure
+
+    def _report_terminated(self, spec: ChildSpec, reason: object) -> None:
+        """OTP's child_terminated report (the crash report holds the traceback)."""
+        _log.error(
+            "child_terminated",
+            report="supervisor",
+            supervisor=self._label(),
+            child_id=repr(spec.id),
+            restart=spec.restart,
+            reason=repr(reason),
+        )
+
+    def _may_restart(self, spec: ChildSpec) -> bool:
+        """Count a restart; False (reported) when the restart intensity is exceeded."""
+        if self._intensity.add():
+            return True
+        _log.error(
+            "supervisor_gave_up",
+            report="supervisor",
+            supervisor=self._label(),
+            child_id=repr(spec.id),
+            max_restarts=self._intensity.max_restarts,
+            max_seconds=self._intensity.max_seconds,
+            reason="reached_max_restart_intensity",
+        )
+        return False
 
 
 class Supervisor(SupervisorBase):
@@ -297,7 +340,6 @@ class Supervisor(SupervisorBase):
     _by_id: dict[Hashable, _Child]
     _by_pid: dict[Pid, _Child]
     _strategy: Strategy
-    _intensity: RestartIntensity
     _auto_shutdown: AutoShutdown
 
     async def init(
@@ -390,18 +432,8 @@ class Supervisor(SupervisorBase):
 
     async def _start_one(self, child: _Child) -> object:
         """Start ``child``; return None on success (or ignore) or the failure reason."""
-        pid, failure = await start_child_process(child.spec)
-        if isinstance(failure, AlreadyRegistered):
-            failure = ("already_started", failure.pid)  # OTP's term, inside exit reasons
+        pid, failure = await self._start_reported(child.spec)
         if failure is not None:
-            _log.error(
-                "child_start_failed",
-                report="supervisor",
-                supervisor=self._label(),
-                child_id=repr(child.spec.id),
-                reason=repr(failure),
-                exc_info=failure if isinstance(failure, BaseException) else None,
-            )
             return failure
         if pid is None and child.spec.restart == "temporary":
             self._remove(child)
@@ -441,14 +473,7 @@ class Supervisor(SupervisorBase):
         if restart != "permanent" and is_normal_reason(reason):
             self._del_child(child)
             return self._auto_shutdown_triggered(child)
-        _log.error(
-            "child_terminated",
-            report="supervisor",
-            supervisor=self._label(),
-            child_id=repr(child.spec.id),
-            restart=restart,
-            reason=repr(reason),
-        )
+        self._report_terminated(child.spec, reason)
         if restart == "temporary":
             self._del_child(child)
             return self._auto_shutdown_triggered(child)
@@ -462,16 +487,7 @@ class Supervisor(SupervisorBase):
         return not any(c.pid is not None and c.spec.significant for c in self._children)
 
     async def _restart(self, child: _Child) -> bool:
-        if not self._intensity.add():
-            _log.error(
-                "supervisor_gave_up",
-                report="supervisor",
-                supervisor=self._label(),
-                child_id=repr(child.spec.id),
-                max_restarts=self._intensity.max_restarts,
-                max_seconds=self._intensity.max_seconds,
-                reason="reached_max_restart_intensity",
-            )
+        if not self._may_restart(child.spec):
             self._del_child(child)
             return True
         if self._strategy == "one_for_one":
