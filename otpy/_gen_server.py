@@ -462,7 +462,7 @@ def _after(result: object, callback: str) -> tuple[object, float | None]:
     raise TypeError(f"{callback} returned {result!r}; expected None, NoReply or Stop")
 
 
-_CHECKPOINT_EVERY: Final = 64
+_CHECKPOINT_EVERY: Final = 256
 
 
 async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: float | None) -> None:

@@ -930,10 +930,10 @@ class TestCallErrors:
         pid = await Echo.start_link(nursery=nursery)
         expired: dict[str, float] = {}
 
-        async def caller(label: str, delay: float, timeout: float) -> None:
+        async def caller(label: str, delay: float, call_timeout: float) -> None:
             await trio.sleep(delay)
             with pytest.raises(otpy.CallTimeout):
-                await otpy.call(pid, "defer", timeout=timeout)
+                await otpy.call(pid, "defer", timeout=call_timeout)
             expired[label] = trio.current_time()
 
         async with trio.open_nursery() as callers:
