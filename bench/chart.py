@@ -38,7 +38,7 @@ def render(report: dict[str, Any], path: Path) -> None:
     ax.axvline(1.0, color="grey", linewidth=0.8, linestyle="--")
     ax.set_yticks(list(ys))
     ax.set_yticklabels([bar["label"] for bar in bars], fontsize=8)
-    ax.set_xlim(min([*values, 0.5]) / 1.5, max([*values, *(b["goal"] for b in bars)]) * 2.2)
+    ax.set_xlim(min([*values, 0.5]) / 1.5, max([*values, *(b["goal"] for b in bars), 2.0]) * 2.2)
     ax.set_xlabel("times better than the peer (log scale; latency and memory inverted); black tick: target")
     ax.text(
         0.99,

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 import trio
-from _common import Metrics, Params, main, median, perf_counter, quantile, rss_bytes, settle
+from _common import Metrics, Params, main, median, name_table_costs, perf_counter, quantile, rss_bytes, settle
 
 import otpy
 from otpy import _process
@@ -182,25 +182,8 @@ async def row_f(p: Params) -> Metrics:
     pids = [_process.Pid(None, None, False) for _ in range(p.n)]
     names = [f"name-{i}" for i in range(p.n)]
     table = _process._name_table()
-    metrics: Metrics = {}
-    # Flatness: the same names and pids in tables of p.small names each (register,
-    # look up, clear, next slice), so both sizes touch every name and pid once per
-    # phase and only the size of the table differs.
-    repeats = max(1, p.n // p.small)
-    reg_s = look_s = 0.0
-    settle()
-    for k in range(repeats):
-        part = slice(k * p.small, (k + 1) * p.small)
-        r, lk = _register_lookup(names[part], pids[part])
-        reg_s, look_s = reg_s + r, look_s + lk
-        table.clear()
-    metrics["register_us_small"] = reg_s / (repeats * p.small) * 1e6
-    metrics["lookup_us_small"] = look_s / (repeats * p.small) * 1e6
-    settle()
-    r, lk = _register_lookup(names, pids)
+    metrics = name_table_costs(p, names, pids, _register_lookup, table.clear)
     assert len(otpy.registered()) == p.n
-    metrics["register_us"] = r / p.n * 1e6
-    metrics["lookup_us"] = lk / p.n * 1e6
     table.clear()
     registry_type = getattr(otpy, "Registry", None)
     if registry_type is not None:

@@ -21,7 +21,7 @@ from collections import deque
 from typing import Any
 
 import trio
-from _common import Metrics, Params, main, perf_counter, rss_bytes, settle
+from _common import Metrics, Params, main, name_table_costs, perf_counter, rss_bytes, settle
 from outcome import Value
 from trio.lowlevel import Abort, Task, current_task, reschedule, wait_task_rescheduled
 
@@ -206,22 +206,9 @@ async def row_f(p: Params) -> Metrics:
         t2 = perf_counter()
         return t1 - t0, t2 - t1
 
-    repeats = max(1, p.n // p.small)
-    reg_s = look_s = 0.0
-    settle()
-    for k in range(repeats):  # disjoint slices, as otpy_bench.row_f explains
-        part = slice(k * p.small, (k + 1) * p.small)
-        r, lk = register_lookup(names[part], targets[part])
-        reg_s, look_s = reg_s + r, look_s + lk
-    settle()
-    r, lk = register_lookup(names, targets)
+    metrics = name_table_costs(p, names, targets, register_lookup, lambda: None)  # each pass builds its own dict
     await trio.lowlevel.checkpoint()
-    return {
-        "register_us_small": reg_s / (repeats * p.small) * 1e6,
-        "lookup_us_small": look_s / (repeats * p.small) * 1e6,
-        "register_us": r / p.n * 1e6,
-        "lookup_us": lk / p.n * 1e6,
-    }
+    return metrics
 
 
 ROWS = {"a": row_a, "b": row_b, "c": row_c, "d": row_d, "f": row_f}

@@ -21,7 +21,7 @@ import types
 from typing import Any
 
 import trio
-from _common import Metrics, Params, median, perf_counter, quantile, rss_bytes, settle
+from _common import Metrics, Params, median, name_table_costs, perf_counter, quantile, rss_bytes, settle
 from _common import main as common_main
 from triotp import application, dynamic_supervisor, gen_server, mailbox, node, supervisor
 
@@ -223,25 +223,11 @@ async def row_f(p: Params) -> Metrics:
         t2 = perf_counter()
         return t1 - t0, t2 - t1
 
-    repeats = max(1, p.n // p.small)
-    reg_s = look_s = 0.0
-    settle()
-    for k in range(repeats):  # disjoint slices, as otpy_bench.row_f explains
-        part = slice(k * p.small, (k + 1) * p.small)
-        r, lk = register_lookup(names[part], mids[part])
-        reg_s, look_s = reg_s + r, look_s + lk
-        name_registry.clear()
-    settle()
-    r, lk = register_lookup(names, mids)
+    metrics = name_table_costs(p, names, mids, register_lookup, name_registry.clear)
     assert len(name_registry) == p.n
     name_registry.clear()
     await trio.lowlevel.checkpoint()
-    return {
-        "register_us_small": reg_s / (repeats * p.small) * 1e6,
-        "lookup_us_small": look_s / (repeats * p.small) * 1e6,
-        "register_us": r / p.n * 1e6,
-        "lookup_us": lk / p.n * 1e6,
-    }
+    return metrics
 
 
 ROWS = {"a": row_a, "b": row_b, "c": row_c, "d": row_d, "e": row_e, "f": row_f}
