@@ -12,7 +12,7 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, with the oracle scenarios, on the installed package."""
-    session.install(".", *nox.project.dependency_groups(PYPROJECT, "tests"))
+    session.install(".[claude,ollama,openai]", *nox.project.dependency_groups(PYPROJECT, "tests"))
     session.run("pytest", *session.posargs)
 
 
@@ -27,7 +27,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typing(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install(".", *nox.project.dependency_groups(PYPROJECT, "typing"))
+    session.install(".[claude,ollama,openai]", *nox.project.dependency_groups(PYPROJECT, "typing"))
     session.run("mypy", "--strict")
 
 

@@ -1,0 +1,66 @@
+"""sessions: supervised, restartable LLM agent sessions on otpy.
+
+Each section below is owned by one part of the package; keep imports in their section.
+"""
+
+# --- values, events, errors, protocols (the contract) ---------------------------------
+from ._errors import BudgetExceeded as BudgetExceeded
+from ._errors import CorruptRecord as CorruptRecord
+from ._errors import InvalidOption as InvalidOption
+from ._errors import ProviderAuthError as ProviderAuthError
+from ._errors import ProviderError as ProviderError
+from ._errors import ProviderProtocolError as ProviderProtocolError
+from ._errors import ProviderRateLimited as ProviderRateLimited
+from ._errors import ProviderTimeout as ProviderTimeout
+from ._errors import ProviderUnavailable as ProviderUnavailable
+from ._errors import ResumeRejected as ResumeRejected
+from ._errors import SessionBusy as SessionBusy
+from ._errors import SessionError as SessionError
+from ._errors import StoreError as StoreError
+from ._events import EventsDropped as EventsDropped
+from ._events import FinishReason as FinishReason
+from ._events import Message as Message
+from ._events import MessageAdded as MessageAdded
+from ._events import ProviderEvent as ProviderEvent
+from ._events import ProviderSessionId as ProviderSessionId
+from ._events import Result as Result
+from ._events import SessionEvent as SessionEvent
+from ._events import TextDelta as TextDelta
+from ._events import ThinkingDelta as ThinkingDelta
+from ._events import ToolCall as ToolCall
+from ._events import ToolCallFinished as ToolCallFinished
+from ._events import ToolCallRequested as ToolCallRequested
+from ._events import ToolResult as ToolResult
+from ._events import TurnCompleted as TurnCompleted
+from ._events import TurnFinished as TurnFinished
+from ._events import TurnSnapshot as TurnSnapshot
+from ._events import TurnStarted as TurnStarted
+from ._events import Usage as Usage
+from ._providers._base import ModelProvider as ModelProvider
+from ._providers._base import Provider as Provider
+from ._providers._base import ProviderSession as ProviderSession
+from ._providers._base import SessionContext as SessionContext
+from ._providers._base import ToolSpec as ToolSpec
+from ._providers._base import TurnRequest as TurnRequest
+from ._stores._base import RECORD_VERSION as RECORD_VERSION
+from ._stores._base import Record as Record
+from ._stores._base import Store as Store
+from ._stores._memory import InMemoryStore as InMemoryStore
+
+# --- stores (JsonlStore, SqliteStore) -------------------------------------------------
+# isort: split
+
+# --- the server, the session value, the scripted provider -----------------------------
+# isort: split
+
+# --- the Claude Code provider ---------------------------------------------------------
+# isort: split
+
+# --- model providers, the agent loop, tools ---------------------------------------------
+# isort: split
+
+# isort: split
+from ._util import fixup_module_metadata as _fixup
+
+_fixup(__name__, globals())
+del _fixup

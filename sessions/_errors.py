@@ -1,0 +1,218 @@
+"""The sessions error tree.
+
+::
+
+    SessionError(Exception)
+    ├── SessionBusy               the turn queue is full; .session_id, .queued
+    ├── BudgetExceeded            a budget is spent before a turn starts; .limit, .spent, .kind
+    ├── InvalidOption             an option or argument is malformed; .option, .value
+    ├── StoreError                a store could not read or write
+    │   └── CorruptRecord         a stored record cannot be read; .location, .line, .detail
+    └── ProviderError             a provider failed; .provider, .kind, .retryable, .status
+        ├── ProviderUnavailable   missing binary/package, wrong version, cannot connect
+        ├── ProviderAuthError     bad or missing key (401/403)
+        ├── ProviderRateLimited   429 / capacity (529); retryable
+        ├── ProviderTimeout       start-up, idle or whole-turn timeout; .phase
+        ├── ProviderProtocolError garbage or an oversized frame on the wire; .detail
+        └── ResumeRejected        the provider does not know the session to resume
+
+A failed *turn* is not an exception: `send_message` returns a `Result` with ``is_error``
+and a `FinishReason`. These errors are raised when there is no turn to report on (a
+budget spent before the turn, a full queue) or inside providers, whose errors the
+server turns into an error `Result`.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.define(eq=False, init=False, repr=False, slots=False)
+class SessionError(Exception):
+    """Base class of every error that `sessions` raises.
+
+    Example::
+
+        try:
+            result = await SessionServer.send_message("agent", "hi")
+        except sessions.SessionError as exc:
+            log.warning("session refused the turn", error=str(exc))
+    """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class SessionBusy(SessionError):
+    """A turn is running and the turn queue is full.
+
+    Example::
+
+        try:
+            await SessionServer.send_message("agent", "more")
+        except sessions.SessionBusy as exc:
+            print(f"{exc.session_id} has {exc.queued} turns waiting")
+    """
+
+    session_id: str
+    queued: int
+
+    def __str__(self) -> str:
+        return f"session {self.session_id!r} is busy: {self.queued} turn(s) already queued (max_queued_turns)"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class BudgetExceeded(SessionError):
+    """A session budget (``kind`` is ``"cost"`` or ``"turns"``) is spent; no turn was started.
+
+    Example::
+
+        except sessions.BudgetExceeded as exc:
+            print(f"spent {exc.spent} of {exc.limit} ({exc.kind})")
+    """
+
+    session_id: str
+    kind: str
+    limit: float
+    spent: float
+
+    def __str__(self) -> str:
+        return f"session {self.session_id!r} has spent its {self.kind} budget: {self.spent} of {self.limit}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class InvalidOption(SessionError, ValueError):
+    """An option or argument is malformed (also a `ValueError`).
+
+    Example::
+
+        SessionServer.child_spec(name="a", provider=p, max_queued_turns=-1)  # InvalidOption
+    """
+
+    option: str
+    value: object
+    problem: str
+
+    def __str__(self) -> str:
+        return f"invalid {self.option}={self.value!r}: {self.problem}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class StoreError(SessionError):
+    """A store could not read or write a session's records.
+
+    Example::
+
+        except sessions.StoreError as exc:
+            print("store failed:", exc)
+    """
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class CorruptRecord(StoreError):
+    """A stored record cannot be read; ``location`` is a file or table, ``line`` where.
+
+    Example::
+
+        except sessions.CorruptRecord as exc:
+            print(f"fix {exc.location} line {exc.line}: {exc.detail}")
+    """
+
+    def __init__(self, location: str, line: int, detail: str) -> None:
+        super().__init__(f"corrupt record in {location} at line {line}: {detail}")
+        self.location = location
+        self.line = line
+        self.detail = detail
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ProviderError(SessionError):
+    """A provider failed. ``kind`` names the failure, ``retryable`` says whether to retry.
+
+    Example::
+
+        except sessions.ProviderError as exc:
+            if exc.retryable:
+                await trio.sleep(1)
+    """
+
+    provider: str
+    message: str
+    kind: str = "unknown"
+    retryable: bool = False
+    status: int | None = None
+
+    def __str__(self) -> str:
+        status = f" (HTTP {self.status})" if self.status is not None else ""
+        return f"{self.provider}: {self.message}{status}"
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider cannot run: a missing binary or package, a wrong version, no connection.
+
+    Example::
+
+        except sessions.ProviderUnavailable:
+            print("install the extra: pip install 'otpy[claude]'")
+    """
+
+
+class ProviderAuthError(ProviderError):
+    """The provider refused the credentials (HTTP 401/403, or a CLI auth failure).
+
+    Example::
+
+        except sessions.ProviderAuthError:
+            print("check ANTHROPIC_API_KEY")
+    """
+
+
+class ProviderRateLimited(ProviderError):
+    """The provider is rate limited or over capacity (HTTP 429/529); retryable.
+
+    Example::
+
+        except sessions.ProviderRateLimited:
+            await trio.sleep(5)
+    """
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ProviderTimeout(ProviderError):
+    """A provider timeout passed: ``phase`` is ``"startup"``, ``"idle"`` or ``"turn"``.
+
+    Example::
+
+        except sessions.ProviderTimeout as exc:
+            print("timed out while", exc.phase)
+    """
+
+    phase: str = "turn"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ProviderProtocolError(ProviderError):
+    """The provider sent something unreadable: garbage, a malformed chunk, an oversized frame.
+
+    Example::
+
+        except sessions.ProviderProtocolError as exc:
+            print("bad frame:", exc.detail)
+    """
+
+    detail: str = ""
+
+
+class ResumeRejected(ProviderError):
+    """The provider does not know the session it was asked to resume.
+
+    Example::
+
+        except sessions.ResumeRejected:
+            print("the provider lost the conversation")
+    """

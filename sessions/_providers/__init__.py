@@ -1,0 +1,1 @@
+"""Providers: one backend each, behind the `Provider` protocol (see `_base`)."""

@@ -1,0 +1,1 @@
+"""Stores: durable event logs of sessions, behind the `Store` protocol (see `_base`)."""

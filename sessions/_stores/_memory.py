@@ -1,0 +1,58 @@
+"""InMemoryStore: records in a dict, for tests and throwaway sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+
+from .._errors import StoreError
+from ._base import Record
+
+
+class InMemoryStore:
+    """A `Store` that keeps records in memory: nothing survives the Python process.
+
+    Restarts within one process still carry on: a restarted SessionServer given the
+    same store object reloads its session.
+
+    Example::
+
+        store = sessions.InMemoryStore()
+        children = [SessionServer.child_spec(name="a", provider=p, store=store)]
+    """
+
+    def __init__(self) -> None:
+        self._logs: dict[str, list[Record]] = {}
+
+    async def append(self, session_id: str, records: Sequence[Record], *, durable: bool = False) -> None:
+        """Add ``records`` to the session's log (durable means nothing here)."""
+        log = self._logs.setdefault(session_id, [])
+        expected = log[-1].seq + 1 if log else 1
+        for record in records:
+            if record.session_id != session_id or record.seq != expected:
+                raise StoreError(
+                    f"record {record.session_id!r}#{record.seq} does not follow {session_id!r}#{expected - 1}"
+                )
+            expected += 1
+        log.extend(records)
+        await trio.lowlevel.checkpoint()
+
+    async def load(self, session_id: str) -> list[Record]:
+        """A copy of the session's records."""
+        await trio.lowlevel.checkpoint()
+        return list(self._logs.get(session_id, ()))
+
+    async def list_sessions(self) -> list[str]:
+        """The sessions with records."""
+        await trio.lowlevel.checkpoint()
+        return [sid for sid, log in self._logs.items() if log]
+
+    async def delete(self, session_id: str) -> None:
+        """Drop the session's records."""
+        self._logs.pop(session_id, None)
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+        await trio.lowlevel.checkpoint()
