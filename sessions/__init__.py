@@ -49,6 +49,8 @@ from ._stores._memory import InMemoryStore as InMemoryStore
 
 # --- stores (JsonlStore, SqliteStore) -------------------------------------------------
 # isort: split
+from ._stores._jsonl import JsonlStore as JsonlStore
+from ._stores._sqlite import SqliteStore as SqliteStore
 
 # --- the server, the session value, the scripted provider -----------------------------
 # isort: split

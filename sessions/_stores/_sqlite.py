@@ -1,0 +1,299 @@
+"""SqliteStore: every session's log in one SQLite file, with group commit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from .._errors import CorruptRecord, InvalidOption, StoreError
+from ._base import Record
+from ._common import check_loaded, check_records, dumps, gap_error
+from ._writer import BatchWorker, Handler, Job
+
+SCHEMA_VERSION: Final = 1
+"""The table layout this release writes, kept in ``PRAGMA user_version``."""
+
+BUSY_TIMEOUT_MS: Final = 30_000
+"""How long a statement waits for a lock held by another connection or process."""
+
+_SCHEMA_V1: Final = """
+CREATE TABLE IF NOT EXISTS records (
+    session_id TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    version    INTEGER NOT NULL,
+    ts         REAL NOT NULL,
+    kind       TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('created_by', 'sessions.SqliteStore');
+"""
+
+MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {}
+"""``{from_version: step}``: each step upgrades the tables by one schema version, in the
+transaction that also sets the new ``user_version``. Empty while there is one version."""
+
+
+class _SqliteHandler(Handler):
+    """Runs on the writer thread: owns the store's only connection.
+
+    sqlite3 connections belong to the thread that made them (``check_same_thread``), and
+    this one is made on the writer thread and used by it alone, so no lock is needed and
+    no two writers inside this process ever contend for the database: that is what keeps
+    "database is locked" away however many sessions append at once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db: sqlite3.Connection | None = None
+        self.synchronous = ""
+
+    def open(self) -> None:
+        try:
+            if str(self.path) != ":memory:":
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        try:
+            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal" and str(self.path) != ":memory:":
+                raise StoreError(f"{self.path}: SQLite refused WAL mode (journal_mode is {mode})")
+            self._set_synchronous(db, "FULL")
+            _migrate(db, self.path)
+        except BaseException:
+            db.close()
+            raise
+        self.db = db
+
+    def close(self) -> None:
+        if self.db is not None:
+            db, self.db = self.db, None
+            try:
+                # Anything appended without ``durable`` becomes durable now.
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                db.close()
+
+    def _set_synchronous(self, db: sqlite3.Connection, level: str) -> None:
+        if self.synchronous != level:
+            db.execute(f"PRAGMA synchronous = {level}")
+            self.synchronous = level
+
+    def process(self, jobs: Sequence[Job]) -> None:
+        db = self.db
+        assert db is not None
+        pending: list[Job] = []  # writes in the open transaction
+        for job in jobs:
+            if job.op in ("append", "delete"):
+                pending.append(job)
+                continue
+            self._commit(db, pending)  # a read sees every write handed over before it
+            pending = []
+            try:
+                if job.op == "load":
+                    job.result = self._load(db, job.args[0])
+                elif job.op == "list":
+                    job.result = [row[0] for row in db.execute("SELECT DISTINCT session_id FROM records ORDER BY 1")]
+                else:
+                    raise AssertionError(f"unknown job {job.op!r}")
+            except sqlite3.Error as exc:
+                job.error = StoreError(f"{self.path}: {exc}")
+            except StoreError as exc:
+                job.error = exc
+        self._commit(db, pending)
+
+    def _commit(self, db: sqlite3.Connection, jobs: list[Job]) -> None:
+        """Write ``jobs`` in one transaction: one commit, and one fsync if any is durable."""
+        if not jobs:
+            return
+        # In WAL mode, FULL syncs the WAL at commit; NORMAL does not, and the next FULL
+        # commit's sync covers the frames written before it.
+        self._set_synchronous(db, "FULL" if any(job.durable for job in jobs) else "NORMAL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for job in jobs:
+                    if job.op == "append":
+                        self._append(db, job)
+                    else:
+                        db.execute("DELETE FROM records WHERE session_id = ?", (job.args[0],))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            for job in jobs:
+                job.error = StoreError(f"{self.path}: {exc}")
+
+    def _append(self, db: sqlite3.Connection, job: Job) -> None:
+        session_id, first_seq, rows = job.args
+        if first_seq is None:
+            return  # an empty durable append: the commit's sync is all it asks
+        (last,) = db.execute("SELECT coalesce(max(seq), 0) FROM records WHERE session_id = ?", (session_id,)).fetchone()
+        if first_seq != last + 1:
+            job.error = gap_error(session_id, last, first_seq)
+            return
+        db.executemany("INSERT INTO records (session_id, seq, version, ts, kind, data) VALUES (?,?,?,?,?,?)", rows)
+
+    def _load(self, db: sqlite3.Connection, session_id: str) -> list[Record]:
+        records: list[Record] = []
+        location = f"{self.path} (table records, session {session_id!r})"
+        rows = db.execute(
+            "SELECT seq, version, ts, kind, data FROM records WHERE session_id = ? ORDER BY seq", (session_id,)
+        )
+        for seq, version, ts, kind, data in rows:
+            try:
+                decoded = json.loads(data)
+            except (TypeError, ValueError) as exc:
+                raise CorruptRecord(location, seq, f"data is not JSON ({exc})") from None
+            raw = {"v": version, "sid": session_id, "seq": seq, "ts": ts, "kind": kind, "data": decoded}
+            record = Record.from_dict(raw, location=location, line=seq)
+            check_loaded(session_id, record, len(records) + 1, location, seq)
+            records.append(record)
+        return records
+
+
+def _migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Create the tables, or bring an older layout up to `SCHEMA_VERSION`."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has schema version {version}; this release of sessions reads up to {SCHEMA_VERSION}"
+            )
+        if version == 0:
+            for statement in _SCHEMA_V1.split(";"):  # not executescript, which would COMMIT first
+                if statement.strip():
+                    db.execute(statement)
+        while 0 < version < SCHEMA_VERSION:
+            MIGRATIONS[version](db)
+            version += 1
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+class SqliteStore:
+    """A `Store` keeping every session's log in one SQLite database (the durable default).
+
+    It uses the standard library's ``sqlite3`` in WAL mode with ``synchronous=FULL``.
+    One writer thread owns the only connection and takes every append waiting for it
+    as one transaction: *group commit*. Many sessions' turns are made durable by one
+    commit and one fsync, and each durable append returns only after the commit that
+    holds it. Appends without ``durable`` are committed at once without waiting for the
+    disk (they survive the process dying, not the machine) and become durable with the
+    next durable commit. No two connections of the store contend, so hundreds of
+    concurrent sessions never see "database is locked".
+
+    Records are rows of ``records(session_id, seq, version, ts, kind, data)``, with the
+    record format's ``version`` in each row and the table layout's version in
+    ``PRAGMA user_version``, so a later release can migrate the file in place.
+
+    The store may be created anywhere (outside ``trio.run``, in a child spec), shared
+    by many sessions and their restarts, and closed with `aclose`, after which it can
+    be used again.
+
+    Example::
+
+        store = sessions.SqliteStore("agents.db")
+        children = [SessionServer.child_spec(name="a", provider=p, store=store)]
+        ...
+        await store.aclose()
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        if str(self.path) == ":memory:":
+            raise InvalidOption("path", path, "an in-memory SQLite database is not durable; use InMemoryStore")
+        self._worker = BatchWorker(f"sessions-sqlite:{self.path}", lambda: _SqliteHandler(self.path))
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    async def append(self, session_id: str, records: Sequence[Record], *, durable: bool = False) -> None:
+        """Insert ``records`` after the session's last; with ``durable`` wait for the fsync.
+
+        Once handed to the writer, the append is waited for even if the caller is
+        cancelled, so the caller never goes on not knowing whether it happened.
+
+        Raises:
+            StoreError: the records do not follow the log (a gap, a repeat, another
+                session's record), are not JSON, or the database cannot be written.
+
+        Example::
+
+            await store.append("s1", [sessions.Record("s1", 1, "session_started")], durable=True)
+        """
+        _check_id(session_id)
+        check_records(session_id, records)
+        if not records and not durable:
+            await trio.lowlevel.checkpoint()
+            return
+        rows: list[tuple[Any, ...]] = [
+            (session_id, r.seq, r.version, r.ts, r.kind, dumps(r.data, f"data of {session_id!r}#{r.seq}"))
+            for r in records
+        ]
+        first = records[0].seq if records else None
+        await self._worker.submit(Job("append", (session_id, first, rows), durable=durable), shield=True)
+
+    async def load(self, session_id: str) -> list[Record]:
+        """The session's records in ``seq`` order; ``[]`` for an unknown session.
+
+        Raises:
+            CorruptRecord: a row cannot be read (``line`` is its ``seq``).
+
+        Example::
+
+            records = await store.load("s1")
+        """
+        _check_id(session_id)
+        result: list[Record] = await self._worker.submit(Job("load", (session_id,)))
+        return result
+
+    async def list_sessions(self) -> list[str]:
+        """The sessions with at least one record, sorted.
+
+        Example::
+
+            assert "s1" in await store.list_sessions()
+        """
+        result: list[str] = await self._worker.submit(Job("list", ()))
+        return result
+
+    async def delete(self, session_id: str) -> None:
+        """Delete the session's records (no error if there are none).
+
+        Example::
+
+            await store.delete("s1")
+        """
+        _check_id(session_id)
+        await self._worker.submit(Job("delete", (session_id,)), shield=True)
+
+    async def aclose(self) -> None:
+        """Commit, checkpoint the WAL into the database, close the connection and end
+        the writer thread; the store stays usable.
+
+        Example::
+
+            await store.aclose()
+        """
+        await self._worker.aclose()
+
+
+def _check_id(session_id: object) -> None:
+    if not isinstance(session_id, str) or not session_id:
+        raise InvalidOption("session_id", session_id, "must be a non-empty string")

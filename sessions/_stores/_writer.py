@@ -1,0 +1,212 @@
+"""The shared group-commit writer of the durable stores.
+
+One dedicated OS thread owns a store's files or its SQLite connection and does all of
+its I/O. Trio tasks hand it jobs through a queue and wait on a `trio.Event`; the thread
+takes *every* job waiting in the queue as one batch, so while one batch is being made
+durable (one commit, one fsync per file) the next one fills up. That is group commit:
+under load, many sessions' turns share one fsync, and each durable append is
+acknowledged only after the fsync that covers it.
+
+Why a thread of our own rather than `trio.to_thread.run_sync`: a store outlives any one
+trio run (it is made in a child spec and shared by sessions, their restarts and separate
+``trio.run`` calls), sqlite3 connections belong to the thread that made them, and after
+`BatchWorker.aclose` no thread may be left behind, while trio's thread cache keeps idle
+workers alive. The thread starts on first use and ends at ``aclose``; using the store
+again starts a new one. Each job carries the trio token of the run that submitted it,
+so the thread wakes the right run, and a run that has gone away is simply not woken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import attrs
+import structlog
+import trio
+
+from .._errors import StoreError
+
+_log = structlog.get_logger("sessions.stores")
+
+MAX_BATCH: Final = 4096
+"""Most jobs handled in one batch (one transaction, one round of fsyncs)."""
+
+
+@attrs.define(eq=False)
+class Job:
+    """One request to the writer thread: ``op`` and ``args`` are the store's own.
+
+    The handler sets ``result`` or ``error``; the worker wakes the submitter.
+    """
+
+    op: str
+    args: tuple[Any, ...]
+    durable: bool = False
+    result: Any = None
+    error: BaseException | None = None
+    token: trio.lowlevel.TrioToken | None = None
+    done: trio.Event | None = None
+
+
+class Handler:
+    """What a store does on the writer thread. Every method runs on that thread only."""
+
+    def open(self) -> None:
+        """Acquire files or connections (called on the thread, before the first batch)."""
+
+    def process(self, jobs: Sequence[Job]) -> None:
+        """Do ``jobs`` in order, setting each job's ``result`` or ``error``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and release everything (called on the thread, after the last batch)."""
+
+
+class BatchWorker:
+    """A lazily started thread running a `Handler` over batches of jobs.
+
+    Example::
+
+        worker = BatchWorker("sessions-sqlite", handler)
+        records = await worker.submit(Job("load", ("s1",)))
+        await worker.aclose()
+    """
+
+    def __init__(self, name: str, make_handler: Callable[[], Handler]) -> None:
+        self._name = name
+        self._make_handler = make_handler
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Job] | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The running writer thread, if any (for tests)."""
+        return self._thread
+
+    async def submit(self, job: Job, *, shield: bool = False) -> Any:
+        """Hand ``job`` to the thread and wait for its result (or raise its error).
+
+        With ``shield`` the wait cannot be cancelled: a write that was handed over is
+        always waited for, so the caller never goes on not knowing whether it happened.
+        """
+        job.token = trio.lowlevel.current_trio_token()
+        job.done = trio.Event()
+        with self._lock:
+            if self._queue is None:
+                self._start()
+            assert self._queue is not None
+            self._queue.put(job)
+        with trio.CancelScope(shield=shield):
+            await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    async def aclose(self) -> None:
+        """Finish every job handed over so far, release the handler, and end the thread."""
+        with self._lock:
+            thread, q = self._thread, self._queue
+            self._thread = self._queue = None
+        if thread is None or q is None:
+            await trio.lowlevel.checkpoint()
+            return
+        stop = Job("stop", ())
+        stop.token = trio.lowlevel.current_trio_token()
+        stop.done = trio.Event()
+        q.put(stop)
+        with trio.CancelScope(shield=True):
+            await stop.done.wait()
+        # The thread set ``stop.done`` as its very last act; joining takes microseconds.
+        thread.join()
+        if stop.error is not None:
+            raise stop.error
+
+    def _start(self) -> None:
+        previous = self._thread
+        q: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        thread = threading.Thread(target=self._main, args=(q, previous), name=self._name, daemon=True)
+        self._queue, self._thread = q, thread
+        thread.start()
+
+    def _main(self, q: queue.SimpleQueue[Job], previous: threading.Thread | None) -> None:
+        if previous is not None:  # a closing thread may still be finishing its last batch
+            previous.join()
+        handler: Handler | None = None
+        stops: list[Job] = []
+        while not stops:
+            jobs = [q.get()]
+            while len(jobs) < MAX_BATCH:
+                try:
+                    jobs.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            stops = [job for job in jobs if job.op == "stop"]
+            handler = self._run_batch(handler, [job for job in jobs if job.op != "stop"])
+        # Jobs that raced in after the stop are still done, then the handler is released.
+        leftovers: list[Job] = []
+        while True:
+            try:
+                leftovers.append(q.get_nowait())
+            except queue.Empty:
+                break
+        handler = self._run_batch(handler, leftovers)
+        if handler is not None:
+            try:
+                handler.close()
+            except Exception as exc:  # noqa: BLE001 (reported to aclose, the thread still ends)
+                _log.error("store_close_failed", thread=self._name, exc_info=exc)
+                for stop in stops:
+                    stop.error = StoreError(f"store could not close cleanly: {exc!r}")
+        _wake(stops)
+
+    def _run_batch(self, handler: Handler | None, jobs: list[Job]) -> Handler | None:
+        """Do one batch, opening the handler first if it is not open (a failed open is
+        retried at the next batch). Returns the handler, open or None."""
+        if not jobs:
+            return handler
+        if handler is None:
+            try:
+                handler = self._make_handler()
+                handler.open()
+            except Exception as exc:  # noqa: BLE001 (the batch fails; the next batch tries again)
+                _log.error("store_open_failed", thread=self._name, exc_info=exc)
+                error = exc if isinstance(exc, StoreError) else StoreError(f"store could not open: {exc!r}")
+                for job in jobs:
+                    job.error = error
+                _wake(jobs)
+                return None
+        self._process(handler, jobs)
+        _wake(jobs)
+        return handler
+
+    def _process(self, handler: Handler, jobs: list[Job]) -> None:
+        try:
+            handler.process(jobs)
+        except Exception as exc:  # noqa: BLE001 (a handler bug or an I/O failure: fail the batch, keep serving)
+            _log.error("store_batch_failed", thread=self._name, jobs=len(jobs), exc_info=exc)
+            error = exc if isinstance(exc, StoreError) else StoreError(f"store batch failed: {exc!r}")
+            for job in jobs:
+                if job.error is None:
+                    job.error = error
+                    job.result = None
+
+
+def _wake(jobs: Sequence[Job]) -> None:
+    """Set the events of ``jobs``, once per trio run (one ``run_sync_soon`` each)."""
+    by_token: dict[trio.lowlevel.TrioToken, list[trio.Event]] = {}
+    for job in jobs:
+        if job.token is not None and job.done is not None:
+            by_token.setdefault(job.token, []).append(job.done)
+    for token, events in by_token.items():
+        with contextlib.suppress(trio.RunFinishedError):  # the run that asked has ended: nobody waits
+            token.run_sync_soon(_set_all, events)
+
+
+def _set_all(events: list[trio.Event]) -> None:
+    for event in events:
+        event.set()
