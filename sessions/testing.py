@@ -1,0 +1,413 @@
+"""Tools for testing code built on sessions: the store conformance suite.
+
+Every store that ships with sessions passes these checks, and so should yours. Run them
+all at once with `check_store`, or as one pytest test per check by subclassing
+`StoreConformance`.
+
+Example::
+
+    import sessions.testing
+
+    async def test_my_store_conforms(tmp_path):
+        await sessions.testing.check_store(lambda: MyStore(tmp_path / "db"))
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar
+
+import trio
+
+from ._errors import StoreError
+from ._stores._base import RECORD_VERSION, Record, Store
+
+__all__ = ["CHECKS", "StoreConformance", "check_store"]
+
+StoreFactory = Callable[[], Store]
+"""Makes a store object; every call must give a store over the *same* location."""
+
+Check = Callable[[StoreFactory], Awaitable[None]]
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise AssertionError(message)
+
+
+def _ids(*names: str) -> list[str]:
+    """Session ids unique to this run, so checks never see each other's records."""
+    tag = uuid.uuid4().hex[:10]
+    return [f"conformance-{tag}-{name}" for name in names]
+
+
+def _rec(session_id: str, seq: int, kind: str = "message", **data: Any) -> Record:
+    return Record(session_id=session_id, seq=seq, kind=kind, data=data or {"n": seq}, ts=1_700_000_000.25 + seq)
+
+
+def _same(loaded: Sequence[Record], expected: Sequence[Record], what: str) -> None:
+    if list(loaded) == list(expected):
+        return
+    got = [(r.session_id, r.seq, r.kind) for r in loaded]
+    want = [(r.session_id, r.seq, r.kind) for r in expected]
+    if got == want:
+        for a, b in zip(loaded, expected, strict=True):
+            if a != b:
+                raise AssertionError(f"{what}: record #{b.seq} came back changed:\n  stored {b!r}\n  loaded {a!r}")
+    raise AssertionError(f"{what}: load returned {got}, expected {want}")
+
+
+async def _rejected(store: Store, session_id: str, records: list[Record], what: str) -> None:
+    try:
+        await store.append(session_id, records)
+    except StoreError:
+        return
+    raise AssertionError(f"append of {what} was accepted; a store must raise sessions.StoreError")
+
+
+async def check_round_trip(make_store: StoreFactory) -> None:
+    """Every field of a record comes back equal: unicode, nested JSON, ``ts``, ``version``.
+
+    Example::
+
+        await sessions.testing.check_round_trip(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        (sid,) = _ids("round-trip")
+        nested = {
+            "text": 'héllo ✓ 日本語 🎉 \u2028 line\nbreak "quoted" back\\slash \t tab \x00 nul',
+            "list": [1, -2, 2.5, 1e-300, None, True, False, "", [], {}],
+            "deep": {"a": {"b": {"c": [{"d": "e"}]}}},
+            "big": "x" * 100_000,
+            "ünïcode kéy": 0,
+        }
+        records = [
+            Record(sid, 1, "session_started", {"options": {"model": "m"}}, ts=1712345678.123456, version=1),
+            Record(sid, 2, "message", nested, ts=0.5),
+            Record(sid, 3, "turn_finished", {}, ts=1e10, version=RECORD_VERSION),
+        ]
+        await store.append(sid, records, durable=True)
+        _same(await store.load(sid), records, "round trip")
+    finally:
+        await store.aclose()
+
+
+async def check_seq_order(make_store: StoreFactory) -> None:
+    """Records come back in ``seq`` order across several appends.
+
+    Example::
+
+        await sessions.testing.check_seq_order(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        (sid,) = _ids("order")
+        records = [_rec(sid, seq, kind=f"k{seq}") for seq in range(1, 7)]
+        await store.append(sid, records[:1])
+        await store.append(sid, records[1:3], durable=True)
+        await store.append(sid, records[3:])
+        _same(await store.load(sid), records, "three appends")
+    finally:
+        await store.aclose()
+
+
+async def check_seq_rejected(make_store: StoreFactory) -> None:
+    """A gap, a repeat, a jump inside one append, a wrong first seq or another
+    session's record raises `StoreError` and leaves the log as it was.
+
+    Example::
+
+        await sessions.testing.check_seq_rejected(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        sid, other, fresh = _ids("seq", "other", "fresh")
+        good = [_rec(sid, 1), _rec(sid, 2)]
+        await store.append(sid, good, durable=True)
+        await _rejected(store, sid, [_rec(sid, 4)], "seq 4 after 2 (a gap)")
+        await _rejected(store, sid, [_rec(sid, 2)], "seq 2 after 2 (a repeat)")
+        await _rejected(store, sid, [_rec(sid, 1)], "seq 1 after 2 (going back)")
+        await _rejected(store, sid, [_rec(sid, 3), _rec(sid, 5)], "seqs 3, 5 in one append")
+        await _rejected(store, sid, [_rec(other, 3)], "another session's record")
+        await _rejected(store, fresh, [_rec(fresh, 2)], "seq 2 as a new session's first record")
+        _same(await store.load(sid), good, "the log after rejected appends")
+        _same(await store.load(fresh), [], "a session whose first append was rejected")
+        more = [_rec(sid, 3)]
+        await store.append(sid, more)
+        _same(await store.load(sid), good + more, "an append after rejected ones")
+    finally:
+        await store.aclose()
+
+
+async def check_unknown_session(make_store: StoreFactory) -> None:
+    """An unknown session loads as ``[]``, is not listed, and deletes without error.
+
+    Example::
+
+        await sessions.testing.check_unknown_session(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        (sid,) = _ids("unknown")
+        _same(await store.load(sid), [], "an unknown session")
+        _require(sid not in await store.list_sessions(), "list_sessions lists a session that has no records")
+        await store.delete(sid)
+    finally:
+        await store.aclose()
+
+
+async def check_list_and_delete(make_store: StoreFactory) -> None:
+    """`list_sessions` lists sessions with records; `delete` forgets one, which can start again at seq 1.
+
+    Example::
+
+        await sessions.testing.check_list_and_delete(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        a, b = _ids("a", "b")
+        await store.append(a, [_rec(a, 1)], durable=True)
+        await store.append(b, [_rec(b, 1), _rec(b, 2)], durable=True)
+        listed = await store.list_sessions()
+        _require({a, b} <= set(listed), f"list_sessions() = {listed} misses {sorted({a, b} - set(listed))}")
+        _require(len(listed) == len(set(listed)), f"list_sessions() repeats a session: {listed}")
+        await store.delete(a)
+        listed = await store.list_sessions()
+        _require(a not in listed, "a deleted session is still listed")
+        _require(b in listed, "deleting one session dropped another from list_sessions")
+        _same(await store.load(a), [], "a deleted session")
+        _same(await store.load(b), [_rec(b, 1), _rec(b, 2)], "the session beside a deleted one")
+        again = [_rec(a, 1, kind="again")]
+        await store.append(a, again, durable=True)
+        _same(await store.load(a), again, "a deleted session started again at seq 1")
+        await store.delete(a)
+        await store.delete(b)
+    finally:
+        await store.aclose()
+
+
+async def check_concurrent_sessions(make_store: StoreFactory) -> None:
+    """50 sessions append 20 times each, all at once; every log comes back whole and in order.
+
+    Example::
+
+        await sessions.testing.check_concurrent_sessions(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        sids = _ids(*(f"c{i}" for i in range(50)))
+
+        async def session(sid: str) -> None:
+            for seq in range(1, 21):
+                await store.append(sid, [_rec(sid, seq, text=f"{sid} says {seq}")], durable=seq % 5 == 0)
+
+        async with trio.open_nursery() as nursery:
+            for sid in sids:
+                nursery.start_soon(session, sid)
+        for sid in sids:
+            _same(await store.load(sid), [_rec(sid, s, text=f"{sid} says {s}") for s in range(1, 21)], sid)
+        listed = set(await store.list_sessions())
+        _require(set(sids) <= listed, f"list_sessions misses {len(set(sids) - listed)} of 50 concurrent sessions")
+    finally:
+        await store.aclose()
+
+
+async def check_durable_flag(make_store: StoreFactory) -> None:
+    """``durable=True`` and ``durable=False`` are both accepted; both are visible to `load` at once.
+
+    Example::
+
+        await sessions.testing.check_durable_flag(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        (sid,) = _ids("durable")
+        records = [_rec(sid, seq) for seq in range(1, 5)]
+        await store.append(sid, records[:1], durable=False)
+        _same(await store.load(sid), records[:1], "after a non-durable append")
+        await store.append(sid, records[1:2], durable=True)
+        await store.append(sid, records[2:3])
+        await store.append(sid, records[3:], durable=True)
+        _same(await store.load(sid), records, "after mixed appends")
+    finally:
+        await store.aclose()
+
+
+async def check_reopen(make_store: StoreFactory) -> None:
+    """A new store object on the same location sees every record, durable or not,
+    once the first one is closed (durable stores only).
+
+    Example::
+
+        await sessions.testing.check_reopen(lambda: MyStore(path))
+    """
+    (sid,) = _ids("reopen")
+    records = [_rec(sid, 1, kind="session_started"), _rec(sid, 2), _rec(sid, 3, kind="late")]
+    first = make_store()
+    try:
+        await first.append(sid, records[:2], durable=True)
+        await first.append(sid, records[2:], durable=False)
+    finally:
+        await first.aclose()
+    second = make_store()
+    try:
+        _same(await second.load(sid), records, "a new store object on the same location")
+        _require(sid in await second.list_sessions(), "a reopened store does not list the session")
+        await second.append(sid, [_rec(sid, 4)], durable=True)
+        _same(await second.load(sid), [*records, _rec(sid, 4)], "an append after reopening")
+    finally:
+        await second.aclose()
+
+
+async def check_aclose_then_reuse(make_store: StoreFactory) -> None:
+    """After `aclose` (twice, even) the same store object works again and keeps its records.
+
+    Example::
+
+        await sessions.testing.check_aclose_then_reuse(lambda: MyStore(path))
+    """
+    store = make_store()
+    (sid,) = _ids("reuse")
+    try:
+        await store.append(sid, [_rec(sid, 1)], durable=True)
+        await store.aclose()
+        await store.aclose()
+        await store.append(sid, [_rec(sid, 2)], durable=True)
+        _same(await store.load(sid), [_rec(sid, 1), _rec(sid, 2)], "the same store object after aclose")
+    finally:
+        await store.aclose()
+
+
+async def check_cancelled_load(make_store: StoreFactory) -> None:
+    """A load cancelled while it waits leaves the store working.
+
+    Example::
+
+        await sessions.testing.check_cancelled_load(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        (sid,) = _ids("cancel")
+        await store.append(sid, [_rec(sid, 1)], durable=True)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await store.load(sid)
+        await store.append(sid, [_rec(sid, 2)], durable=True)
+        _same(await store.load(sid), [_rec(sid, 1), _rec(sid, 2)], "after a cancelled load")
+    finally:
+        await store.aclose()
+
+
+CHECKS: dict[str, Check] = {
+    "round_trip": check_round_trip,
+    "seq_order": check_seq_order,
+    "seq_rejected": check_seq_rejected,
+    "unknown_session": check_unknown_session,
+    "list_and_delete": check_list_and_delete,
+    "concurrent_sessions": check_concurrent_sessions,
+    "durable_flag": check_durable_flag,
+    "reopen": check_reopen,
+    "aclose_then_reuse": check_aclose_then_reuse,
+    "cancelled_load": check_cancelled_load,
+}
+"""Every check of the suite, by name. ``reopen`` is for stores that keep records
+beyond the store object (not `InMemoryStore`)."""
+
+
+async def check_store(make_store: StoreFactory, *, reopens: bool = True) -> None:
+    """Run every conformance check against the stores ``make_store`` makes.
+
+    ``make_store`` is called several times and must return a store over the *same*
+    location each time (the same directory, database, bucket): the checks use their own
+    session ids, so it may hold other sessions. Pass ``reopens=False`` for a store whose
+    records live only as long as the store object.
+
+    Raises:
+        AssertionError: naming the check and what went wrong.
+
+    Example::
+
+        async def test_my_store(tmp_path):
+            await sessions.testing.check_store(lambda: MyStore(tmp_path / "db"))
+
+        async def test_memory_store():
+            store = sessions.InMemoryStore()
+            await sessions.testing.check_store(lambda: store, reopens=False)
+    """
+    for name, check in CHECKS.items():
+        if name == "reopen" and not reopens:
+            continue
+        try:
+            await check(make_store)
+        except AssertionError as exc:
+            raise AssertionError(f"store conformance check {name!r} failed: {exc}") from exc
+
+
+class StoreConformance:
+    """The conformance suite as pytest tests: subclass it and provide a ``store_factory`` fixture.
+
+    Each check is a test of its own (``test_round_trip``, ``test_reopen``, ...). They are
+    plain functions that call ``trio.run``, so no pytest plugin is needed. Set
+    ``reopens = False`` for a store whose records live only as long as the object.
+
+    Example::
+
+        import pytest
+        import sessions.testing
+
+        class TestMyStore(sessions.testing.StoreConformance):
+            @pytest.fixture
+            def store_factory(self, tmp_path):
+                return lambda: MyStore(tmp_path / "db")
+    """
+
+    reopens: ClassVar[bool] = True
+
+    def _run(self, name: str, store_factory: StoreFactory) -> None:
+        if name == "reopen" and not self.reopens:
+            import pytest  # only ever reached under pytest
+
+            pytest.skip("the store keeps records only as long as the store object (reopens = False)")
+        trio.run(CHECKS[name], store_factory)
+
+    def test_round_trip(self, store_factory: StoreFactory) -> None:
+        """See `check_round_trip`."""
+        self._run("round_trip", store_factory)
+
+    def test_seq_order(self, store_factory: StoreFactory) -> None:
+        """See `check_seq_order`."""
+        self._run("seq_order", store_factory)
+
+    def test_seq_rejected(self, store_factory: StoreFactory) -> None:
+        """See `check_seq_rejected`."""
+        self._run("seq_rejected", store_factory)
+
+    def test_unknown_session(self, store_factory: StoreFactory) -> None:
+        """See `check_unknown_session`."""
+        self._run("unknown_session", store_factory)
+
+    def test_list_and_delete(self, store_factory: StoreFactory) -> None:
+        """See `check_list_and_delete`."""
+        self._run("list_and_delete", store_factory)
+
+    def test_concurrent_sessions(self, store_factory: StoreFactory) -> None:
+        """See `check_concurrent_sessions`."""
+        self._run("concurrent_sessions", store_factory)
+
+    def test_durable_flag(self, store_factory: StoreFactory) -> None:
+        """See `check_durable_flag`."""
+        self._run("durable_flag", store_factory)
+
+    def test_reopen(self, store_factory: StoreFactory) -> None:
+        """See `check_reopen` (skipped when ``reopens`` is False)."""
+        self._run("reopen", store_factory)
+
+    def test_aclose_then_reuse(self, store_factory: StoreFactory) -> None:
+        """See `check_aclose_then_reuse`."""
+        self._run("aclose_then_reuse", store_factory)
+
+    def test_cancelled_load(self, store_factory: StoreFactory) -> None:
+        """See `check_cancelled_load`."""
+        self._run("cancelled_load", store_factory)

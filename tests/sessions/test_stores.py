@@ -1,0 +1,180 @@
+"""Every store passes the conformance suite (sessions.testing), matches a dict model under
+random appends and deletes, binds lazily to trio runs, and leaves no thread behind."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sessions
+import sessions.testing
+from sessions import InMemoryStore, JsonlStore, Record, SqliteStore, Store
+
+StoreFactory = Callable[[], Store]
+
+
+class TestInMemoryStoreConforms(sessions.testing.StoreConformance):
+    reopens = False
+
+    @pytest.fixture
+    def store_factory(self) -> StoreFactory:
+        store = InMemoryStore()
+        return lambda: store
+
+
+class TestJsonlStoreConforms(sessions.testing.StoreConformance):
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> StoreFactory:
+        return lambda: JsonlStore(tmp_path / "sessions")
+
+
+class TestSqliteStoreConforms(sessions.testing.StoreConformance):
+    @pytest.fixture
+    def store_factory(self, tmp_path: Path) -> StoreFactory:
+        return lambda: SqliteStore(tmp_path / "agents.db")
+
+
+async def test_check_store_passes_for_sqlite(tmp_path: Path) -> None:
+    """check_store runs the whole suite in one call."""
+    await sessions.testing.check_store(lambda: SqliteStore(tmp_path / "agents.db"))
+
+
+class _GapAcceptingStore(InMemoryStore):
+    """A broken store: it accepts any seq."""
+
+    async def append(self, session_id: str, records: Sequence[Record], *, durable: bool = False) -> None:
+        self._logs.setdefault(session_id, []).extend(records)
+        await trio.lowlevel.checkpoint()
+
+
+class _ForgetfulStore(InMemoryStore):
+    """A broken store: a new object forgets everything, yet it claims to reopen."""
+
+
+async def test_check_store_names_the_failed_check() -> None:
+    """The suite catches a store that accepts a gap, and says which check failed."""
+    store = _GapAcceptingStore()
+    with pytest.raises(AssertionError, match=r"check 'seq_rejected' failed: append of seq 4 after 2 \(a gap\)"):
+        await sessions.testing.check_store(lambda: store, reopens=False)
+
+
+async def test_check_store_catches_a_store_that_does_not_reopen() -> None:
+    """A store that loses its records with the object fails the reopen check."""
+    with pytest.raises(AssertionError, match="check 'reopen' failed: a new store object"):
+        await sessions.testing.check_store(_ForgetfulStore)
+
+
+def _writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("sessions-")]
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_one_store_object_serves_separate_trio_runs(tmp_path: Path, kind: str) -> None:
+    """A store made outside trio.run is used by two runs in turn, then closed by a third;
+    after aclose no writer thread is left."""
+    store: Store = JsonlStore(tmp_path / "j") if kind == "jsonl" else SqliteStore(tmp_path / "s.db")
+    assert _writer_threads() == []
+
+    async def first() -> None:
+        await store.append("s", [Record("s", 1, "a")], durable=True)
+
+    async def second() -> list[Record]:
+        await store.append("s", [Record("s", 2, "b")], durable=False)
+        return await store.load("s")
+
+    trio.run(first)
+    assert [r.seq for r in trio.run(second)] == [1, 2]
+    assert len(_writer_threads()) == 1
+    trio.run(store.aclose)
+    assert _writer_threads() == []
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+async def test_aclose_leaves_no_thread(tmp_path: Path, kind: str) -> None:
+    """Busy stores end every thread they started (the writer and JSONL's fsync helpers) at aclose."""
+    store: Store = JsonlStore(tmp_path / "j") if kind == "jsonl" else SqliteStore(tmp_path / "s.db")
+    before = set(threading.enumerate())
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            sid = f"s{i}"
+            nursery.start_soon(functools.partial(store.append, sid, [Record(sid, 1, "a")], durable=True))
+    assert _writer_threads() != []
+    await store.aclose()
+    assert set(threading.enumerate()) - before == set()
+
+
+# --- the stores against a dict model -------------------------------------------------------
+
+_sids = st.sampled_from(["a", "b", "c"])
+_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), _sids, st.integers(1, 3), st.booleans()),
+        st.tuples(st.just("gap"), _sids, st.integers(2, 3), st.booleans()),
+        st.tuples(st.just("delete"), _sids, st.just(0), st.just(False)),
+        st.tuples(st.just("reopen"), st.just(""), st.just(0), st.just(False)),
+    ),
+    max_size=25,
+)
+
+
+async def _run_model(make_store: StoreFactory, ops: list[tuple[str, str, int, bool]], reopens: bool) -> None:
+    model: dict[str, list[Record]] = {}
+    store = make_store()
+    try:
+        for op, sid, n, durable in ops:
+            log = model.setdefault(sid, []) if sid else []
+            if op == "append":
+                records = [Record(sid, len(log) + i, "message", {"i": i, "op": len(log)}) for i in range(1, n + 1)]
+                await store.append(sid, records, durable=durable)
+                log.extend(records)
+            elif op == "gap":
+                with pytest.raises(sessions.StoreError):
+                    await store.append(sid, [Record(sid, len(log) + n, "gap")], durable=durable)
+            elif op == "delete":
+                await store.delete(sid)
+                log.clear()
+            elif reopens:
+                await store.aclose()
+                store = make_store()
+            if sid:
+                assert await store.load(sid) == log
+        assert sorted(await store.list_sessions()) == sorted(s for s, log in model.items() if log)
+        for sid, log in model.items():
+            assert await store.load(sid) == log
+    finally:
+        await store.aclose()
+
+
+_model_settings = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@_model_settings
+@given(ops=_ops)
+def test_memory_store_matches_a_dict(ops: list[tuple[str, str, int, bool]]) -> None:
+    """InMemoryStore: random appends, rejected gaps and deletes agree with a dict of lists."""
+    store = InMemoryStore()
+    trio.run(_run_model, lambda: store, ops, False)
+
+
+@_model_settings
+@given(ops=_ops)
+def test_jsonl_store_matches_a_dict(ops: list[tuple[str, str, int, bool]]) -> None:
+    """JsonlStore: the same, with reopening the directory as a new store object."""
+    with tempfile.TemporaryDirectory() as directory:
+        trio.run(_run_model, lambda: JsonlStore(directory), ops, True)
+
+
+@_model_settings
+@given(ops=_ops)
+def test_sqlite_store_matches_a_dict(ops: list[tuple[str, str, int, bool]]) -> None:
+    """SqliteStore: the same, with reopening the database as a new store object."""
+    with tempfile.TemporaryDirectory() as directory:
+        trio.run(_run_model, lambda: SqliteStore(Path(directory) / "m.db"), ops, True)
