@@ -32,6 +32,15 @@ def typing(session: nox.Session) -> None:
 
 
 @nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site in docs/_build/html: nitpicky, warnings as errors, then an offline link check."""
+    session.install(".[claude,ollama,openai]", *nox.project.dependency_groups(PYPROJECT, "docs"))
+    build = ("sphinx-build", "-n", "-W", "--keep-going", "-d", "docs/_build/doctrees")
+    session.run(*build, "-E", "-b", "html", "docs", "docs/_build/html", *session.posargs)
+    session.run(*build, "-b", "linkcheck", "docs", "docs/_build/linkcheck")  # conf.py ignores every external URL
+
+
+@nox.session
 def demo(session: nox.Session) -> None:
     """The main demo: a supervision tree whose children crash and get restarted."""
     session.install(".")

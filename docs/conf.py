@@ -1,0 +1,323 @@
+"""Sphinx configuration for the otpy and sessions documentation site.
+
+Sphinx + MyST + furo, as attrs and structlog build theirs: the pages stay Markdown that
+reads well on a forge, and the API reference comes from the docstrings (Google style,
+through napoleon). ``nox -s docs`` builds it with ``-n -W --keep-going``.
+
+The API pages do not list names by hand. The ``public-api`` directive below documents
+every public name of a package's namespace (``vars(package)``, names without a leading
+underscore), so a name added to ``otpy/__init__.py`` or ``sessions/__init__.py`` appears
+in the reference with no edit here; and a consistency check fails the build if any
+public name ends up without an entry.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import inspect
+import re
+import sys
+import types
+from typing import Any
+
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx import addnodes
+from sphinx.application import Sphinx
+from sphinx.environment import BuildEnvironment
+from sphinx.ext import napoleon
+from sphinx.transforms.post_transforms import SphinxPostTransform
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.nodes import find_pending_xref_condition
+
+import otpy
+
+project = "otpy"
+author = "the otpy authors"
+copyright = "the otpy authors"  # noqa: A001 (Sphinx's name)
+release = otpy.__version__
+version = release
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinxcontrib.mermaid",
+]
+
+root_doc = "index"
+source_suffix = {".md": "markdown"}
+exclude_patterns = ["_build", ".venv", "**/.ipynb_checkpoints"]
+
+# --- MyST --------------------------------------------------------------------------------
+myst_enable_extensions = ["colon_fence", "deflist"]
+# GitHub-style anchors (#terminate-and-trap_exit) for every heading down to ####, so the
+# pages' in-page and cross-page links work on the site as on the forge.
+myst_heading_anchors = 4
+# ```mermaid fences become the mermaid directive.
+myst_fence_as_directive = ["mermaid"]
+
+# --- autodoc / napoleon --------------------------------------------------------------------
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
+autodoc_typehints_format = "short"
+autodoc_preserve_defaults = True
+autodoc_class_signature = "mixed"
+autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+# Fields come from autodoc (undoc-members); napoleon's "Attributes:" become :ivar: fields, so a
+# field is not described twice.
+napoleon_use_ivar = True
+# Docstrings write `Name` for a cross-reference (trio's habit): resolve it as any Python object.
+default_role = "py:obj"
+add_module_names = False
+python_use_unqualified_type_names = True
+
+# --- warnings -------------------------------------------------------------------------------
+# The build runs nitpicky (-n). No intersphinx: the build must work offline, so names from
+# the standard library and from trio, attrs, outcome and structlog are left unlinked, and
+# only those are forgiven; a broken reference to otpy or sessions is still an error.
+nitpicky = True
+_EXTERNAL = (
+    r"(builtins|typing|contextlib|typing_extensions|collections|collections\.abc|abc|enum|types|"
+    r"contextvars|datetime|pathlib|os|signal|math|time|functools|asyncio|concurrent\.futures|"
+    r"trio|trio\.[\w.]+|attrs|attr|outcome|structlog|httpx|sqlite3|json)"
+)
+_BUILTINS = (
+    r"(object|type|int|float|str|bytes|bool|None|NoneType|list|dict|tuple|set|frozenset|"
+    r"Exception|BaseException|BaseExceptionGroup|ExceptionGroup|ValueError|TypeError|KeyError|"
+    r"LookupError|RuntimeError|TimeoutError|OSError|NotImplementedError|"
+    r"Any|Callable|Awaitable|Coroutine|Iterable|Iterator|AsyncIterator|AsyncIterable|"
+    r"AsyncGenerator|Mapping|Sequence|MutableMapping|Hashable|Literal|Generic|Protocol|"
+    r"TypeVar|ParamSpec|Self|Never|NoReturn|ClassVar|Final|Optional|Union|TypeAlias|"
+    r"P|T|R|S|K|V|T_co|R_co|Nursery|TaskStatus|CancelScope|MemorySendChannel|"
+    r"MemoryReceiveChannel|Event|Outcome|Value|Error|BoundLogger|Path|timedelta|"
+    r"P\.args|P\.kwargs|ellipsis|EllipsisType)"
+)
+nitpick_ignore_regex = [
+    (r"py:.*", rf"{_EXTERNAL}(\..*)?"),
+    (r"py:.*", _BUILTINS),
+]
+
+# --- HTML ------------------------------------------------------------------------------------
+html_theme = "furo"
+html_title = f"otpy {release}"
+html_static_path: list[str] = []
+html_show_sourcelink = False
+
+# --- the linkcheck builder (nox -s docs runs it offline: internal links only) -----------------
+# Every external URL is ignored, so the check needs no network. Anchors inside the site are
+# checked by the html build itself (MyST reports a missing heading or page as a warning).
+linkcheck_ignore = [r"https?://.*", r"mailto:.*"]
+linkcheck_anchors = False
+
+
+# --- the public-api directive -------------------------------------------------------------------
+
+PACKAGES = ("otpy", "sessions")
+
+GROUPS = (
+    ("classes", "Classes"),
+    ("functions", "Functions"),
+    ("errors", "Errors"),
+    ("data", "Constants and type aliases"),
+)
+
+
+def public_names(package: str) -> dict[str, Any]:
+    """The package's public namespace: what ``from package import *`` users see by name."""
+    module = importlib.import_module(package)
+    return {
+        name: obj
+        for name, obj in vars(module).items()
+        if not name.startswith("_") and not isinstance(obj, types.ModuleType)
+    }
+
+
+def kind_of(obj: object) -> str:
+    if isinstance(obj, type) and issubclass(obj, BaseException):
+        return "errors"
+    if isinstance(obj, type):
+        return "classes"
+    if inspect.isfunction(obj) or inspect.isbuiltin(obj) or inspect.iscoroutinefunction(obj):
+        return "functions"
+    return "data"
+
+
+def directive_for(package: str, name: str, obj: object) -> list[str]:
+    target = f"{package}.{name}"
+    kind = kind_of(obj)
+    if kind == "classes":
+        # Members inherited from otpy's private bases (start_link, child_spec, ...) belong to
+        # the public class; those of object and of the typing machinery do not.
+        return [f".. autoclass:: {target}", "   :inherited-members: object, Generic, Protocol", ""]
+    if kind == "errors":
+        return [f".. autoclass:: {target}", ""]
+    if kind == "functions":
+        return [f".. autofunction:: {target}", ""]
+    return [f".. autodata:: {target}", "   :no-value:", ""]
+
+
+class PublicApi(SphinxDirective):
+    """``.. public-api:: otpy``: every public name of the package, grouped by kind."""
+
+    required_arguments = 1
+    has_content = False
+
+    def run(self) -> list[nodes.Node]:
+        package = self.arguments[0]
+        names = public_names(package)
+        lines = [f".. py:module:: {package}", "", f".. currentmodule:: {package}", ""]
+        for kind, title in GROUPS:
+            members = sorted(name for name, obj in names.items() if kind_of(obj) == kind)
+            if not members:
+                continue
+            heading = f"{package}: {title.lower()}"
+            lines += [heading, "-" * len(heading), ""]
+            for name in members:
+                lines += directive_for(package, name, names[name])
+        container = nodes.section()
+        container.document = self.state.document
+        self.state.nested_parse(StringList(lines, source=f"<public-api {package}>"), 0, container, match_titles=True)
+        return container.children
+
+
+def check_every_public_name_is_documented(app: Sphinx, env: BuildEnvironment) -> None:
+    """Fail the build (a warning, under -W) when a public name has no entry in the reference."""
+    documented = set(env.domains["py"].objects)
+    for package in PACKAGES:
+        for name in public_names(package):
+            if f"{package}.{name}" not in documented:
+                logging.getLogger(__name__).warning(
+                    "public name %s.%s is missing from the API reference", package, name, type="otpy", subtype="api"
+                )
+
+
+def _private_modules() -> list[types.ModuleType]:
+    return [
+        module
+        for name, module in sorted(sys.modules.items())
+        if name.split(".")[0] in PACKAGES and any(part.startswith("_") for part in name.split(".")[1:])
+    ]
+
+
+def _private_type_names() -> set[str]:
+    """Type aliases and type variables that the packages use in annotations but do not export.
+
+    ``Restart``, ``ShutdownSpec``, ``R``...: they render as plain text, since there is no
+    page to link them to. Anything else that does not resolve is still an error.
+    """
+    for package in PACKAGES:
+        importlib.import_module(package)
+    public = {id(obj) for package in PACKAGES for obj in public_names(package).values()}
+    names = set()
+    for module in _private_modules():
+        for name, obj in vars(module).items():
+            if name.startswith("__") or id(obj) in public or inspect.ismodule(obj):
+                continue
+            if inspect.isroutine(obj):
+                continue
+            alias_types = {"typing", "types", "typing_extensions", "collections.abc"}
+            is_alias = obj is Any or type(obj).__module__ in alias_types or isinstance(obj, str)
+            if is_alias or isinstance(obj, type):  # a private class (ServerBase, _Any) has no page either
+                names.update({name, f"{module.__name__}.{name}"})
+    return names
+
+
+nitpick_ignore = [(role, name) for name in sorted(_private_type_names()) for role in ("py:class", "py:obj", "py:data")]
+
+
+def hide_private_bases(app: Sphinx, name: str, obj: object, options: object, bases: list[type]) -> None:
+    """Show a class's public ancestors in "Bases:", skipping otpy's private base classes."""
+
+    def public(base: type) -> list[type]:
+        private = base.__module__.split(".")[0] in PACKAGES and (
+            base.__name__.startswith("_") or base.__name__ not in public_names(base.__module__.split(".")[0])
+        )
+        if not private:
+            return [base]
+        return [ancestor for parent in base.__bases__ for ancestor in public(parent)]
+
+    replaced = [ancestor for base in bases for ancestor in public(base)]
+    bases[:] = list(dict.fromkeys(b for b in replaced if b is not object)) or [object]
+
+
+_SUBSCRIPTED = re.compile(r"^(~?[\w.]+)(\[.*\]|\(.*\))$")
+
+
+def resolve_written_forms(app: Sphinx, env: BuildEnvironment, node: Any, contnode: nodes.Element) -> Any:
+    """`Call[R]` and `via(...)` in a docstring link to `Call` and `via`."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    match = _SUBSCRIPTED.match(target)
+    if match is not None:
+        target = match.group(1)
+    target = _SHORT_NAMES.get(target, target)
+    if target == node.get("reftarget"):
+        return None
+    return env.domains["py"].resolve_xref(env, node["refdoc"], app.builder, node["reftype"], target, node, contnode)
+
+
+# Short names that docstrings use for a method several classes share.
+_SHORT_NAMES = {"start_link": "otpy.GenServer.start_link"}
+
+
+class UnlinkBuiltins(SphinxPostTransform):
+    """Builtin names (``type``, ``int``) in annotations stay plain text.
+
+    Without intersphinx they have no target, and the Python domain's fuzzy search would
+    otherwise link ``type`` to an attribute that happens to be called ``type``.
+    """
+
+    default_priority = 5  # before the references are resolved
+
+    def run(self, **kwargs: Any) -> None:
+        for node in list(self.document.findall(addnodes.pending_xref)):
+            if node.get("refdomain") == "py" and node.get("reftarget") in _BUILTIN_NAMES:
+                condition = find_pending_xref_condition(node, "*")
+                node.replace_self((condition or node).children)
+
+
+_BUILTIN_NAMES = frozenset(name for name in dir(builtins) if not name.startswith("_"))
+
+
+def _napoleon(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+    """napoleon, except that a property's first sentence is not read as "type: description".
+
+    otpy writes types in annotations only, so "The shutdown spec with defaults applied: ..."
+    is prose; napoleon would render "The shutdown spec with defaults applied" as its type.
+    """
+    if what in {"attribute", "property", "data"} and lines and re.match(r"^\S+(\s+\S+){2,}:\s", lines[0]):
+        what = "method"
+    napoleon._process_docstring(app, what, name, obj, options, lines)
+
+
+def link_outside_files_as_text(app: Sphinx, docname: str, source: list[str]) -> None:
+    """A page's link to a repository file outside docs/ (``../bench/README.md``) becomes text.
+
+    The link works where the Markdown is read in the repository; the site has no such page.
+    """
+    source[0] = _OUTSIDE_LINK.sub(lambda m: m.group(1), source[0])
+
+
+_OUTSIDE_LINK = re.compile(r"\[([^\]]+)\]\(\.\./[^)\s]*\)")
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("public-api", PublicApi)
+    app.connect("env-check-consistency", check_every_public_name_is_documented)
+    app.connect("autodoc-process-bases", hide_private_bases)
+    app.connect("missing-reference", resolve_written_forms)
+    app.connect("source-read", link_outside_files_as_text)
+    app.add_post_transform(UnlinkBuiltins)
+    for listener in list(app.events.listeners["autodoc-process-docstring"]):
+        if listener.handler is napoleon._process_docstring:
+            app.disconnect(listener.id)
+    app.connect("autodoc-process-docstring", _napoleon)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
