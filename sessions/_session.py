@@ -1,0 +1,218 @@
+"""The `Session` value and how a session's log of records folds into it.
+
+A SessionServer never keeps state that its store could not rebuild: at a turn's end it
+folds the turn's records into its `Session` with the same `fold` that a restarted
+server runs over the whole log. So what a live server reports and what a restart
+reloads cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from ._events import FinishReason, Message, Result, Usage
+from ._stores._base import Record
+
+
+@attrs.frozen
+class Session:
+    """A snapshot of a whole session: its transcript, its results and the provider's id.
+
+    Totals are derived, never stored: ``total_cost`` is the sum of the per-turn costs in
+    ``history`` (deltas, as `Result.cost_usd` is), so nothing can be counted twice.
+    `SessionServer.get_session` returns one; `SessionServer.put_session` replaces the
+    server's with one.
+
+    Example::
+
+        session = await SessionServer.get_session("agent")
+        print(session.turn_count, session.total_cost, len(session.messages))
+        assert session.total_cost == sum(r.cost_usd for r in session.history)
+    """
+
+    session_id: str
+    messages: tuple[Message, ...] = ()
+    """The normalized transcript: prompts, replies, tool calls and results, notes."""
+    history: tuple[Result, ...] = ()
+    """One `Result` per turn, in order (interrupted and failed turns included)."""
+    provider_session_id: str | None = None
+    """The provider's own session id (the Claude CLI's), kept apart from ``session_id``."""
+
+    @property
+    def turn_count(self) -> int:
+        """How many turns the session has had (``len(history)``)."""
+        return len(self.history)
+
+    @property
+    def total_cost(self) -> float:
+        """The session's cost in USD: the correctly rounded sum of the turns' costs."""
+        return math.fsum(result.cost_usd for result in self.history)
+
+    @property
+    def usage(self) -> Usage:
+        """The session's tokens: the sum of the turns' usage."""
+        total = Usage()
+        for result in self.history:
+            total = total + result.usage
+        return total
+
+    @property
+    def last_result(self) -> Result | None:
+        """The last turn's `Result`, or ``None`` before the first turn."""
+        return self.history[-1] if self.history else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (what a ``session_put`` record holds)."""
+        return {
+            "session_id": self.session_id,
+            "messages": [m.to_dict() for m in self.messages],
+            "history": [r.to_dict() for r in self.history],
+            "provider_session_id": self.provider_session_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Session:
+        """Rebuild from `to_dict` output."""
+        return cls(
+            session_id=str(data["session_id"]),
+            messages=tuple(Message.from_dict(m) for m in data.get("messages") or ()),
+            history=tuple(Result.from_dict(r) for r in data.get("history") or ()),
+            provider_session_id=data.get("provider_session_id"),
+        )
+
+
+@attrs.frozen
+class OpenTurn:
+    """A turn whose ``turn_started`` record has no ``turn_finished`` after it (internal)."""
+
+    turn: int
+    prompt: str
+    messages: tuple[Message, ...] = ()
+
+
+@attrs.frozen
+class Folded:
+    """What `fold` returns: the session, a turn left open, and the last ``seq`` seen (internal)."""
+
+    session: Session
+    open_turn: OpenTurn | None
+    last_seq: int
+
+
+def interrupted_result(session_id: str, turn: OpenTurn, reason: str, provider_session_id: str | None) -> Result:
+    """The `Result` that stands for a turn that started and never finished (internal).
+
+    Its cost is unknown and counted as zero; its text is what the turn had said.
+    """
+    text = "".join(m.content for m in turn.messages if m.role == "assistant")
+    return Result(
+        text=text,
+        session_id=session_id,
+        turn=turn.turn,
+        finish_reason=FinishReason.INTERRUPTED,
+        is_error=True,
+        provider_session_id=provider_session_id,
+        error=reason,
+        tool_calls=tuple(call for m in turn.messages for call in m.tool_calls),
+    )
+
+
+def interrupted_note(turn: int, reason: str) -> Message:
+    """The transcript note left by an interrupted turn (internal)."""
+    return Message(role="system", content=f"Turn {turn} was interrupted ({reason}); it was not retried.")
+
+
+class Folder:
+    """Folds records into a `Session`, one at a time (internal; `fold` is the entry point).
+
+    Record kinds and what they do are listed in `sessions._stores._base`.
+    """
+
+    def __init__(self, session: Session, last_seq: int = 0) -> None:
+        self.session_id = session.session_id
+        self.messages = list(session.messages)
+        self.history = list(session.history)
+        self.provider_session_id = session.provider_session_id
+        self.open: OpenTurn | None = None
+        self.open_messages: list[Message] = []
+        self.last_seq = last_seq
+
+    def apply(self, record: Record) -> None:
+        """Fold one record in."""
+        self.last_seq = max(self.last_seq, record.seq)
+        data = record.data
+        match record.kind:
+            case "turn_started":
+                if self.open is not None:
+                    self._interrupt("a new turn started before it finished")
+                prompt = str(data.get("prompt", ""))
+                self.open = OpenTurn(turn=int(data["turn"]), prompt=prompt)
+                self.open_messages = []
+                self.messages.append(Message(role="user", content=prompt))
+            case "message":
+                message = Message.from_dict(data["message"])
+                self.messages.append(message)
+                if self.open is not None:
+                    self.open_messages.append(message)
+            case "provider_session":
+                self.provider_session_id = str(data["id"])
+            case "turn_finished":
+                self.history.append(Result.from_dict(data["result"]))
+                self.open = None
+                self.open_messages = []
+            case "turn_interrupted":
+                self._interrupt(str(data.get("reason", "interrupted")))
+            case "session_put":
+                session = Session.from_dict(data["session"])
+                self.messages = list(session.messages)
+                self.history = list(session.history)
+                self.provider_session_id = session.provider_session_id
+                self.open = None
+                self.open_messages = []
+            case _:
+                # session_started, session_resumed, provider_data, and kinds written by
+                # a later release: nothing to rebuild from them.
+                pass
+
+    def _interrupt(self, reason: str) -> None:
+        if self.open is None:
+            return
+        turn = attrs.evolve(self.open, messages=tuple(self.open_messages))
+        self.history.append(interrupted_result(self.session_id, turn, reason, self.provider_session_id))
+        self.messages.append(interrupted_note(turn.turn, reason))
+        self.open = None
+        self.open_messages = []
+
+    def folded(self) -> Folded:
+        """The session so far, and the turn left open, if any."""
+        open_turn = None
+        if self.open is not None:
+            open_turn = attrs.evolve(self.open, messages=tuple(self.open_messages))
+        session = Session(
+            session_id=self.session_id,
+            messages=tuple(self.messages),
+            history=tuple(self.history),
+            provider_session_id=self.provider_session_id,
+        )
+        return Folded(session=session, open_turn=open_turn, last_seq=self.last_seq)
+
+
+def fold(session_id: str, records: Iterable[Record], start: Session | None = None, last_seq: int = 0) -> Folded:
+    """Fold ``records`` (in ``seq`` order) into a `Session`, from ``start`` or from nothing.
+
+    A turn that started and has no ``turn_finished`` yet is returned as ``open_turn``;
+    a ``turn_interrupted`` record closes it as an interrupted `Result`.
+
+    Example::
+
+        folded = fold("s1", await store.load("s1"))
+        print(folded.session.turn_count, folded.open_turn)
+    """
+    folder = Folder(start if start is not None else Session(session_id=session_id), last_seq)
+    for record in records:
+        folder.apply(record)
+    return folder.folded()
