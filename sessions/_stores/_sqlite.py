@@ -9,12 +9,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
+import structlog
 import trio
 
 from .._errors import CorruptRecord, InvalidOption, StoreError
 from ._base import Record
 from ._common import check_loaded, check_records, dumps, gap_error
 from ._writer import BatchWorker, Handler, Job
+
+_log = structlog.get_logger("sessions.stores")
 
 SCHEMA_VERSION: Final = 1
 """The table layout this release writes, kept in ``PRAGMA user_version``."""
@@ -78,8 +81,12 @@ class _SqliteHandler(Handler):
         if self.db is not None:
             db, self.db = self.db, None
             try:
-                # Anything appended without ``durable`` becomes durable now.
+                # Anything appended without ``durable`` becomes durable now: a checkpoint
+                # syncs the WAL, copies it into the database and syncs that.
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # another connection is reading: sync the WAL itself
+                _log.warning("sqlite_checkpoint_failed", path=str(self.path), error=str(exc))
+                _fsync_file(Path(f"{self.path}-wal"))
             finally:
                 db.close()
 
@@ -149,7 +156,7 @@ class _SqliteHandler(Handler):
         location = f"{self.path} (table records, session {session_id!r})"
         rows = db.execute(
             "SELECT seq, version, ts, kind, data FROM records WHERE session_id = ? ORDER BY seq", (session_id,)
-        )
+        ).fetchall()  # all at once: a statement left open mid-way would hold a lock
         for seq, version, ts, kind, data in rows:
             try:
                 decoded = json.loads(data)
@@ -160,6 +167,17 @@ class _SqliteHandler(Handler):
             check_loaded(session_id, record, len(records) + 1, location, seq)
             records.append(record)
         return records
+
+
+def _fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _migrate(db: sqlite3.Connection, path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,13 @@ import sessions.testing
 from sessions import InMemoryStore, JsonlStore, Record, SqliteStore, Store
 
 StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(autouse=True)
+def _no_writer_thread_left() -> Iterator[None]:
+    """Every test closes the stores it opens: no writer thread outlives it."""
+    yield
+    assert [t.name for t in threading.enumerate() if t.name.startswith("sessions-")] == []
 
 
 class TestInMemoryStoreConforms(sessions.testing.StoreConformance):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,13 @@ from sessions import CorruptRecord, InvalidOption, JsonlStore, Record
 from sessions._stores import _jsonl
 
 
+@pytest.fixture(autouse=True)
+def _no_writer_thread_left() -> Iterator[None]:
+    """Every test closes the stores it opens: no writer thread outlives it."""
+    yield
+    assert [t.name for t in threading.enumerate() if t.name.startswith("sessions-")] == []
+
+
 def _recs(sid: str, first: int, last: int) -> list[Record]:
     return [Record(sid, seq, "message", {"n": seq}, ts=float(seq)) for seq in range(first, last + 1)]
 
@@ -26,6 +33,14 @@ async def _written(directory: Path, sid: str, last: int) -> Path:
     await store.append(sid, _recs(sid, 1, last), durable=True)
     await store.aclose()
     return store.path(sid)
+
+
+async def _load_fresh(directory: Path, sid: str) -> list[Record]:
+    store = JsonlStore(directory)
+    try:
+        return await store.load(sid)
+    finally:
+        await store.aclose()
 
 
 def _lines(path: Path) -> list[dict[str, object]]:
@@ -108,7 +123,7 @@ async def test_a_blank_middle_line_is_corrupt(tmp_path: Path) -> None:
     first, second = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(first + b"\n" + second)
     with pytest.raises(CorruptRecord, match="at line 2"):
-        await JsonlStore(tmp_path).load("s")
+        await _load_fresh(tmp_path, "s")
 
 
 async def test_an_unknown_record_version_is_corrupt_even_on_the_last_line(tmp_path: Path) -> None:
@@ -118,7 +133,7 @@ async def test_an_unknown_record_version_is_corrupt_even_on_the_last_line(tmp_pa
     with path.open("a") as file:
         file.write(json.dumps(future) + "\n")
     with pytest.raises(CorruptRecord, match=r"at line 2: unknown record version 99") as info:
-        await JsonlStore(tmp_path).load("s")
+        await _load_fresh(tmp_path, "s")
     assert info.value.location == str(path)
 
 
@@ -127,14 +142,14 @@ async def test_a_seq_gap_in_the_file_is_corrupt(tmp_path: Path, seqs: list[int],
     """Seq continuity is checked on load too."""
     (tmp_path / "s.jsonl").write_text("".join(json.dumps(_recs("s", q, q)[0].to_dict()) + "\n" for q in seqs))
     with pytest.raises(CorruptRecord, match=f"at line {line}: seq"):
-        await JsonlStore(tmp_path).load("s")
+        await _load_fresh(tmp_path, "s")
 
 
 async def test_another_sessions_record_in_the_file_is_corrupt(tmp_path: Path) -> None:
     """A record whose sid is not the file's session is an error."""
     (tmp_path / "s.jsonl").write_text(json.dumps(_recs("t", 1, 1)[0].to_dict()) + "\n")
     with pytest.raises(CorruptRecord, match="record of session 't'"):
-        await JsonlStore(tmp_path).load("s")
+        await _load_fresh(tmp_path, "s")
 
 
 @pytest.mark.parametrize("bad", ["", "..", ".", ".hidden", "a/b", "../up", "a\\b", "nul\x00", "new\nline", "x" * 201])
