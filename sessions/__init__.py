@@ -54,6 +54,17 @@ from ._stores._sqlite import SqliteStore as SqliteStore
 
 # --- the server, the session value, the scripted provider -----------------------------
 # isort: split
+from ._providers._scripted import ScriptedCrash as ScriptedCrash
+from ._providers._scripted import ScriptedProvider as ScriptedProvider
+from ._providers._scripted import ScriptedReply as ScriptedReply
+from ._providers._scripted import ScriptedSession as ScriptedSession
+from ._providers._scripted import ScriptedTool as ScriptedTool
+from ._server import ServerRef as ServerRef
+from ._server import SessionServer as SessionServer
+from ._server import SessionStatus as SessionStatus
+from ._server import new_session_id as new_session_id
+from ._session import Session as Session
+from ._subscribers import Subscription as Subscription
 
 # --- the Claude Code provider ---------------------------------------------------------
 # isort: split
