@@ -101,9 +101,9 @@ def print_reports(_logger: Any, _method: str, event: dict[str, Any]) -> Any:
     """A structlog processor that prints otpy's supervisor reports as one readable line."""
     name = event.get("event")
     if name == "child_terminated":
-        say(f"! {event['supervisor']}: child {event['child_id']} exited: {event['reason']} -> restarting it")
+        say(f"! {event['supervisor']}: child {event['child_id']!r} exited: {event['reason']!r} -> restarting it")
     elif name == "child_started":
-        say(f"  {event['supervisor']}: started {event['child_id']}")
+        say(f"  {event['supervisor']}: started {event['child_id']!r}")
     elif name == "supervisor_gave_up":
         say(f"!! {event['supervisor']} gave up: too many restarts")
     raise structlog.DropEvent

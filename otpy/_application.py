@@ -14,16 +14,17 @@ import signal
 from collections.abc import AsyncIterator, Iterable, Sequence
 
 import attrs
-import structlog
 import trio
 
 from ._child_spec import ChildSpecLike
 from ._exceptions import OtpError, format_reason
+from ._log import get_logger
 from ._process import _CURRENT, Name, Pid, send_exit_signal
+from ._slow import SlowCallbacks
 from ._supervisor import AutoShutdown, Strategy, Supervisor
 from ._tree import child_pids
 
-_log = structlog.get_logger("otpy.application")
+_log = get_logger("otpy.application")
 
 DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 
@@ -135,7 +136,7 @@ async def serve(
         top = stop.top
         if top is not None:
             server = top.server
-            _log.debug("application_started", supervisor=repr(top), children=len(children))
+            _log.debug("application_started", supervisor=top, children=len(children))
             task_status.started(top)
             exit_reason = await top.wait_exited()
         nursery.cancel_scope.cancel()
@@ -149,9 +150,9 @@ async def serve(
     # does: what tells them apart is that nobody asked, and its restart record.
     gave_up = not isinstance(server, Supervisor) or _gave_up(server)
     if stop.requested or exit_reason == "normal" or (exit_reason == "shutdown" and not gave_up):
-        _log.info("application_stopped", supervisor=repr(top), reason=repr(exit_reason), signal=stop.signal)
+        _log.info("application_stopped", supervisor=top, reason=exit_reason, signal=stop.signal)
         return
-    _log.error("application_exited", supervisor=repr(top), reason=repr(exit_reason))
+    _log.error("application_exited", supervisor=top, reason=exit_reason)
     raise ApplicationExited(top, exit_reason)
 
 
@@ -176,7 +177,7 @@ async def _stop_on_signals(received: AsyncIterator[int], stop: _Stop) -> None:
         if not stop.requested:
             stop.requested = True
             stop.signal = signum
-            _log.info("application_stopping", supervisor=repr(top), signal=_signal_name(signum))
+            _log.info("application_stopping", supervisor=top, signal=_signal_name(signum))
             if top is None:
                 stop.starting.cancel()  # still starting: the half-started tree is killed
             else:
@@ -184,7 +185,7 @@ async def _stop_on_signals(received: AsyncIterator[int], stop: _Stop) -> None:
                 # makes the top supervisor stop its children in reverse start order.
                 send_exit_signal(top, top.parent, "shutdown")
         elif top is not None:
-            _log.warning("application_killed", supervisor=repr(top), signal=_signal_name(signum))
+            _log.warning("application_killed", supervisor=top, signal=_signal_name(signum))
             kill_tree(top)
 
 

@@ -6,12 +6,12 @@ import math
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
-import structlog
 import trio
 
 from ._child_spec import ChildSpec, to_child_spec
 from ._exceptions import ChildNotFound, InvalidChildSpec, InvalidSupervisorFlags, MaxChildren
 from ._gen_server import Ignore, Stop, is_normal_reason
+from ._log import get_logger
 from ._process import ExitSignal, From, Pid, Server, call, link_pair, send
 from ._supervisor import (
     RESTARTING,
@@ -31,7 +31,7 @@ from ._supervisor import (
 if TYPE_CHECKING:
     from ._child_spec import ChildSpecLike
 
-_log = structlog.get_logger("otpy.dynamic_supervisor")
+_log = get_logger("otpy.dynamic_supervisor")
 
 
 @attrs.frozen

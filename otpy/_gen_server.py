@@ -7,11 +7,11 @@ import math
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import attrs
-import structlog
 import trio
 from outcome import Value as _Value
 
-from ._exceptions import AlreadyRegistered, CallingSelf, CallTimeout, NoProcess, ProcessExit, ServerExited, StartError
+from ._exceptions import AlreadyRegistered, CallingSelf, ProcessCrashed, CallTimeout, NoProcess, ProcessExit, ServerExited, StartError
+from ._log import get_logger
 from ._process import (
     _CURRENT,
     CAST,
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from ._child_spec import ChildSpec, Restart, ShutdownSpec
 
-_log = structlog.get_logger("otpy.gen_server")
+_log = get_logger("otpy.gen_server")
 
 # --- what callbacks return ------------------------------------------------------------
 
@@ -568,8 +568,8 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                 _log.error(
                     "server_crashed",
                     report="crash",
-                    server=repr(pid),
-                    reason=repr(reason),
+                    server=pid,
+                    reason=reason,
                     exc_info=reason if isinstance(reason, BaseException) else None,
                 )
         if pid._scope.cancelled_caught:
@@ -580,13 +580,38 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                 # Cancelled from outside (the hosting nursery is going away): like a
                 # "shutdown" exit signal from the parent, with a bounded terminate.
                 reason = "shutdown"
-                if pid._trap_exit:
-                    with trio.move_on_after(5.0, shield=True):
-                        try:
+                try:
+                    if type(server)._hosts_children:
+                        reason = await _terminate_supervisor(pid, server, reason)
+                    elif pid._trap_exit:
+                        with trio.move_on_after(5.0, shield=True):
                             await server.terminate(reason)
-                        except Exception as exc:  # noqa: BLE001 (reported, the exit goes on)
-                            _log.error("terminate_failed", server=repr(pid), exc_info=exc)
+                except Exception as exc:  # noqa: BLE001 (reported, the exit goes on)
+                    _log.error("terminate_failed", server=pid, exc_info=exc)
             pid.finish(reason)
+    if pid._linked_to_trio and not is_normal_reason(reason) and reason != "killed":
+        raise ProcessCrashed(pid, reason) from (reason if isinstance(reason, BaseException) else None)
+
+
+async def _terminate_supervisor(pid: Pid, server: ServerBase, reason: object) -> object:
+    """Run a supervisor's ``terminate``, which stops its children in order, to the end.
+
+    It is shielded from the cancellation of the nursery the supervisor lives in (that
+    happens when an exception such as ``SystemExit`` escapes a child: the children must
+    still stop in reverse order, once), yet an exit signal ``"kill"`` still stops it at
+    once, as in OTP; the children then get the exit signal ``"killed"`` through their
+    links. Returns the exit reason: ``reason``, or the kill's.
+    """
+    outer = pid._scope
+    scope = pid._scope = trio.CancelScope(shield=True)
+    if pid._kill_reason is not UNSET:
+        scope.cancel()
+    try:
+        with scope:
+            await server.terminate(reason)
+    finally:
+        pid._scope = outer
+    return pid._kill_reason if scope.cancelled_caught else reason
 
 
 # --- client functions that need the loop's system messages ----------------------------

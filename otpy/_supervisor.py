@@ -7,7 +7,6 @@ from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import attrs
-import structlog
 import trio
 
 from ._child_spec import ChildSpec, ChildType, to_child_spec
@@ -24,12 +23,13 @@ from ._exceptions import (
     StartError,
 )
 from ._gen_server import Ignore, ServerBase, StartIgnored, Stop, is_normal_reason
+from ._log import get_logger
 from ._process import ExitSignal, From, Pid, Server, call, cast, link_pair, send_exit_signal
 
 if TYPE_CHECKING:
     from ._child_spec import ChildSpecLike
 
-_log = structlog.get_logger("otpy.supervisor")
+_log = get_logger("otpy.supervisor")
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 AutoShutdown = Literal["never", "any_significant", "all_significant"]
@@ -198,8 +198,8 @@ async def shutdown_child(supervisor: Pid, pid: Pid, spec: ChildSpec, supervisor_
             "child_shutdown_failed",
             report="supervisor",
             supervisor=supervisor_name,
-            child_id=repr(spec.id),
-            reason=repr(reason),
+            child_id=spec.id,
+            reason=reason,
             shutdown=spec.shutdown_seconds,
         )
 
@@ -262,8 +262,8 @@ class SupervisorBase(ServerBase):
                 "child_start_failed",
                 report="supervisor",
                 supervisor=self._label(),
-                child_id=repr(spec.id),
-                reason=repr(failure),
+                child_id=spec.id,
+                reason=failure,
                 exc_info=failure if isinstance(failure, BaseException) else None,
             )
         return pid, failure
@@ -274,20 +274,29 @@ class SupervisorBase(ServerBase):
             "child_terminated",
             report="supervisor",
             supervisor=self._label(),
-            child_id=repr(spec.id),
+            child_id=spec.id,
             restart=spec.restart,
-            reason=repr(reason),
+            reason=reason,
         )
+
+    def _tearing_down(self) -> bool:
+        """Whether the nursery holding the children is being torn down: an exception
+        escaped one of them (``SystemExit``, ``KeyboardInterrupt``) and trio is cancelling
+        the rest. The supervisor then restarts nothing; it stops what is left, in order."""
+        nursery = self._pid._nursery
+        return nursery is not None and nursery.cancel_scope.cancel_called
 
     def _may_restart(self, spec: ChildSpec) -> bool:
         """Count a restart; False (reported) when the restart intensity is exceeded."""
+        if self._tearing_down():
+            return False
         if self._intensity.add():
             return True
         _log.error(
             "supervisor_gave_up",
             report="supervisor",
             supervisor=self._label(),
-            child_id=repr(spec.id),
+            child_id=spec.id,
             max_restarts=self._intensity.max_restarts,
             max_seconds=self._intensity.max_seconds,
             reason="reached_max_restart_intensity",
@@ -444,7 +453,7 @@ class Supervisor(SupervisorBase):
                     "child_started",
                     report="progress",
                     supervisor=self._label(),
-                    child_id=repr(child.spec.id),
+                    child_id=child.spec.id,
                     restart=child.spec.restart,
                 )
         return None

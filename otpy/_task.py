@@ -21,13 +21,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, H
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar, TypeVarTuple, Unpack, cast
 
 import attrs
-import structlog
 import trio
 
 from ._child_spec import ChildSpec
 from ._dynamic_supervisor import DynamicSupervisor
 from ._exceptions import OtpError, ProcessExit, format_reason
 from ._gen_server import ServerBase, is_normal_reason
+from ._log import get_logger
 from ._process import (
     _CURRENT,
     INFO,
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from ._child_spec import Restart, ShutdownSpec
 
-_log = structlog.get_logger("otpy.task")
+_log = get_logger("otpy.task")
 
 R = TypeVar("R")
 T = TypeVar("T")
@@ -295,10 +295,10 @@ async def _run_task(
                 _log.error(
                     "task_crashed",
                     report="crash",
-                    task=repr(pid),
+                    task=pid,
                     function=_fn_name(fn),
-                    parent=repr(pid.parent),
-                    reason=repr(reason),
+                    parent=pid.parent,
+                    reason=reason,
                     exc_info=reason if isinstance(reason, BaseException) else None,
                 )
             pid.finish(reason)

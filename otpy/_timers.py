@@ -11,16 +11,17 @@ import heapq
 import math
 from typing import TYPE_CHECKING, Any, Final
 
-import structlog
 import trio
 from trio.lowlevel import RunVar
 
+from ._log import get_logger
 from ._process import INFO, Pid, Via, send
+from ._util import check_timeout
 
 if TYPE_CHECKING:
     from ._process import Server
 
-_log = structlog.get_logger("otpy.timers")
+_log = get_logger("otpy.timers")
 
 # A timer's states. ACTIVE until it fires (FIRED) or is cancelled (CANCELLED); a timer
 # whose destination pid exits is CANCELLED too.
@@ -153,7 +154,7 @@ class _Timers:
                         assert dest is not None
                         send(dest, message)  # a name is resolved now, at expiry
                 except Exception as exc:  # noqa: BLE001 (a broken via registry must not crash trio.run)
-                    _log.error("timer_delivery_failed", dest=repr(dest), exc_info=exc)
+                    _log.error("timer_delivery_failed", dest=dest, exc_info=exc)
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as self.scope:
                 await trio.sleep_forever()
 

@@ -259,7 +259,7 @@ class TestRestartTypes:
             await stop_child(pid, "boom")
         [report] = [e for e in logs if e["event"] == "child_terminated"]
         assert report["supervisor"] == "dyn"
-        assert report["reason"] == repr("boom")
+        assert report["reason"] == "boom"
 
 
 class TestIntensity:

@@ -501,7 +501,8 @@ class TestStop:
         crashes = [e for e in logs if e["event"] == "server_crashed"]
         assert len(crashes) == 1
         assert crashes[0]["log_level"] == "error"
-        assert crashes[0]["reason"] == repr(reason)
+        assert crashes[0]["reason"] is reason
+        assert crashes[0]["server"] is pid
         assert crashes[0]["exc_info"] is reason
 
     @pytest.mark.parametrize(
