@@ -22,6 +22,12 @@ How the snapshot is taken:
 Restart counts:
     Each supervisor counts, per child, the processes it started after the first one
     (automatic restarts, group restarts and ``restart_child`` alike).
+
+A process's own status line:
+    A server that defines a ``tree_status()`` method (plain, not async) adds what it
+    returns to its node as ``info``, shown at the end of its line: a session's turns
+    and cost, a pool's queue. It is called while the snapshot is taken, so it must be
+    quick and must not await; if it raises, the line says so and the snapshot goes on.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ class TreeNode:
         restart: the child's restart type (``None`` for the root).
         strategy: a supervisor's strategy (``None`` for workers).
         children: the child nodes, in start order.
+        info: what the server's ``tree_status()`` returned (``None`` if it has none,
+            or when the process is not running).
 
     Example::
 
@@ -85,6 +93,7 @@ class TreeNode:
     restart: Restart | None = None
     strategy: str | None = None
     children: tuple[TreeNode, ...] = ()
+    info: str | None = None
 
     def walk(self) -> Iterator[TreeNode]:
         """This node and every node under it, depth first, in start order.
@@ -138,6 +147,7 @@ class TreeNode:
                 _uptime(self.uptime),
                 f"restarts {self.restarts}",
                 f"mailbox {self.mailbox}",
+                self.info or "",
             )
         )
         for i, child in enumerate(self.children):
@@ -246,7 +256,20 @@ def _running_node(pid: Pid, child_id: Hashable, spec: ChildSpec | None, restarts
         restart=spec.restart if spec is not None else None,
         strategy=strategy,
         children=children,
+        info=_info(server),
     )
+
+
+def _info(server: ServerBase | None) -> str | None:
+    """The server's own status line: what its ``tree_status()`` returns, if it has one."""
+    method = getattr(server, "tree_status", None)
+    if method is None or not callable(method):
+        return None
+    try:
+        line = method()
+    except Exception as exc:  # noqa: BLE001 (a broken status line must not break the snapshot)
+        return f"tree_status() failed: {exc!r}"
+    return None if line is None else str(line)
 
 
 def _supervisor_children(server: Supervisor, now: float) -> Iterator[TreeNode]:

@@ -265,6 +265,55 @@ class TestRender:
         assert "up 1h02m" in otpy.tree(pid).render()
 
 
+class Gauge(otpy.GenServer):
+    """A worker with its own status line."""
+
+    async def init(self) -> None:
+        self.level = 0
+
+    async def handle_call(self, request: Any, from_: otpy.From) -> Any:
+        self.level = request
+        return request
+
+    def tree_status(self) -> str:
+        if self.level < 0:
+            raise ValueError("negative level")
+        return f"level {self.level}"
+
+
+class TestTreeStatus:
+    async def test_a_server_adds_its_own_status_line(self, nursery: trio.Nursery) -> None:
+        """A server's tree_status() becomes its node's info, drawn at the end of its line."""
+        children = [Gauge.child_spec(name="gauge"), Worker.child_spec(name="plain")]
+        sup = await otpy.Supervisor.start_link(children, name="sup", nursery=nursery)
+        await otpy.call("gauge", 7)
+        snapshot = otpy.tree(sup)
+        gauge, plain = snapshot.find("gauge"), snapshot.find("plain")
+        assert gauge is not None
+        assert plain is not None
+        assert (gauge.info, plain.info, snapshot.info) == ("level 7", None, None)
+        lines = snapshot.render().splitlines()
+        assert lines[1].startswith("├── gauge")
+        assert lines[1].endswith("mailbox 0  level 7")
+        assert lines[2].endswith("mailbox 0")
+
+    async def test_a_failing_status_line_does_not_break_the_snapshot(self, nursery: trio.Nursery) -> None:
+        """If tree_status() raises, the node says so and the rest of the tree is drawn."""
+        pid = await Gauge.start_link(nursery=nursery)
+        await otpy.call(pid, -1)
+        node = otpy.tree(pid)
+        assert node.info == "tree_status() failed: ValueError('negative level')"
+
+    async def test_a_stopped_child_has_no_status_line(self, nursery: trio.Nursery) -> None:
+        """A child that is not running has no info: its server is gone."""
+        sup = await otpy.Supervisor.start_link([Gauge.child_spec(name="gauge")], nursery=nursery)
+        await otpy.Supervisor.terminate_child(sup, "gauge")
+        node = otpy.tree(sup).find("gauge")
+        assert node is not None
+        assert node.status == "not running"
+        assert node.info is None
+
+
 def test_public_names_claim_the_otpy_module() -> None:
     """tree and TreeNode are exported from otpy."""
     assert otpy.tree.__module__ == "otpy"
