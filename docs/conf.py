@@ -21,8 +21,8 @@ import sys
 import types
 from typing import Any
 
-from docutils import nodes
-from docutils.statemachine import StringList
+from docutils import nodes  # type: ignore[import-untyped]
+from docutils.statemachine import StringList  # type: ignore[import-untyped]
 from sphinx import addnodes
 from sphinx.application import Sphinx
 from sphinx.environment import BuildEnvironment
@@ -184,7 +184,8 @@ class PublicApi(SphinxDirective):
         container = nodes.section()
         container.document = self.state.document
         self.state.nested_parse(StringList(lines, source=f"<public-api {package}>"), 0, container, match_titles=True)
-        return container.children
+        children: list[nodes.Node] = container.children
+        return children
 
 
 def check_every_public_name_is_documented(app: Sphinx, env: BuildEnvironment) -> None:
@@ -295,7 +296,7 @@ def _napoleon(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: 
     """
     if what in {"attribute", "property", "data"} and lines and re.match(r"^\S+(\s+\S+){2,}:\s", lines[0]):
         what = "method"
-    napoleon._process_docstring(app, what, name, obj, options, lines)
+    napoleon._process_docstring(app, what, name, obj, options, lines)  # type: ignore[arg-type]
 
 
 def link_outside_files_as_text(app: Sphinx, docname: str, source: list[str]) -> None:

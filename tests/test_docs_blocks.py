@@ -1,0 +1,226 @@
+"""Every ```python block in docs/**/*.md and README.md runs, so that no page can rot.
+
+The convention (docs/index.md says it too, for writers):
+
+- A page is run like a module that is imported: its ```python blocks are executed in
+  order, in one namespace, so a later block may use what an earlier one defined. The
+  namespace's ``__name__`` is not ``"__main__"``, so an ``if __name__ == "__main__":``
+  body (a program's entry point, such as ``otpy.run(...)`` waiting for Ctrl-C) is not run.
+- A block whose top level uses ``await`` runs in its own ``trio.run``.
+- Every ``trio.run`` a page makes gets a deadline (``PAGE_DEADLINE`` seconds), so a page
+  that hangs fails instead of stalling the suite.
+- ```python fragment marks a piece of a larger program (it uses names that the page does
+  not define, such as ``nursery`` or ``sup``). A fragment is compiled, top-level ``await``
+  allowed, so its syntax is checked, but it is not run. GitHub and MyST both read the
+  first word of the info string as the language, so a fragment is highlighted as Python.
+- Other fences (```sh, ```text, ```console, ```mermaid) are not Python and are ignored.
+
+Pages are excluded only through ``EXCLUDED`` below, each with its reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import inspect
+import re
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+PAGE_DEADLINE = 20.0  # seconds for each trio.run a page makes
+
+# page (relative to the repository root) -> why its blocks are not run
+EXCLUDED: dict[str, str] = {}
+
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
+
+
+@attrs.frozen
+class Block:
+    page: str
+    line: int  # 1-based line of the opening fence
+    info: str
+    source: str
+
+    @property
+    def language(self) -> str:
+        return self.info.split()[0] if self.info.split() else ""
+
+    @property
+    def fragment(self) -> bool:
+        return "fragment" in self.info.split()[1:]
+
+
+def blocks(path: Path) -> Iterator[Block]:
+    """The fenced code blocks of a Markdown page, with their info strings (CommonMark fences)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    page = page_name(path)
+    i = 0
+    while i < len(lines):
+        opening = _FENCE.match(lines[i])
+        if opening is None:
+            i += 1
+            continue
+        indent, fence, info = opening["indent"], opening["fence"], opening["info"].strip()
+        body: list[str] = []
+        j = i + 1
+        while j < len(lines):
+            closing = lines[j].strip()
+            if closing.startswith(fence[0] * len(fence)) and set(closing) == {fence[0]}:
+                break
+            body.append(lines[j][len(indent) :] if lines[j].startswith(indent) else lines[j].lstrip())
+            j += 1
+        yield Block(page, i + 1, info, "\n".join(body) + "\n")
+        i = j + 1
+
+
+def page_name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else path.name
+
+
+def pages() -> list[Path]:
+    return [*sorted(path for path in DOCS.rglob("*.md") if "_build" not in path.parts), ROOT / "README.md"]
+
+
+def python_blocks(path: Path) -> list[Block]:
+    return [block for block in blocks(path) if block.language == "python"]
+
+
+def page_params() -> list[Any]:
+    params = []
+    for path in pages():
+        page = page_name(path)
+        if not python_blocks(path):
+            continue
+        marks = [pytest.mark.skip(reason=EXCLUDED[page])] if page in EXCLUDED else []
+        params.append(pytest.param(path, id=page, marks=marks))
+    return params
+
+
+def with_deadline(run: Callable[..., Any], seconds: float) -> Callable[..., Any]:
+    @functools.wraps(run)
+    def run_with_deadline(async_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        async def guarded() -> Any:
+            with trio.fail_after(seconds):
+                return await async_fn(*args)
+
+        return run(guarded, **kwargs)
+
+    return run_with_deadline
+
+
+def compile_block(block: Block, filename: str) -> types.CodeType:
+    # Line numbers in tracebacks point into the page: the block starts after its fence line.
+    tree = ast.parse(block.source, filename, "exec")
+    ast.increment_lineno(tree, block.line)
+    code: types.CodeType = compile(tree, filename, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    return code
+
+
+def run_page(path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Run a page's Python blocks in order in one module namespace; return how many ran."""
+    name = "docs_page_" + re.sub(r"\W", "_", page_name(path).removesuffix(".md"))
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    monkeypatch.setitem(sys.modules, name, module)  # attrs, typing and pickle look classes up here
+    monkeypatch.setattr(trio, "run", with_deadline(trio.run, PAGE_DEADLINE))
+    ran = 0
+    for block in python_blocks(path):
+        code = compile_block(block, str(path))
+        if block.fragment:
+            continue
+        if code.co_flags & inspect.CO_COROUTINE:
+
+            async def top_level_await(code: types.CodeType = code) -> None:
+                await eval(code, module.__dict__)
+
+            trio.run(top_level_await)
+        else:
+            exec(code, module.__dict__)
+        ran += 1
+    return ran
+
+
+@pytest.mark.parametrize("path", page_params())
+def test_page_code_blocks_run(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The page's ```python blocks run, in order, in one namespace, without an error."""
+    run_page(path, monkeypatch)
+
+
+def test_collector_finds_the_blocks(tmp_path: Path) -> None:
+    """The collector reads fences as CommonMark does: info strings, indented fences, ~~~, longer fences."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "text\n"
+        "```python\nx = 1\n```\n"
+        "- item\n\n  ```python fragment\n  await y\n  ```\n"
+        "````markdown\n```python\nnot = a block of its own\n```\n````\n"
+        "~~~python\nz = 3\n~~~\n"
+        "```sh\nls\n```\n",
+        encoding="utf-8",
+    )
+    found = [(b.line, b.language, b.fragment, b.source) for b in blocks(page)]
+    assert found == [
+        (2, "python", False, "x = 1\n"),
+        (7, "python", True, "await y\n"),
+        (10, "markdown", False, "```python\nnot = a block of its own\n```\n"),
+        (15, "python", False, "z = 3\n"),
+        (18, "sh", False, "ls\n"),
+    ]
+
+
+def test_a_failing_block_fails_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block that raises fails its page, with the page's line number in the traceback."""
+    page = tmp_path / "bad.md"
+    page.write_text("# bad\n\n```python\nx = 1\n```\n\n```python\nassert x == 2\n```\n", encoding="utf-8")
+    with pytest.raises(AssertionError) as info:
+        run_page(page, monkeypatch)
+    assert info.traceback[-1].path == page
+    assert info.traceback[-1].lineno + 1 == 8  # the assert's line in the page
+
+
+def test_fragments_compile_but_do_not_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fragment's syntax is checked; its body is not run; top-level await is allowed."""
+    page = tmp_path / "frag.md"
+    page.write_text("```python fragment\nawait undefined_name()\n```\n", encoding="utf-8")
+    assert run_page(page, monkeypatch) == 0
+    page.write_text("```python fragment\ndef broken(:\n```\n", encoding="utf-8")
+    with pytest.raises(SyntaxError):
+        run_page(page, monkeypatch)
+
+
+def test_top_level_await_runs_under_trio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block with top-level await runs in a trio.run of its own, in the page's namespace."""
+    page = tmp_path / "awaits.md"
+    page.write_text(
+        "```python\nimport trio\n```\n```python\nawait trio.sleep(0)\nafter = trio.current_time()\n```\n"
+        "```python\nassert after > 0\n```\n",
+        encoding="utf-8",
+    )
+    assert run_page(page, monkeypatch) == 3
+
+
+def test_a_hanging_page_hits_its_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page whose trio.run never ends fails at the deadline instead of hanging the suite."""
+    monkeypatch.setattr(sys.modules[__name__], "PAGE_DEADLINE", 0.05)
+    page = tmp_path / "hang.md"
+    page.write_text("```python\nimport trio\ntrio.run(trio.sleep_forever)\n```\n", encoding="utf-8")
+    with pytest.raises(trio.TooSlowError):
+        run_page(page, monkeypatch)
+
+
+def test_every_page_with_code_is_collected() -> None:
+    """The pages this test runs include the hand-written concept pages and the README."""
+    collected = {param.id for param in page_params()}
+    assert {"README.md", "docs/genserver.md", "docs/supervisor.md"} <= collected
+    assert set(EXCLUDED) <= {page_name(path) for path in pages()}
