@@ -8,13 +8,14 @@
     ├── InvalidOption             an option or argument is malformed; .option, .value
     ├── StoreError                a store could not read or write
     │   └── CorruptRecord         a stored record cannot be read; .location, .line, .detail
-    └── ProviderError             a provider failed; .provider, .kind, .retryable, .status
-        ├── ProviderUnavailable   missing binary/package, wrong version, cannot connect
-        ├── ProviderAuthError     bad or missing key (401/403)
-        ├── ProviderRateLimited   429 / capacity (529); retryable
-        ├── ProviderTimeout       start-up, idle or whole-turn timeout; .phase
-        ├── ProviderProtocolError garbage or an oversized frame on the wire; .detail
-        └── ResumeRejected        the provider does not know the session to resume
+    ├── ProviderError             a provider failed; .provider, .kind, .retryable, .status
+    │   ├── ProviderUnavailable   missing binary/package, wrong version, cannot connect
+    │   ├── ProviderAuthError     bad or missing key (401/403)
+    │   ├── ProviderRateLimited   429 / capacity (529); retryable
+    │   ├── ProviderTimeout       start-up, idle or whole-turn timeout; .phase
+    │   ├── ProviderProtocolError garbage or an oversized frame on the wire; .detail
+    │   └── ResumeRejected        the provider does not know the session to resume
+    └── ToolError                 a tool failed; the loop sends .message to the model
 
 A failed *turn* is not an exception: `send_message` returns a `Result` with ``is_error``
 and a `FinishReason`. These errors are raised when there is no turn to report on (a
@@ -216,3 +217,25 @@ class ResumeRejected(ProviderError):
         except sessions.ResumeRejected:
             print("the provider lost the conversation")
     """
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ToolError(SessionError):
+    """A tool failed in a way the model should read: a path outside ``cwd``, a missing file,
+    a non-unique ``edit``, a command that timed out. The agent loop sends ``message`` back to
+    the model as an error tool result; the turn goes on. Raise it from your own tools.
+
+    Example::
+
+        @sessions.tool
+        async def fetch_order(order_id: int) -> str:
+            \"\"\"Look an order up.\"\"\"
+            if order_id not in ORDERS:
+                raise sessions.ToolError(f"no order {order_id}")
+            return ORDERS[order_id]
+    """
+
+    message: str
+
+    def __str__(self) -> str:
+        return self.message

@@ -1,0 +1,558 @@
+"""`AgentLoop`: the agent loop that turns a chat model (`ModelProvider`) into an agent
+provider (`Provider`): model call, tool calls, tool results, again, until a final answer.
+
+One turn, as ExAthena's ``Loop.run`` (SESSIONS.md §4.4):
+
+1. ``user_prompt_submit`` hooks see the prompt;
+2. the model gets the transcript so far plus the prompt, and streams text and tool calls;
+3. each tool call goes through ``pre_tool_use`` hooks and the permission check, the
+   allowed ones run concurrently (at most ``max_parallel_tools``), ``post_tool_use``
+   hooks see the results, and every result (a denial too) goes back to the model;
+4. repeat until the model answers without tool calls (``stop`` hooks may refuse that),
+   or a limit ends the turn: ``max_iterations`` model calls, the ``max_budget_usd`` of
+   the turn's options, the same failing call ``max_failed_repeats`` times in a row, a
+   hook's `Halt`, `interrupt`, or a provider error. Each is a typed `FinishReason`.
+
+Every step is yielded as the same events the Claude provider emits (`TextDelta`,
+`ThinkingDelta`, `ToolCallRequested`, `ToolCallFinished`, `MessageAdded` for each
+assistant and tool message) and the turn ends with one `TurnCompleted` that sums usage
+and cost over the model calls (``num_turns`` = model calls).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from typing import Literal
+
+import attrs
+import structlog
+import trio
+
+from ._errors import InvalidOption, ProviderError, ToolError
+from ._events import (
+    FinishReason,
+    Message,
+    MessageAdded,
+    ProviderEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallFinished,
+    ToolCallRequested,
+    ToolResult,
+    TurnCompleted,
+    Usage,
+)
+from ._providers._base import ModelProvider, SessionContext, TurnRequest
+from ._tools._builtin import builtin_tools
+from ._tools._core import Tool, ToolContext, ToolFunction
+from ._tools._policy import (
+    Allow,
+    CanUseTool,
+    Deny,
+    Halt,
+    HookEvent,
+    Hooks,
+    PermissionMode,
+    check_mode,
+    check_permission,
+)
+
+log = structlog.get_logger("sessions.loop")
+
+ToolsOption = Sequence[Tool | ToolFunction] | Literal["all"] | None
+
+
+class AgentLoop:
+    """The agent loop over a chat model: a `Provider` (``runs_own_tools = False``).
+
+    A SessionServer given a bare `ModelProvider` wraps it in an ``AgentLoop`` with the
+    defaults; build one yourself to choose tools, permissions and hooks. It is
+    configuration: permissions and hooks come from here on every (re)start, never from
+    a store.
+
+    Options:
+
+    - ``tools``: ``"all"`` (the built-ins, `builtin_tools`), None (no tools), or a
+      sequence of `Tool` values and typed ``async def`` functions.
+    - ``permission_mode``: ``"default"`` (read-only tools run, others ask
+      ``can_use_tool``), ``"accept_edits"`` (file edits run too), ``"plan"``
+      (read-only tools only), ``"bypass"`` (everything runs).
+    - ``allowed_tools`` / ``disallowed_tools``: tool names or fnmatch patterns allowed
+      without asking / always refused (refusal wins).
+    - ``can_use_tool(name, arguments, request)``: sync or async; returns `Allow`,
+      `Deny` or a bool. Without it, a call that needs asking is denied.
+    - ``hooks``: `Hooks` (prompt submit, before/after each tool, stop).
+    - ``max_iterations``: model calls per turn (a turn's ``options["max_iterations"]``
+      overrides it); ``max_failed_repeats``: the same failing call (same tool, same
+      arguments) this many times ends the turn with ``NO_PROGRESS``.
+    - ``cwd``: where the tools work; default the session's ``cwd``, else the process's.
+    - ``max_parallel_tools``: tool calls of one model answer run at once;
+      ``tool_timeout``: seconds per call (None: no limit); ``max_tool_output``:
+      characters of a result passed to the model.
+    - ``system_prompt``: sent first (a turn's ``options["system_prompt"]`` overrides it).
+
+    A turn's ``options`` also carry ``max_budget_usd`` (the turn stops once its cost
+    reaches it) and model options (``model``, ``temperature``...) passed to the model.
+
+    Example::
+
+        loop = sessions.AgentLoop(
+            sessions.Ollama("llama3.1"),
+            tools="all",
+            permission_mode="accept_edits",
+            disallowed_tools=["bash"],
+            cwd="/path/to/project",
+        )
+        async with loop.connect(sessions.SessionContext("s1")) as conn:
+            async for event in conn.run_turn(sessions.TurnRequest(1, "Fix the typo in README", ())):
+                print(event)
+    """
+
+    runs_own_tools = False
+
+    def __init__(
+        self,
+        model: ModelProvider,
+        *,
+        tools: ToolsOption = "all",
+        permission_mode: PermissionMode = "default",
+        allowed_tools: Sequence[str] = (),
+        disallowed_tools: Sequence[str] = (),
+        can_use_tool: CanUseTool | None = None,
+        hooks: Hooks | None = None,
+        max_iterations: int = 25,
+        max_failed_repeats: int = 3,
+        cwd: str | os.PathLike[str] | None = None,
+        max_parallel_tools: int = 4,
+        tool_timeout: float | None = 600.0,
+        max_tool_output: int = 100_000,
+        system_prompt: str | None = None,
+    ) -> None:
+        check_mode(permission_mode)
+        for option, value in (
+            ("max_iterations", max_iterations),
+            ("max_failed_repeats", max_failed_repeats),
+            ("max_parallel_tools", max_parallel_tools),
+            ("max_tool_output", max_tool_output),
+        ):
+            if value < 1:
+                raise InvalidOption(option, value, "must be a positive integer")
+        if tool_timeout is not None and tool_timeout <= 0:
+            raise InvalidOption("tool_timeout", tool_timeout, "must be positive or None")
+        for option, names in (("allowed_tools", allowed_tools), ("disallowed_tools", disallowed_tools)):
+            if isinstance(names, str):  # a str is a Sequence[str] too: refuse the likely mistake
+                raise InvalidOption(option, names, "give a list of names, not one string")
+        self.model = model
+        self.name: str = model.name
+        self.tools = _tools(tools)
+        self.permission_mode = permission_mode
+        self.allowed_tools = tuple(allowed_tools)
+        self.disallowed_tools = tuple(disallowed_tools)
+        self.can_use_tool = can_use_tool
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.max_iterations = max_iterations
+        self.max_failed_repeats = max_failed_repeats
+        self.cwd = os.fspath(cwd) if cwd is not None else None
+        self.max_parallel_tools = max_parallel_tools
+        self.tool_timeout = tool_timeout
+        self.max_tool_output = max_tool_output
+        self.system_prompt = system_prompt
+
+    def __repr__(self) -> str:
+        return f"AgentLoop({self.model!r}, tools={list(self.tools)}, permission_mode={self.permission_mode!r})"
+
+    @asynccontextmanager
+    async def _connect(self, ctx: SessionContext) -> AsyncIterator[LoopSession]:
+        yield LoopSession(self, ctx, _working_directory(self.cwd or ctx.cwd))
+
+    def connect(self, ctx: SessionContext) -> AbstractAsyncContextManager[LoopSession]:
+        """Open the loop for one session: an async context manager yielding a `LoopSession`.
+
+        Nothing runs between turns, so leaving it has nothing to stop; the model's HTTP
+        client is shared by all sessions of the provider (close it with ``model.aclose()``,
+        or let the trio run's end close it).
+
+        Example::
+
+            async with loop.connect(sessions.SessionContext("s1", cwd=".")) as conn:
+                ...
+        """
+        return self._connect(ctx)
+
+
+def _working_directory(cwd: str | None) -> str:
+    real = os.path.realpath(cwd or os.getcwd())
+    if not os.path.isdir(real):
+        raise InvalidOption("cwd", cwd, "not a directory")
+    return real
+
+
+def _tools(tools: ToolsOption) -> dict[str, Tool]:
+    if tools is None:
+        return {}
+    if tools == "all":
+        chosen: Sequence[Tool | ToolFunction] = builtin_tools()
+    elif isinstance(tools, str):  # type: ignore[unreachable]  # guards untyped callers
+        raise InvalidOption("tools", tools, 'give "all", None, or a list of tools')
+    else:
+        chosen = tools
+    found: dict[str, Tool] = {}
+    for entry in chosen:
+        one = entry if isinstance(entry, Tool) else Tool.from_function(entry)
+        if one.name in found:
+            raise InvalidOption("tools", one.name, "two tools have this name")
+        found[one.name] = one
+    return found
+
+
+@attrs.define
+class _Batch:
+    """The outcome of running one model answer's tool calls."""
+
+    results: list[ToolResult]
+    calls: list[ToolCall]
+    halt: str | None = None
+    interrupted: bool = False
+
+
+def _error(call: ToolCall, text: str) -> ToolResult:
+    return ToolResult(call.id, call.name, text, is_error=True)
+
+
+def repair(messages: Sequence[Message]) -> list[Message]:
+    """The transcript with a result for every tool call.
+
+    A turn killed mid-loop may leave an assistant message whose calls never got a
+    result; OpenAI-style APIs reject such a history, so each missing result is filled
+    in as an error saying so.
+    """
+    out: list[Message] = []
+    pending: list[ToolCall] = []
+
+    def flush() -> None:
+        for call in pending:
+            out.append(Message("tool", tool_result=_error(call, "no result: the turn ended before this call ran")))
+        pending.clear()
+
+    for message in messages:
+        if message.role == "tool" and message.tool_result is not None:
+            pending[:] = [c for c in pending if c.id != message.tool_result.tool_call_id]
+            out.append(message)
+            continue
+        flush()
+        out.append(message)
+        if message.role == "assistant":
+            pending.extend(message.tool_calls)
+    flush()
+    return out
+
+
+class LoopSession:
+    """The agent loop connected to one session (a `ProviderSession`); see `AgentLoop`.
+
+    Example::
+
+        async with loop.connect(ctx) as conn:
+            async for event in conn.run_turn(request):
+                ...
+            await conn.interrupt()   # from another task, to stop a running turn
+    """
+
+    def __init__(self, loop: AgentLoop, ctx: SessionContext, cwd: str) -> None:
+        self.loop = loop
+        self.ctx = ctx
+        self.cwd = cwd
+        self._interrupted = False
+        self._scope: trio.CancelScope | None = None
+
+    def _stop_requested(self) -> bool:
+        # a method, not the attribute: interrupt() flips it from another task while we await
+        return self._interrupted
+
+    async def interrupt(self) -> None:
+        """Stop the running turn: the model call or the tools in flight are cancelled and the
+        turn ends with ``FinishReason.INTERRUPTED``."""
+        self._interrupted = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def run_turn(self, request: TurnRequest) -> AsyncIterator[ProviderEvent]:
+        """Run one turn of the loop; yield every step and one final `TurnCompleted`."""
+        return self._run_turn(request)
+
+    async def _run_turn(self, request: TurnRequest) -> AsyncGenerator[ProviderEvent, None]:
+        loop = self.loop
+        self._interrupted = False
+        options = dict(request.options)
+        max_iterations = int(options.get("max_iterations") or loop.max_iterations)
+        raw_budget = options.get("max_budget_usd")
+        budget = float(raw_budget) if raw_budget is not None else None
+        sid, turn = self.ctx.session_id, request.turn
+        usage = Usage()
+        cost = 0.0
+        iterations = 0
+        calls_made: list[ToolCall] = []
+        denials: list[str] = []
+        text = ""
+        model_name: str | None = None
+        stop_reason: str | None = None
+
+        def finish(reason: FinishReason, error: str | None = None, status: int | None = None) -> TurnCompleted:
+            return TurnCompleted(
+                text=text,
+                finish_reason=reason,
+                is_error=reason is not FinishReason.STOP,
+                cost_usd=cost,
+                usage=usage,
+                num_turns=iterations,
+                error=error,
+                api_error_status=status,
+                model=model_name,
+                permission_denials=tuple(denials),
+                extra={"tool_calls": [c.to_dict() for c in calls_made], "stop_reason": stop_reason},
+            )
+
+        outcome, event = await loop.hooks.run(
+            "user_prompt_submit", HookEvent("user_prompt_submit", sid, turn, prompt=request.prompt)
+        )
+        if isinstance(outcome, Deny | Halt):
+            yield finish(FinishReason.HALTED, f"the prompt was refused by a hook: {outcome.reason}")
+            return
+        prompt = event.prompt if event.prompt is not None else request.prompt
+        history = repair(request.messages)
+        system_prompt = options.get("system_prompt", loop.system_prompt)
+        if system_prompt and not (history and history[0].role == "system"):
+            history.insert(0, Message("system", str(system_prompt)))
+        history.append(Message("user", prompt))
+        specs = [t.spec for t in loop.tools.values()]
+        failures: dict[str, int] = {}
+
+        while True:
+            if self._stop_requested():
+                yield finish(FinishReason.INTERRUPTED, "interrupted")
+                return
+            if iterations >= max_iterations:
+                yield finish(FinishReason.MAX_ITERATIONS, f"stopped after {iterations} model calls (max_iterations)")
+                return
+            if budget is not None and cost >= budget:
+                yield finish(FinishReason.MAX_BUDGET, f"spent ${cost:.6f} of the turn's budget ${budget:.6f}")
+                return
+            iterations += 1
+            pieces: list[str] = []
+            calls: list[ToolCall] = []
+            completed: TurnCompleted | None = None
+            stream = loop.model.chat(history, specs, options)
+            try:
+                while True:
+                    with trio.CancelScope() as scope:
+                        self._scope = scope
+                        if self._stop_requested():
+                            scope.cancel()
+                        try:
+                            step: ProviderEvent | None = await stream.__anext__()
+                        except StopAsyncIteration:
+                            step = None
+                    self._scope = None
+                    if scope.cancelled_caught or step is None:
+                        break
+                    if isinstance(step, TextDelta):
+                        pieces.append(step.text)
+                        yield step
+                    elif isinstance(step, ThinkingDelta):
+                        yield step
+                    elif isinstance(step, ToolCallRequested):
+                        calls.append(step.call)
+                        yield step
+                    elif isinstance(step, TurnCompleted):
+                        completed = step
+            except ProviderError as exc:
+                log.info("model_call_failed", session_id=sid, turn=turn, error=str(exc), kind=exc.kind)
+                yield finish(FinishReason.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}", exc.status)
+                return
+            finally:
+                self._scope = None
+                close = getattr(stream, "aclose", None)
+                if close is not None:
+                    with trio.CancelScope(shield=True):
+                        await close()
+            if self._stop_requested():
+                yield finish(FinishReason.INTERRUPTED, "interrupted")
+                return
+            if completed is None:
+                yield finish(FinishReason.PROVIDER_ERROR, f"{loop.model.name}: the model's answer had no end")
+                return
+            usage += completed.usage
+            cost += completed.cost_usd
+            model_name = completed.model or model_name
+            stop_reason = completed.extra.get("stop_reason") if completed.extra else None
+            if completed.is_error:
+                text = completed.text or "".join(pieces)
+                yield finish(completed.finish_reason, completed.error, completed.api_error_status)
+                return
+            text = "".join(pieces) or completed.text
+            assistant = Message("assistant", text, tool_calls=tuple(calls))
+            history.append(assistant)
+            yield MessageAdded(assistant)
+
+            if budget is not None and cost > budget:
+                for call in calls:
+                    skipped = _error(call, "not run: the turn's budget is spent")
+                    message = Message("tool", tool_result=skipped)
+                    history.append(message)
+                    yield ToolCallFinished(skipped)
+                    yield MessageAdded(message)
+                yield finish(FinishReason.MAX_BUDGET, f"spent ${cost:.6f} of the turn's budget ${budget:.6f}")
+                return
+
+            if not calls:
+                outcome, event = await loop.hooks.run("stop", HookEvent("stop", sid, turn, text=text))
+                if isinstance(outcome, Halt):
+                    yield finish(FinishReason.HALTED, f"halted by a stop hook: {outcome.reason}")
+                    return
+                if isinstance(outcome, Deny):
+                    more = Message("user", outcome.reason)
+                    history.append(more)
+                    yield MessageAdded(more)
+                    continue
+                text = event.text if event.text is not None else text
+                yield finish(FinishReason.STOP)
+                return
+
+            batch = await self._run_tools(calls, turn, denials)
+            for call, result in zip(batch.calls, batch.results, strict=True):
+                calls_made.append(call)
+                message = Message("tool", tool_result=result)
+                history.append(message)
+                yield ToolCallFinished(result)
+                yield MessageAdded(message)
+            if batch.interrupted or self._stop_requested():
+                yield finish(FinishReason.INTERRUPTED, "interrupted")
+                return
+            if batch.halt is not None:
+                yield finish(FinishReason.HALTED, batch.halt)
+                return
+            for call, result in zip(batch.calls, batch.results, strict=True):
+                key = f"{call.name} {json.dumps(call.arguments, sort_keys=True, default=str)}"
+                if not result.is_error:
+                    failures.pop(key, None)
+                    continue
+                failures[key] = failures.get(key, 0) + 1
+                if failures[key] >= loop.max_failed_repeats:
+                    yield finish(
+                        FinishReason.NO_PROGRESS,
+                        f"the same failing call to {call.name!r} was made {failures[key]} times (max_failed_repeats)",
+                    )
+                    return
+
+    async def _run_tools(self, calls: list[ToolCall], turn: int, denials: list[str]) -> _Batch:
+        loop = self.loop
+        sid = self.ctx.session_id
+        results: list[ToolResult | None] = [None] * len(calls)
+        final_calls = list(calls)
+        halt: str | None = None
+        runnable: list[tuple[int, ToolCall, Tool]] = []
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            if self._stop_requested():
+                scope.cancel()
+            for index, call in enumerate(calls):
+                if halt is not None:
+                    results[index] = _error(call, f"not run: the turn was halted ({halt})")
+                    continue
+                found = loop.tools.get(call.name)
+                if found is None:
+                    known = ", ".join(loop.tools) or "none"
+                    results[index] = _error(call, f"no tool named {call.name!r} (tools: {known})")
+                    continue
+                outcome, event = await loop.hooks.run(
+                    "pre_tool_use", HookEvent("pre_tool_use", sid, turn, call=call), tool_name=call.name
+                )
+                if isinstance(outcome, Halt):
+                    halt = f"halted by a hook before {call.name!r}: {outcome.reason}"
+                    results[index] = _error(call, halt)
+                    continue
+                if isinstance(outcome, Deny):
+                    denials.append(call.name)
+                    results[index] = _error(call, f"denied by a hook: {outcome.reason}")
+                    if outcome.interrupt:
+                        halt = f"a hook denied {call.name!r} and stopped the turn: {outcome.reason}"
+                    continue
+                call = final_calls[index] = event.call if event.call is not None else call
+                if isinstance(outcome, Allow) and call.name not in loop.disallowed_tools:
+                    decision: Allow | Deny = Allow()
+                else:
+                    decision = await check_permission(
+                        found,
+                        call,
+                        mode=loop.permission_mode,
+                        allowed=loop.allowed_tools,
+                        disallowed=loop.disallowed_tools,
+                        can_use_tool=loop.can_use_tool,
+                        session_id=sid,
+                        turn=turn,
+                    )
+                if isinstance(decision, Deny):
+                    denials.append(call.name)
+                    results[index] = _error(call, f"permission denied: {decision.reason}")
+                    if decision.interrupt:
+                        halt = f"permission denied for {call.name!r} and the turn stopped: {decision.reason}"
+                    continue
+                if decision.arguments is not None:
+                    call = final_calls[index] = attrs.evolve(call, arguments=dict(decision.arguments))
+                runnable.append((index, call, found))
+
+            limiter = trio.CapacityLimiter(loop.max_parallel_tools)
+            async with trio.open_nursery() as nursery:
+                for index, call, found in runnable:
+                    nursery.start_soon(self._run_one, index, call, found, turn, results, limiter)
+
+            for index, call, _tool in runnable:
+                done = results[index]
+                if done is None or halt is not None:
+                    continue
+                outcome, event = await loop.hooks.run(
+                    "post_tool_use", HookEvent("post_tool_use", sid, turn, call=call, result=done), tool_name=call.name
+                )
+                if isinstance(outcome, Halt | Deny):
+                    halt = f"halted by a hook after {call.name!r}: {outcome.reason}"
+                elif event.result is not None:
+                    results[index] = event.result
+        self._scope = None
+        interrupted = scope.cancelled_caught or self._stop_requested()
+        final = [
+            r if r is not None else _error(c, "not run: the turn was interrupted")
+            for r, c in zip(results, final_calls, strict=True)
+        ]
+        return _Batch(final, final_calls, halt, interrupted)
+
+    async def _run_one(
+        self,
+        index: int,
+        call: ToolCall,
+        found: Tool,
+        turn: int,
+        results: list[ToolResult | None],
+        limiter: trio.CapacityLimiter,
+    ) -> None:
+        loop = self.loop
+        context = ToolContext(self.cwd, self.ctx.session_id, turn, call)
+        async with limiter:
+            try:
+                with trio.fail_after(loop.tool_timeout) if loop.tool_timeout is not None else nullcontext():
+                    content = await found.run(dict(call.arguments), context)
+                result = ToolResult(call.id, call.name, content)
+            except ToolError as exc:
+                result = _error(call, str(exc))
+            except trio.TooSlowError:
+                result = _error(call, f"{call.name} timed out after {loop.tool_timeout:g}s")
+            except Exception as exc:  # noqa: BLE001 (a tool's bug goes back to the model, as text)
+                log.warning("tool_failed", tool=call.name, session_id=self.ctx.session_id, error=repr(exc))
+                result = _error(call, f"{call.name} failed: {type(exc).__name__}: {exc}")
+        if len(result.content) > loop.max_tool_output:
+            cut = result.content[: loop.max_tool_output] + f"\n[cut: {len(result.content)} characters]"
+            result = attrs.evolve(result, content=cut)
+        results[index] = result

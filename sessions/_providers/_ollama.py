@@ -1,0 +1,211 @@
+"""The Ollama model provider, on the official ``ollama`` package's ``AsyncClient``.
+
+Wire format (SESSIONS.md §6.5): ``POST /api/chat`` streams NDJSON; tool calls arrive
+whole, with their arguments as a JSON object and no id (we make one up); the last line
+has ``done: true`` and the token counts.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._errors import InvalidOption, ProviderProtocolError
+from .._events import (
+    FinishReason,
+    Message,
+    ProviderEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallRequested,
+    TurnCompleted,
+    Usage,
+)
+from ._base import ToolSpec
+from ._http_common import PerRun, PriceTable, RetryPolicy, check_positive, guarded_stream, unavailable
+
+if TYPE_CHECKING:
+    import ollama
+
+_OPTION_NAMES = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "max_tokens": "num_predict",
+    "seed": "seed",
+    "stop": "stop",
+}
+
+
+class Ollama:
+    """A model served by Ollama (``/api/chat``), for the agent loop.
+
+    Give it to `sessions.AgentLoop` (or to a SessionServer, which wraps it in one).
+    One HTTP client per trio run, with connection reuse; at most ``max_concurrency``
+    requests in flight from this provider (Ollama itself serves ``OLLAMA_NUM_PARALLEL``).
+
+    Options:
+
+    - ``model``: the model name (``"llama3.1"``); a turn's ``options["model"]`` overrides it.
+    - ``host``: base URL; default ``$OLLAMA_HOST``, else ``http://127.0.0.1:11434``.
+    - ``headers``: extra HTTP headers. ``api_key`` (default ``$OLLAMA_API_KEY``, the
+      variable named by ``api_key_env``) is sent as ``Authorization: Bearer``.
+    - ``timeout``: seconds to wait for each piece of the response (first byte included:
+      a local model may load for minutes); ``connect_timeout`` for the connection.
+    - ``options``: Ollama's model options (``num_ctx``, ``temperature``...);
+      ``keep_alive``, ``think``: passed through.
+    - ``max_concurrency``: requests in flight at once; ``retry``: a `RetryPolicy`;
+      ``prices``: a `PriceTable` (a local model costs 0; usage is always reported).
+
+    Errors: every failure is a `ProviderError` (see ``docs/providers/ollama.md``).
+
+    Example::
+
+        model = sessions.Ollama("llama3.1", host="http://127.0.0.1:11434")
+        loop = sessions.AgentLoop(model, cwd="/path/to/project")
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        host: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        api_key: str | None = None,
+        api_key_env: str = "OLLAMA_API_KEY",
+        timeout: float | None = 300.0,
+        connect_timeout: float = 10.0,
+        options: Mapping[str, Any] | None = None,
+        keep_alive: str | float | None = None,
+        think: bool | str | None = None,
+        max_concurrency: int = 4,
+        retry: RetryPolicy | None = None,
+        prices: PriceTable | None = None,
+        name: str = "ollama",
+    ) -> None:
+        if not model:
+            raise InvalidOption("model", model, "a model name is required")
+        check_positive("timeout", timeout)
+        check_positive("connect_timeout", connect_timeout, allow_none=False)
+        if max_concurrency < 1:
+            raise InvalidOption("max_concurrency", max_concurrency, "must be at least 1")
+        self.name = name
+        self.model = model
+        self.host = host or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+        self.headers = dict(headers or {})
+        key = api_key if api_key is not None else os.environ.get(api_key_env)
+        if key and not any(h.lower() == "authorization" for h in self.headers):
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.options = dict(options or {})
+        self.keep_alive = keep_alive
+        self.think = think
+        self.max_concurrency = max_concurrency
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.prices = prices if prices is not None else PriceTable()
+        self._client: PerRun[ollama.AsyncClient] = PerRun(
+            f"sessions.ollama.client.{id(self)}", self._new_client, _close
+        )
+        self._limiter: PerRun[trio.CapacityLimiter] = PerRun(
+            f"sessions.ollama.limiter.{id(self)}", lambda: trio.CapacityLimiter(self.max_concurrency)
+        )
+
+    def __repr__(self) -> str:
+        return f"Ollama({self.model!r}, host={self.host!r})"
+
+    def _new_client(self) -> ollama.AsyncClient:
+        try:  # the ollama extra; httpx comes with it
+            import httpx
+            import ollama
+        except ImportError:
+            raise unavailable(self.name, "ollama", "ollama") from None
+        timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout)
+        return ollama.AsyncClient(host=self.host, headers=self.headers, timeout=timeout)
+
+    def chat(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], options: dict[str, Any]
+    ) -> AsyncIterator[ProviderEvent]:
+        """Send one chat request; yield its deltas and tool calls, then one `TurnCompleted`.
+
+        Example::
+
+            async for event in model.chat([sessions.Message("user", "hi")], [], {}):
+                print(event)
+        """
+        model = str(options.get("model") or self.model)
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": [to_ollama_message(m) for m in messages],
+            "tools": [{"type": "function", "function": attrs_spec(t)} for t in tools] or None,
+            "stream": True,
+            "options": self.options | {_OPTION_NAMES[k]: v for k, v in options.items() if k in _OPTION_NAMES} or None,
+            "keep_alive": self.keep_alive,
+            "think": options.get("think", self.think),
+        }
+        if "format" in options:
+            request["format"] = options["format"]
+        return guarded_stream(self.name, self.retry, self._limiter.get(), lambda: self._once(model, request))
+
+    async def _once(self, model: str, request: dict[str, Any]) -> AsyncGenerator[ProviderEvent, None]:
+        client = self._client.get()
+        text: list[str] = []
+        done = None
+        async with aclosing(await client.chat(**request)) as parts:
+            async for part in parts:
+                message = part.message
+                if message.thinking:
+                    yield ThinkingDelta(message.thinking)
+                if message.content:
+                    text.append(message.content)
+                    yield TextDelta(message.content)
+                for tool_call in message.tool_calls or ():
+                    call_id = getattr(tool_call, "id", None) or f"call_{uuid.uuid4().hex[:12]}"
+                    function = tool_call.function
+                    yield ToolCallRequested(ToolCall(call_id, function.name, dict(function.arguments)))
+                if part.done:
+                    done = part
+        if done is None:
+            raise ProviderProtocolError(self.name, "the stream ended without a done line", kind="protocol")
+        usage = Usage(input_tokens=done.prompt_eval_count or 0, output_tokens=done.eval_count or 0)
+        yield TurnCompleted(
+            text="".join(text),
+            finish_reason=FinishReason.STOP,
+            usage=usage,
+            cost_usd=self.prices.cost(model, usage),
+            model=done.model or model,
+            extra={"stop_reason": done.done_reason, "total_duration_ns": done.total_duration},
+        )
+
+    async def aclose(self) -> None:
+        """Close this trio run's HTTP client (also done when the run ends).
+
+        Example::
+
+            await model.aclose()
+        """
+        await self._client.aclose()
+
+
+async def _close(client: ollama.AsyncClient) -> None:
+    await client.close()  # type: ignore[no-untyped-call]
+
+
+def attrs_spec(tool: ToolSpec) -> dict[str, Any]:
+    """A `ToolSpec` as the ``function`` object of a tool definition (Ollama and OpenAI)."""
+    return {"name": tool.name, "description": tool.description, "parameters": tool.parameters}
+
+
+def to_ollama_message(message: Message) -> dict[str, Any]:
+    """A transcript `Message` as Ollama's chat message."""
+    if message.role == "tool" and message.tool_result is not None:
+        return {"role": "tool", "content": message.tool_result.content, "tool_name": message.tool_result.name}
+    data: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        data["tool_calls"] = [{"function": {"name": c.name, "arguments": c.arguments}} for c in message.tool_calls]
+    return data

@@ -1,0 +1,265 @@
+"""The OpenAI-compatible model provider, on the official ``openai`` package's ``AsyncOpenAI``.
+
+Wire format (SESSIONS.md §6.6): ``POST /v1/chat/completions`` with ``stream: true`` and
+``stream_options.include_usage`` streams SSE chunks; tool calls come as fragments keyed
+by ``index`` (id and name first, then pieces of the arguments string), and a last chunk
+with empty ``choices`` carries the usage. Serves OpenAI, vLLM, llama.cpp's server,
+LM Studio, and Ollama's ``/v1`` too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from .._errors import InvalidOption, ProviderProtocolError
+from .._events import (
+    FinishReason,
+    Message,
+    ProviderEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallRequested,
+    TurnCompleted,
+    Usage,
+)
+from ._base import ToolSpec
+from ._http_common import PerRun, PriceTable, RetryPolicy, check_positive, guarded_stream, unavailable
+from ._ollama import attrs_spec
+
+if TYPE_CHECKING:
+    import openai
+
+_PASSED = ("temperature", "top_p", "max_tokens", "stop", "seed", "reasoning_effort", "response_format")
+
+
+@attrs.define
+class _Fragments:
+    id: str | None = None
+    name: str = ""
+    arguments: list[str] = attrs.field(factory=list)
+
+
+class OpenAICompatible:
+    """A model behind an OpenAI-compatible ``/v1/chat/completions``, for the agent loop.
+
+    Works with OpenAI and with local servers that speak its API (vLLM, llama.cpp,
+    LM Studio, Ollama's ``/v1``). One client per trio run with connection reuse, at most
+    ``max_concurrency`` requests in flight, retries by our `RetryPolicy` (the client's
+    own retries are off, so that none happens behind the loop's back).
+
+    Options:
+
+    - ``model``: the model name; a turn's ``options["model"]`` overrides it.
+    - ``base_url``: default ``$OPENAI_BASE_URL``, else ``https://api.openai.com/v1``.
+    - ``api_key``: default from the variable named by ``api_key_env``
+      (``$OPENAI_API_KEY``); local servers need none (a placeholder is sent).
+    - ``headers``: extra HTTP headers; ``extra_body``: extra JSON fields for every request
+      (``{"top_k": 20}`` for vLLM...).
+    - ``timeout``: seconds to wait for each piece of the response; ``connect_timeout``.
+    - ``max_concurrency``, ``retry``, ``prices``: as for `Ollama`.
+    - ``include_usage``: ask for the usage-only last chunk (turn off for servers that
+      reject ``stream_options``; usage is then 0).
+
+    Errors: every failure is a `ProviderError` (see ``docs/providers/openai.md``).
+
+    Example::
+
+        model = sessions.OpenAICompatible("gpt-4o-mini", prices=sessions.PriceTable(
+            {"gpt-4o-mini": sessions.Price(0.15, 0.60)}))
+        local = sessions.OpenAICompatible("qwen3", base_url="http://127.0.0.1:8000/v1")
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: float | None = 300.0,
+        connect_timeout: float = 10.0,
+        max_concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+        prices: PriceTable | None = None,
+        include_usage: bool = True,
+        name: str = "openai",
+    ) -> None:
+        if not model:
+            raise InvalidOption("model", model, "a model name is required")
+        check_positive("timeout", timeout)
+        check_positive("connect_timeout", connect_timeout, allow_none=False)
+        if max_concurrency < 1:
+            raise InvalidOption("max_concurrency", max_concurrency, "must be at least 1")
+        self.name = name
+        self.model = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self.api_key = api_key if api_key is not None else os.environ.get(api_key_env) or "not-needed"
+        self.headers = dict(headers or {})
+        self.extra_body = dict(extra_body or {})
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_concurrency = max_concurrency
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.prices = prices if prices is not None else PriceTable()
+        self.include_usage = include_usage
+        self._client: PerRun[openai.AsyncOpenAI] = PerRun(
+            f"sessions.openai.client.{id(self)}", self._new_client, _close
+        )
+        self._limiter: PerRun[trio.CapacityLimiter] = PerRun(
+            f"sessions.openai.limiter.{id(self)}", lambda: trio.CapacityLimiter(self.max_concurrency)
+        )
+
+    def __repr__(self) -> str:
+        return f"OpenAICompatible({self.model!r}, base_url={self.base_url!r})"
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        try:
+            import openai
+        except ImportError:
+            raise unavailable(self.name, "openai", "openai") from None
+        return openai.AsyncOpenAI(
+            api_key=self.api_key,
+            base_url=self.base_url,
+            default_headers=self.headers or None,
+            timeout=openai.Timeout(self.timeout, connect=self.connect_timeout),
+            max_retries=0,
+        )
+
+    def chat(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], options: dict[str, Any]
+    ) -> AsyncIterator[ProviderEvent]:
+        """Send one chat request; yield its deltas and tool calls, then one `TurnCompleted`.
+
+        Example::
+
+            async for event in model.chat([sessions.Message("user", "hi")], [], {}):
+                print(event)
+        """
+        model = str(options.get("model") or self.model)
+        request: dict[str, Any] = {
+            "model": model,
+            "messages": [to_openai_message(m) for m in messages],
+            "stream": True,
+            **{k: options[k] for k in _PASSED if k in options},
+        }
+        if tools:
+            request["tools"] = [{"type": "function", "function": attrs_spec(t)} for t in tools]
+        if self.include_usage:
+            request["stream_options"] = {"include_usage": True}
+        if self.extra_body:
+            request["extra_body"] = self.extra_body
+        return guarded_stream(self.name, self.retry, self._limiter.get(), lambda: self._once(model, request))
+
+    async def _once(self, model: str, request: dict[str, Any]) -> AsyncGenerator[ProviderEvent, None]:
+        client = self._client.get()
+        text: list[str] = []
+        calls: dict[int, _Fragments] = {}
+        usage = Usage()
+        finish: str | None = None
+        served_model = model
+        stream = await client.chat.completions.create(**request)
+        async with stream:
+            async for chunk in stream:
+                served_model = chunk.model or served_model
+                if chunk.usage is not None:
+                    details = chunk.usage.prompt_tokens_details
+                    reasoning = chunk.usage.completion_tokens_details
+                    usage = Usage(
+                        input_tokens=chunk.usage.prompt_tokens,
+                        output_tokens=chunk.usage.completion_tokens,
+                        cache_read_tokens=(details.cached_tokens or 0) if details is not None else 0,
+                        reasoning_tokens=(reasoning.reasoning_tokens or 0) if reasoning is not None else 0,
+                    )
+                for choice in chunk.choices or ():
+                    delta = choice.delta
+                    if choice.finish_reason is not None:
+                        finish = choice.finish_reason
+                    if delta is None:
+                        continue
+                    extra = delta.model_extra or {}
+                    thinking = extra.get("reasoning_content") or extra.get("reasoning")
+                    if isinstance(thinking, str) and thinking:
+                        yield ThinkingDelta(thinking)
+                    if delta.content:
+                        text.append(delta.content)
+                        yield TextDelta(delta.content)
+                    for fragment in delta.tool_calls or ():
+                        acc = calls.setdefault(fragment.index, _Fragments())
+                        acc.id = acc.id or fragment.id
+                        if fragment.function is not None:
+                            acc.name += fragment.function.name or ""
+                            acc.arguments.append(fragment.function.arguments or "")
+        for index in sorted(calls):
+            yield ToolCallRequested(self._assemble(calls[index]))
+        # the prompt's cached part is included in prompt_tokens: keep `input_tokens` new tokens only
+        usage = attrs.evolve(usage, input_tokens=max(0, usage.input_tokens - usage.cache_read_tokens))
+        yield TurnCompleted(
+            text="".join(text),
+            finish_reason=FinishReason.STOP,
+            usage=usage,
+            cost_usd=self.prices.cost(model, usage),
+            model=served_model,
+            extra={"stop_reason": finish},
+        )
+
+    def _assemble(self, acc: _Fragments) -> ToolCall:
+        raw = "".join(acc.arguments).strip()
+        try:
+            arguments = json.loads(raw) if raw else {}
+        except json.JSONDecodeError as exc:
+            raise ProviderProtocolError(
+                self.name, f"tool call {acc.name!r} has arguments that are not JSON", kind="protocol", detail=raw[:200]
+            ) from exc
+        if not isinstance(arguments, dict):
+            raise ProviderProtocolError(
+                self.name,
+                f"tool call {acc.name!r} has arguments that are not an object",
+                kind="protocol",
+                detail=raw[:200],
+            )
+        if not acc.name:
+            raise ProviderProtocolError(self.name, "a tool call has no name", kind="protocol", detail=raw[:200])
+        return ToolCall(acc.id or f"call_{uuid.uuid4().hex[:12]}", acc.name, arguments)
+
+    async def aclose(self) -> None:
+        """Close this trio run's HTTP client (also done when the run ends).
+
+        Example::
+
+            await model.aclose()
+        """
+        await self._client.aclose()
+
+
+async def _close(client: openai.AsyncOpenAI) -> None:
+    await client.close()
+
+
+def to_openai_message(message: Message) -> dict[str, Any]:
+    """A transcript `Message` as an OpenAI chat message."""
+    if message.role == "tool" and message.tool_result is not None:
+        return {
+            "role": "tool",
+            "tool_call_id": message.tool_result.tool_call_id,
+            "content": message.tool_result.content,
+        }
+    if message.role == "assistant" and message.tool_calls:
+        return {
+            "role": "assistant",
+            "content": message.content or None,
+            "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
+                for c in message.tool_calls
+            ],
+        }
+    return {"role": message.role, "content": message.content}
