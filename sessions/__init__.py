@@ -71,6 +71,28 @@ from ._subscribers import Subscription as Subscription
 
 # --- model providers, the agent loop, tools ---------------------------------------------
 # isort: split
+from ._errors import ToolError as ToolError
+from ._loop import AgentLoop as AgentLoop
+from ._loop import LoopSession as LoopSession
+from ._providers._http_common import Price as Price
+from ._providers._http_common import PriceTable as PriceTable
+from ._providers._http_common import RetryPolicy as RetryPolicy
+from ._providers._ollama import Ollama as Ollama
+from ._providers._openai import OpenAICompatible as OpenAICompatible
+from ._tools import Allow as Allow
+from ._tools import CanUseTool as CanUseTool
+from ._tools import Deny as Deny
+from ._tools import Halt as Halt
+from ._tools import HookEvent as HookEvent
+from ._tools import HookMatcher as HookMatcher
+from ._tools import Hooks as Hooks
+from ._tools import PermissionMode as PermissionMode
+from ._tools import PermissionRequest as PermissionRequest
+from ._tools import Tool as Tool
+from ._tools import ToolContext as ToolContext
+from ._tools import Transform as Transform
+from ._tools import builtin_tools as builtin_tools
+from ._tools import tool as tool
 
 # isort: split
 from ._util import fixup_module_metadata as _fixup
