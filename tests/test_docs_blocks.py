@@ -24,6 +24,7 @@ import ast
 import functools
 import inspect
 import re
+import subprocess
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -127,8 +128,11 @@ def compile_block(block: Block, filename: str) -> types.CodeType:
     return code
 
 
-def run_page(path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
-    """Run a page's Python blocks in order in one module namespace; return how many ran."""
+def run_page(path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Run a page's Python blocks in order in one module namespace; return the namespace.
+
+    ``__blocks_run__`` in it counts the blocks that ran (fragments do not).
+    """
     name = "docs_page_" + re.sub(r"\W", "_", page_name(path).removesuffix(".md"))
     module = types.ModuleType(name)
     module.__file__ = str(path)
@@ -148,13 +152,40 @@ def run_page(path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
         else:
             exec(code, module.__dict__)
         ran += 1
-    return ran
+    module.__dict__["__blocks_run__"] = ran
+    return module.__dict__
 
 
 @pytest.mark.parametrize("path", page_params())
-def test_page_code_blocks_run(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The page's ```python blocks run, in order, in one namespace, without an error."""
-    run_page(path, monkeypatch)
+def test_page_code_blocks_run(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The page's ```python blocks run, in order, in one namespace, without an error.
+
+    A page whose blocks define ``test_*`` functions (docs/testing.md) is a test module: its
+    blocks are also written to a file and run by pytest with pytest-trio, and every test
+    in it must pass.
+    """
+    namespace = run_page(path, monkeypatch)
+    tests = sorted(name for name, obj in namespace.items() if name.startswith("test_") and callable(obj))
+    if tests:
+        run_as_pytest_module(path, tests, tmp_path)
+
+
+def run_as_pytest_module(path: Path, tests: list[str], tmp_path: Path) -> None:
+    source = "\n\n".join(block.source for block in python_blocks(path) if not block.fragment)
+    (tmp_path / "test_page.py").write_text(source, encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\ntrio_mode = true\nfilterwarnings = error\naddopts = -p no:cacheprovider\n", encoding="utf-8"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", "test_page.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    passed = sorted(re.findall(r"^PASSED test_page\.py::(\w+)", done.stdout, re.MULTILINE))
+    assert (done.returncode, passed) == (0, tests), done.stdout + done.stderr
 
 
 def test_collector_finds_the_blocks(tmp_path: Path) -> None:
@@ -193,7 +224,7 @@ def test_fragments_compile_but_do_not_run(tmp_path: Path, monkeypatch: pytest.Mo
     """A fragment's syntax is checked; its body is not run; top-level await is allowed."""
     page = tmp_path / "frag.md"
     page.write_text("```python fragment\nawait undefined_name()\n```\n", encoding="utf-8")
-    assert run_page(page, monkeypatch) == 0
+    assert run_page(page, monkeypatch)["__blocks_run__"] == 0
     page.write_text("```python fragment\ndef broken(:\n```\n", encoding="utf-8")
     with pytest.raises(SyntaxError):
         run_page(page, monkeypatch)
@@ -207,7 +238,7 @@ def test_top_level_await_runs_under_trio(tmp_path: Path, monkeypatch: pytest.Mon
         "```python\nassert after > 0\n```\n",
         encoding="utf-8",
     )
-    assert run_page(page, monkeypatch) == 3
+    assert run_page(page, monkeypatch)["__blocks_run__"] == 3
 
 
 def test_a_hanging_page_hits_its_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
