@@ -26,17 +26,17 @@ import otpy
 class Subscriber(otpy.GenServer):
     """Subscribes to some topics in init and prints what it receives."""
 
-    async def init(self, name: str, topics: list[str]) -> None:
-        self.name = name
+    async def init(self, who: str, topics: list[str]) -> None:
+        self.who = who
         self.received = 0
         for topic in topics:
-            otpy.Registry.register("pubsub", topic, name)  # the value: who we are
+            otpy.Registry.register("pubsub", topic, who)  # the value: who we are
 
     async def handle_info(self, message: Any) -> None:
         match message:
             case ("broadcast", topic, text):
                 self.received += 1
-                print(f"  {self.name} got [{topic}] {text}")
+                print(f"  {self.who} got [{topic}] {text}")
 
     async def handle_call(self, request: Any, from_: otpy.From) -> Any:
         return self.received

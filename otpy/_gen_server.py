@@ -21,6 +21,7 @@ from ._process import (
     UNSET,
     ExitSignal,
     From,
+from ._options import check_init_options
     Name,
     Pid,
     Server,
@@ -183,6 +184,10 @@ class ServerBase:
         raise NotImplementedError(f"{type(self).__name__} got a cast but defines no handle_cast: {request!r}")
 
     async def handle_info(self, message: Any) -> NoReply | Stop | None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_init_options(cls)  # an init parameter named like a start option is a trap
+
         """Handle any other message (`send`, `Down`, `ExitSignal`, `TIMEOUT`). The default logs and ignores it."""
         _log.debug("unexpected_message", server=repr(self._pid), message_type=type(message).__name__)
         return None

@@ -463,8 +463,8 @@ class Registry(GenServer):
         Example::
 
             class Worker(otpy.GenServer):
-                async def init(self, id):
-                    otpy.Registry.register("reg", ("worker", id), {"started": trio.current_time()})
+                async def init(self, number):
+                    otpy.Registry.register("reg", ("worker", number), {"started": trio.current_time()})
         """
         Registry.resolve(registry)._register(_self_pid(), key, value)
 

@@ -245,8 +245,8 @@ class TestDeferredReply:
         """A helper task answers a deferred call after a delay."""
 
         class Slow(otpy.GenServer):
-            async def init(self, nursery: trio.Nursery) -> None:
-                self.nursery = nursery
+            async def init(self, helpers: trio.Nursery) -> None:
+                self.nursery = helpers
 
             async def handle_call(self, request: Any, from_: otpy.From) -> Any:
                 self.nursery.start_soon(self.answer, from_)
