@@ -68,6 +68,18 @@ from ._subscribers import Subscription as Subscription
 
 # --- the Claude Code provider ---------------------------------------------------------
 # isort: split
+try:
+    from ._providers._claude import ClaudeCode as ClaudeCode
+    from ._providers._claude import ClaudeSession as ClaudeSession
+    from ._providers._claude_store import ClaudeTranscriptStore as ClaudeTranscriptStore
+    from ._providers._claude_store import mirror_key as claude_mirror_key
+except ImportError as _claude_missing:  # the claude extra (claude-agent-sdk) is not installed
+    if getattr(_claude_missing, "name", None) != "claude_agent_sdk" and "claude_agent_sdk" not in str(
+        _claude_missing
+    ):
+        raise
+    from ._providers._claude_missing import ClaudeCode as ClaudeCode  # type: ignore[assignment]
+    del _claude_missing
 
 # --- model providers, the agent loop, tools ---------------------------------------------
 # isort: split
