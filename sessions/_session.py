@@ -8,8 +8,8 @@ reloads cannot drift apart.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
 import attrs
@@ -49,8 +49,9 @@ class Session:
 
     @property
     def total_cost(self) -> float:
-        """The session's cost in USD: the correctly rounded sum of the turns' costs."""
-        return math.fsum(result.cost_usd for result in self.history)
+        """The session's cost in USD: the sum of the turns' costs, added as the decimals
+        they were reported as (0.1 + 0.2 is 0.3 here), then made a float."""
+        return float(sum((Decimal(repr(result.cost_usd)) for result in self.history), Decimal(0)))
 
     @property
     def usage(self) -> Usage:
