@@ -25,16 +25,20 @@ SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT_MS: Final = 30_000
 """How long a statement waits for a lock held by another connection or process."""
 
+# Rows go in append order (an integer primary key) so that a commit writes a few
+# consecutive pages plus the small index pages it touches; a table clustered by
+# (session_id, seq) would rewrite one leaf page per session in every group commit.
 _SCHEMA_V1: Final = """
 CREATE TABLE IF NOT EXISTS records (
+    id         INTEGER PRIMARY KEY,
     session_id TEXT NOT NULL,
     seq        INTEGER NOT NULL,
     version    INTEGER NOT NULL,
     ts         REAL NOT NULL,
     kind       TEXT NOT NULL,
-    data       TEXT NOT NULL,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
+    data       TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS records_by_session ON records (session_id, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('created_by', 'sessions.SqliteStore');
 """
