@@ -7,8 +7,11 @@ The convention (docs/index.md says it too, for writers):
   namespace's ``__name__`` is not ``"__main__"``, so an ``if __name__ == "__main__":``
   body (a program's entry point, such as ``otpy.run(...)`` waiting for Ctrl-C) is not run.
 - A block whose top level uses ``await`` runs in its own ``trio.run``.
-- Every ``trio.run`` a page makes gets a deadline (``PAGE_DEADLINE`` seconds), so a page
+- Every ``trio.run`` a page makes gets a deadline (``PAGE_DEADLINE`` seconds; a day of
+  clock time on a ``MockClock``, which an autojumping hang reaches at once), so a page
   that hangs fails instead of stalling the suite.
+- A page whose blocks define ``test_*`` functions (docs/testing.md) is also run by
+  pytest, with pytest-trio, as a test module; every test in it must pass.
 - ```python fragment marks a piece of a larger program (it uses names that the page does
   not define, such as ``nursery`` or ``sup``). A fragment is compiled, top-level ``await``
   allowed, so its syntax is checked, but it is not run. GitHub and MyST both read the
@@ -34,11 +37,15 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 PAGE_DEADLINE = 20.0  # seconds for each trio.run a page makes
+# A page that runs on a virtual clock (trio.run(main, clock=MockClock(autojump_threshold=0)))
+# may legitimately sleep for hours of clock time; a hang there jumps straight to the deadline.
+VIRTUAL_DEADLINE = 24 * 3600.0
 
 # page (relative to the repository root) -> why its blocks are not run
 EXCLUDED: dict[str, str] = {}
@@ -111,8 +118,10 @@ def page_params() -> list[Any]:
 def with_deadline(run: Callable[..., Any], seconds: float) -> Callable[..., Any]:
     @functools.wraps(run)
     def run_with_deadline(async_fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        deadline = VIRTUAL_DEADLINE if isinstance(kwargs.get("clock"), trio.testing.MockClock) else seconds
+
         async def guarded() -> Any:
-            with trio.fail_after(seconds):
+            with trio.fail_after(deadline):
                 return await async_fn(*args)
 
         return run(guarded, **kwargs)
@@ -248,6 +257,13 @@ def test_a_hanging_page_hits_its_deadline(tmp_path: Path, monkeypatch: pytest.Mo
     page.write_text("```python\nimport trio\ntrio.run(trio.sleep_forever)\n```\n", encoding="utf-8")
     with pytest.raises(trio.TooSlowError):
         run_page(page, monkeypatch)
+    page.write_text(
+        "```python\nimport trio, trio.testing\n"
+        "trio.run(trio.sleep_forever, clock=trio.testing.MockClock(autojump_threshold=0))\n```\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(trio.TooSlowError):
+        run_page(page, monkeypatch)  # on a virtual clock, the hang jumps to the deadline at once
 
 
 def test_every_page_with_code_is_collected() -> None:
