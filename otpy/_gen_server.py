@@ -44,6 +44,7 @@ _log = get_logger("otpy.gen_server")
 
 @attrs.frozen
 class Reply:
+    from contextlib import AbstractAsyncContextManager
     """``handle_call`` answers with ``value`` and goes on (Elixir's ``{:reply, value, state}``).
 
     A plain return value is the same as ``Reply(value)``; use `Reply` for a value that is
@@ -245,6 +246,36 @@ class ServerBase:
         ``id`` defaults to ``name`` when given, else to the class name.
 
         Example::
+
+    @classmethod
+    def open(
+        cls, *args: Any, name: Name | None = None, shutdown: float | None = None, **kwargs: Any
+    ) -> AbstractAsyncContextManager[Pid]:
+        """Start the server for the length of an ``async with`` block, and stop it when the block ends.
+
+        It reads like `trio.open_nursery`: the block owns the server (with a supervisor,
+        the whole tree). ``args`` and ``kwargs`` go to ``init``; ``name`` registers it. On
+        leaving the block, normally, by an exception or by cancellation, the server is
+        stopped with `otpy.stop` and the reason ``"shutdown"`` (a supervisor stops its
+        children in reverse start order), within ``shutdown`` seconds (default 5 for a
+        worker, ``math.inf`` for a supervisor, whose children have their own limits), and
+        then killed. If it exits on its own abnormally while the block runs (or a
+        supervisor gives up), the block is cancelled and raises `ProcessCrashed` in an
+        `ExceptionGroup`, as a nursery raises its tasks' errors.
+
+        Raises:
+            StartError: ``init`` failed; raised by the ``async with`` line itself.
+            AlreadyRegistered: ``name`` is taken.
+
+        Example::
+
+            async with Counter.open(0, name="counter") as pid:
+                await otpy.call(pid, "increment")
+            assert not pid.alive
+        """
+        from ._scope import open_server
+
+        return open_server(cls, args, kwargs, name=name, shutdown=shutdown)
 
             children = [Counter.child_spec(0, name="c1"), Counter.child_spec(5, name="c2")]
             await otpy.Supervisor.start_link(children, strategy="one_for_one", nursery=nursery)

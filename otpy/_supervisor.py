@@ -23,6 +23,7 @@ from ._exceptions import (
     StartError,
 )
 from ._gen_server import Ignore, ServerBase, StartIgnored, Stop, is_normal_reason
+from ._gen_server import stop as _stop
 from ._log import get_logger
 from ._process import ExitSignal, From, Pid, Server, call, cast, link_pair, send_exit_signal
 
@@ -242,6 +243,24 @@ class SupervisorBase(ServerBase):
     child_type: ClassVar[Literal["worker", "supervisor"]] = "supervisor"
     _hosts_children: ClassVar[bool] = True
     _intensity: RestartIntensity
+
+    @staticmethod
+    async def stop(supervisor: Server, reason: object = "normal", timeout: float = math.inf) -> None:  # noqa: ASYNC109 (OTP's stop timeout)
+        """Stop the supervisor with ``reason`` and wait until it has exited (Elixir's ``Supervisor.stop``).
+
+        It stops its children first, in reverse start order, each by its shutdown spec.
+        The same as `otpy.stop`, under the name Elixir users look for.
+
+        Raises:
+            NoProcess: no such supervisor.
+            CallTimeout: it had not exited within ``timeout``.
+
+        Example::
+
+            await otpy.Supervisor.stop(sup)
+            await otpy.DynamicSupervisor.stop("sessions", ("shutdown", "maintenance"), timeout=30)
+        """
+        await _stop(supervisor, reason, timeout)
 
     def _label(self) -> str:
         name = self._pid.name
