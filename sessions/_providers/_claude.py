@@ -49,6 +49,7 @@ from claude_agent_sdk import (
     project_key_for_directory,
 )
 from claude_agent_sdk._errors import MessageParseError
+from claude_agent_sdk._internal.message_parser import parse_message
 from claude_agent_sdk._internal.session_resume import (
     MaterializedResume,
     apply_materialized_options,
@@ -509,7 +510,7 @@ class ClaudeSession:
                 client = await self._ensure(request.options)
                 await client.query(request.prompt)
             mapper = _TurnMapper(self)
-            messages = aiter_closing(client.receive_messages())
+            messages = _receive(client)
             now = trio.current_time()
             turn_deadline = now + self.provider.turn_timeout if self.provider.turn_timeout is not None else float("inf")
             try:
@@ -617,7 +618,7 @@ class ClaudeSession:
             with trio.move_on_after(self.provider.interrupt_grace):
                 try:
                     await client.interrupt()
-                    async with contextlib.aclosing(aiter_closing(client.receive_messages())) as messages:
+                    async with contextlib.aclosing(_receive(client)) as messages:
                         async for message in messages:
                             if isinstance(message, ResultMessage):
                                 self._cost(message.total_cost_usd)
@@ -780,10 +781,21 @@ class _TurnMapper:
         )
 
 
-def aiter_closing(iterator: AsyncIterator[Any]) -> AsyncGenerator[Any, None]:
-    """The SDK's message iterators are async generators; say so for the type checker."""
-    assert isinstance(iterator, AsyncGenerator)
-    return iterator
+async def _receive(client: ClaudeSDKClient) -> AsyncGenerator[Any, None]:
+    """`ClaudeSDKClient.receive_messages`, with its inner generator closed when this one is.
+
+    The SDK's version wraps ``Query.receive_messages()`` without closing it, so leaving it
+    early (``receive_response`` does, at every result) leaves the inner generator to the
+    garbage collector, and trio reports a ResourceWarning for each turn.
+    """
+    query = client._query
+    if query is None:
+        raise CLIConnectionError("Not connected. Call connect() first.")
+    async with contextlib.aclosing(query.receive_messages()) as raw:
+        async for data in raw:
+            message = parse_message(data)
+            if message is not None:
+                yield message
 
 
 def _tool_text(content: Any) -> str:

@@ -31,8 +31,6 @@ from sessions import (
 from .conftest import live_children, make_env
 from .fake_api import FakeAnthropic, all_user_texts
 
-pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
-
 
 async def turn(conn: Any, prompt: str, n: int = 1, **options: Any) -> tuple[list[Any], TurnCompleted]:
     events = [event async for event in conn.run_turn(TurnRequest(turn=n, prompt=prompt, messages=(), options=options))]

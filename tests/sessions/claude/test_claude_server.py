@@ -1,0 +1,118 @@
+"""ClaudeCode under a supervised SessionServer: the real bundled CLI on the fake Messages API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+
+import otpy
+import sessions
+from sessions import FinishReason, Result, SessionServer
+
+from .conftest import live_children, make_env
+from .fake_api import FakeAnthropic, all_user_texts
+
+Start = Callable[..., Any]
+
+
+def claude_pids() -> set[int]:
+    """Live CLI processes among this process's descendants (the bundled binary is named claude)."""
+    pids = set()
+    for pid in live_children():
+        try:
+            if "claude" in psutil.Process(pid).name():
+                pids.add(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
+
+
+async def wait_for(predicate: Callable[[], bool], seconds: float = 20) -> None:
+    with trio.fail_after(seconds):
+        while not predicate():  # noqa: ASYNC110 - polling the process table and a thread's flag
+            await trio.sleep(0.02)
+
+
+async def test_two_turns_by_registered_name(
+    supervised: Start, fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]
+) -> None:
+    store = sessions.InMemoryStore()
+    await supervised(name="agent", provider=sessions.ClaudeCode(**claude_kwargs), store=store)
+    first = await SessionServer.send_message("agent", "the password is swordfish")
+    cli = claude_pids()
+    second = await SessionServer.send_message("agent", "what is the password")
+    assert claude_pids() == cli
+    assert len(cli) == 1
+    assert (first.text, second.text) == ("echo: the password is swordfish", "echo: what is the password")
+    assert (first.cost_usd, second.cost_usd) == (6.0, 6.0)
+    assert await SessionServer.total_cost("agent") == 12.0
+    assert await SessionServer.turn_count("agent") == 2
+    assert second.provider_session_id == first.provider_session_id is not None
+    assert "the password is swordfish" in all_user_texts(fake_api.message_requests()[-1])
+    messages = await SessionServer.messages("agent")
+    assert [m.role for m in messages] == ["user", "assistant", "user", "assistant"]
+    await SessionServer.stop("agent")
+    await wait_for(lambda: not claude_pids())
+
+
+async def test_killing_the_server_mid_turn_then_carrying_on(
+    supervised: Start, nursery: trio.Nursery, fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]
+) -> None:
+    store = sessions.InMemoryStore()
+    provider = sessions.ClaudeCode(interrupt_grace=1.0, **claude_kwargs)
+    await supervised(name="agent", provider=provider, store=store)
+    await SessionServer.send_message("agent", "remember the number 7")
+    old_cli = claude_pids()
+    first = otpy.whereis("agent")
+    assert first is not None
+    outcome: list[Any] = []
+
+    async def stalled_turn() -> None:
+        try:
+            outcome.append(await SessionServer.send_message("agent", "[[stall]]"))
+        except Exception as exc:
+            outcome.append(exc)
+
+    nursery.start_soon(stalled_turn)
+    await wait_for(fake_api.stalled.is_set)
+    otpy.exit(first, "kill")  # the server dies mid-turn; its supervisor starts another
+    await wait_for(lambda: otpy.whereis("agent") not in (None, first) and bool(outcome))
+    await wait_for(lambda: not (claude_pids() & old_cli))  # the old CLI is gone
+    assert isinstance(outcome[0], otpy.ServerExited)
+    fake_api.release.set()
+    after = await SessionServer.send_message("agent", "which number")
+    assert after.text == "echo: which number"
+    assert after.turn == 3
+    history = await SessionServer.history("agent")
+    assert [r.finish_reason for r in history] == [FinishReason.STOP, FinishReason.INTERRUPTED, FinishReason.STOP]
+    assert "remember the number 7" in all_user_texts(fake_api.message_requests()[-1])
+    assert await SessionServer.total_cost("agent") == sum(r.cost_usd for r in history)
+
+
+async def test_restart_on_a_fresh_home_resumes_through_the_mirrored_store(
+    nursery: trio.Nursery, fake_api: FakeAnthropic, claude_kwargs: dict[str, Any], tmp_path: Path
+) -> None:
+    store = sessions.InMemoryStore()
+    spec = SessionServer.child_spec(name="agent", provider=sessions.ClaudeCode(**claude_kwargs), store=store)
+    sup = await otpy.Supervisor.start_link([spec], strategy="one_for_one", nursery=nursery)
+    first: Result = await SessionServer.send_message("agent", "my favourite colour is teal")
+    session_id = await SessionServer.session_id("agent")
+    await otpy.stop(sup)
+    await wait_for(lambda: not claude_pids())
+    # Another machine: the same store and session id, a HOME whose ~/.claude never saw it.
+    fresh = {**claude_kwargs, "env": make_env(tmp_path / "elsewhere", fake_api.url)}
+    spec = SessionServer.child_spec(
+        name="agent", provider=sessions.ClaudeCode(**fresh), store=store, session_id=session_id
+    )
+    sup = await otpy.Supervisor.start_link([spec], strategy="one_for_one", nursery=nursery)
+    again = await SessionServer.send_message("agent", "what is my favourite colour")
+    assert again.turn == 2
+    assert again.provider_session_id == first.provider_session_id
+    assert "my favourite colour is teal" in all_user_texts(fake_api.message_requests()[-1])
+    assert await SessionServer.total_cost("agent") == 12.0
+    await otpy.stop(sup)
+    await wait_for(lambda: not claude_pids())
