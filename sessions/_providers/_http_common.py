@@ -17,7 +17,7 @@ import random
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 import structlog
@@ -185,6 +185,22 @@ def _openai_message(exc: Exception) -> str:
     return str(getattr(exc, "message", None) or exc)
 
 
+def _body_message(response: Any, exc: Exception) -> str:
+    """The ``error`` of a JSON error body (Ollama's str, OpenAI's object), else the text."""
+    try:
+        text = str(response.text)
+    except Exception:  # noqa: BLE001 (an unread or undecodable body: fall back to the exception)
+        return str(exc)
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500] or str(exc)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    return str(error) if error else text[:500]
+
+
 def to_provider_error(provider: str, exc: Exception) -> ProviderError:
     """Map any exception from a client, its transport or our parsing onto the error tree.
 
@@ -233,7 +249,7 @@ def to_provider_error(provider: str, exc: Exception) -> ProviderError:
         return ProviderUnavailable(provider, f"cannot connect: {exc}", kind="connect", retryable=True)
     if _is(exc, *_httpx("HTTPStatusError")):
         response = getattr(exc, "response", None)
-        return status_error(provider, int(getattr(response, "status_code", 0)), str(exc))
+        return status_error(provider, int(getattr(response, "status_code", 0)), _body_message(response, exc))
     if _is(exc, *_httpx("TransportError")):
         return ProviderError(provider, f"transport failed: {exc}", kind="transport", retryable=True)
     if _is(exc, *_httpx("DecodingError")):

@@ -1,17 +1,24 @@
-"""The Ollama model provider, on the official ``ollama`` package's ``AsyncClient``.
+"""The Ollama model provider, on the official ``ollama`` package and httpx.
 
 Wire format (SESSIONS.md §6.5): ``POST /api/chat`` streams NDJSON; tool calls arrive
 whole, with their arguments as a JSON object and no id (we make one up); the last line
 has ``done: true`` and the token counts.
+
+Each line is read into the package's own ``ollama.ChatResponse`` model, but the
+request itself goes through an ``httpx.AsyncClient`` of ours rather than
+``ollama.AsyncClient.chat``: that method drops the HTTP response of an error (so a 429's
+``Retry-After`` is lost) and, when a line fails to parse, leaves httpx's line iterator
+unclosed (a ResourceWarning under trio). The loop below is the package's, minus both.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -31,7 +38,7 @@ from ._base import ToolSpec
 from ._http_common import PerRun, PriceTable, RetryPolicy, check_positive, guarded_stream, unavailable
 
 if TYPE_CHECKING:
-    import ollama
+    import httpx
 
 _OPTION_NAMES = {
     "temperature": "temperature",
@@ -96,7 +103,7 @@ class Ollama:
             raise InvalidOption("max_concurrency", max_concurrency, "must be at least 1")
         self.name = name
         self.model = model
-        self.host = host or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434"
+        self.host = _base_url(host or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434")
         self.headers = dict(headers or {})
         key = api_key if api_key is not None else os.environ.get(api_key_env)
         if key and not any(h.lower() == "authorization" for h in self.headers):
@@ -109,9 +116,7 @@ class Ollama:
         self.max_concurrency = max_concurrency
         self.retry = retry if retry is not None else RetryPolicy()
         self.prices = prices if prices is not None else PriceTable()
-        self._client: PerRun[ollama.AsyncClient] = PerRun(
-            f"sessions.ollama.client.{id(self)}", self._new_client, _close
-        )
+        self._client: PerRun[httpx.AsyncClient] = PerRun(f"sessions.ollama.client.{id(self)}", self._new_client, _close)
         self._limiter: PerRun[trio.CapacityLimiter] = PerRun(
             f"sessions.ollama.limiter.{id(self)}", lambda: trio.CapacityLimiter(self.max_concurrency)
         )
@@ -119,14 +124,19 @@ class Ollama:
     def __repr__(self) -> str:
         return f"Ollama({self.model!r}, host={self.host!r})"
 
-    def _new_client(self) -> ollama.AsyncClient:
+    def _new_client(self) -> httpx.AsyncClient:
         try:  # the ollama extra; httpx comes with it
             import httpx
-            import ollama
+            import ollama  # noqa: F401 (checked here, used by _once)
         except ImportError:
             raise unavailable(self.name, "ollama", "ollama") from None
-        timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout)
-        return ollama.AsyncClient(host=self.host, headers=self.headers, timeout=timeout)
+        headers = {"Accept": "application/x-ndjson", "User-Agent": "sessions (ollama)"}
+        return httpx.AsyncClient(
+            base_url=self.host,
+            headers=headers | self.headers,
+            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+            follow_redirects=True,
+        )
 
     def chat(
         self, messages: Sequence[Message], tools: Sequence[ToolSpec], options: dict[str, Any]
@@ -153,23 +163,36 @@ class Ollama:
         return guarded_stream(self.name, self.retry, self._limiter.get(), lambda: self._once(model, request))
 
     async def _once(self, model: str, request: dict[str, Any]) -> AsyncGenerator[ProviderEvent, None]:
+        import ollama
+
         client = self._client.get()
         text: list[str] = []
         done = None
-        async with aclosing(await client.chat(**request)) as parts:
-            async for part in parts:
-                message = part.message
-                if message.thinking:
-                    yield ThinkingDelta(message.thinking)
-                if message.content:
-                    text.append(message.content)
-                    yield TextDelta(message.content)
-                for tool_call in message.tool_calls or ():
-                    call_id = getattr(tool_call, "id", None) or f"call_{uuid.uuid4().hex[:12]}"
-                    function = tool_call.function
-                    yield ToolCallRequested(ToolCall(call_id, function.name, dict(function.arguments)))
-                if part.done:
-                    done = part
+        payload = {k: v for k, v in request.items() if v is not None}
+        async with client.stream("POST", "/api/chat", json=payload) as response:
+            if response.is_error:
+                await response.aread()
+                response.raise_for_status()
+            async with aclosing(cast("AsyncGenerator[str, None]", response.aiter_lines())) as lines:
+                async for line in lines:
+                    if not line.strip():
+                        continue
+                    raw = json.loads(line)
+                    if isinstance(raw, dict) and raw.get("error"):
+                        raise ollama.ResponseError(str(raw["error"]))
+                    part = ollama.ChatResponse.model_validate(raw)
+                    message = part.message
+                    if message.thinking:
+                        yield ThinkingDelta(message.thinking)
+                    if message.content:
+                        text.append(message.content)
+                        yield TextDelta(message.content)
+                    for tool_call in message.tool_calls or ():
+                        call_id = getattr(tool_call, "id", None) or f"call_{uuid.uuid4().hex[:12]}"
+                        function = tool_call.function
+                        yield ToolCallRequested(ToolCall(call_id, function.name, dict(function.arguments)))
+                    if part.done:
+                        done = part
         if done is None:
             raise ProviderProtocolError(self.name, "the stream ended without a done line", kind="protocol")
         usage = Usage(input_tokens=done.prompt_eval_count or 0, output_tokens=done.eval_count or 0)
@@ -192,8 +215,13 @@ class Ollama:
         await self._client.aclose()
 
 
-async def _close(client: ollama.AsyncClient) -> None:
-    await client.close()  # type: ignore[no-untyped-call]
+async def _close(client: httpx.AsyncClient) -> None:
+    await client.aclose()
+
+
+def _base_url(host: str) -> str:
+    # OLLAMA_HOST may be "host:port" without a scheme, as the ollama CLI accepts it
+    return (host if "://" in host else f"http://{host}").rstrip("/")
 
 
 def attrs_spec(tool: ToolSpec) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """The OpenAI-compatible model provider, on the official ``openai`` package's ``AsyncOpenAI``.
 
+The client makes the request (auth, base URL, headers, timeouts, the connection pool,
+HTTP errors as its typed exceptions); the chunks are read into its own
+``ChatCompletionChunk`` model. Only the SSE framing is ours (see `_sse_data`).
+
 Wire format (SESSIONS.md §6.6): ``POST /v1/chat/completions`` with ``stream: true`` and
 ``stream_options.include_usage`` streams SSE chunks; tool calls come as fragments keyed
 by ``index`` (id and name first, then pieces of the arguments string), and a last chunk
@@ -13,12 +17,13 @@ import json
 import os
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import trio
 
-from .._errors import InvalidOption, ProviderProtocolError
+from .._errors import InvalidOption, ProviderError, ProviderProtocolError
 from .._events import (
     FinishReason,
     Message,
@@ -35,6 +40,7 @@ from ._http_common import PerRun, PriceTable, RetryPolicy, check_positive, guard
 from ._ollama import attrs_spec
 
 if TYPE_CHECKING:
+    import httpx2
     import openai
 
 _PASSED = ("temperature", "top_p", "max_tokens", "stop", "seed", "reasoning_effort", "response_format")
@@ -161,44 +167,53 @@ class OpenAICompatible:
         return guarded_stream(self.name, self.retry, self._limiter.get(), lambda: self._once(model, request))
 
     async def _once(self, model: str, request: dict[str, Any]) -> AsyncGenerator[ProviderEvent, None]:
+        from openai.types.chat import ChatCompletionChunk
+
         client = self._client.get()
         text: list[str] = []
         calls: dict[int, _Fragments] = {}
         usage = Usage()
         finish: str | None = None
         served_model = model
-        stream = await client.chat.completions.create(**request)
-        async with stream:
-            async for chunk in stream:
-                served_model = chunk.model or served_model
-                if chunk.usage is not None:
-                    details = chunk.usage.prompt_tokens_details
-                    reasoning = chunk.usage.completion_tokens_details
-                    usage = Usage(
-                        input_tokens=chunk.usage.prompt_tokens,
-                        output_tokens=chunk.usage.completion_tokens,
-                        cache_read_tokens=(details.cached_tokens or 0) if details is not None else 0,
-                        reasoning_tokens=(reasoning.reasoning_tokens or 0) if reasoning is not None else 0,
-                    )
-                for choice in chunk.choices or ():
-                    delta = choice.delta
-                    if choice.finish_reason is not None:
-                        finish = choice.finish_reason
-                    if delta is None:
-                        continue
-                    extra = delta.model_extra or {}
-                    thinking = extra.get("reasoning_content") or extra.get("reasoning")
-                    if isinstance(thinking, str) and thinking:
-                        yield ThinkingDelta(thinking)
-                    if delta.content:
-                        text.append(delta.content)
-                        yield TextDelta(delta.content)
-                    for fragment in delta.tool_calls or ():
-                        acc = calls.setdefault(fragment.index, _Fragments())
-                        acc.id = acc.id or fragment.id
-                        if fragment.function is not None:
-                            acc.name += fragment.function.name or ""
-                            acc.arguments.append(fragment.function.arguments or "")
+        async with client.chat.completions.with_streaming_response.create(**request) as response:
+            events = _sse_data(response.http_response)
+            async with aclosing(events):
+                async for data in events:
+                    raw = json.loads(data)
+                    if isinstance(raw, dict) and raw.get("error"):
+                        error = raw["error"]
+                        message = error.get("message") if isinstance(error, dict) else error
+                        raise ProviderError(self.name, str(message), kind="api_error")
+                    if isinstance(raw, dict) and raw.get("choices") is None:
+                        raw["choices"] = []  # some servers send null or nothing in the usage chunk
+                    chunk = ChatCompletionChunk.model_validate(raw)
+                    served_model = chunk.model or served_model
+                    if chunk.usage is not None:
+                        details = chunk.usage.prompt_tokens_details
+                        reasoning = chunk.usage.completion_tokens_details
+                        usage = Usage(
+                            input_tokens=chunk.usage.prompt_tokens,
+                            output_tokens=chunk.usage.completion_tokens,
+                            cache_read_tokens=(details.cached_tokens or 0) if details is not None else 0,
+                            reasoning_tokens=(reasoning.reasoning_tokens or 0) if reasoning is not None else 0,
+                        )
+                    for choice in chunk.choices or ():
+                        delta = choice.delta
+                        if choice.finish_reason is not None:
+                            finish = choice.finish_reason
+                        extra = delta.model_extra or {}
+                        thinking = extra.get("reasoning_content") or extra.get("reasoning")
+                        if isinstance(thinking, str) and thinking:
+                            yield ThinkingDelta(thinking)
+                        if delta.content:
+                            text.append(delta.content)
+                            yield TextDelta(delta.content)
+                        for fragment in delta.tool_calls or ():
+                            acc = calls.setdefault(fragment.index, _Fragments())
+                            acc.id = acc.id or fragment.id
+                            if fragment.function is not None:
+                                acc.name += fragment.function.name or ""
+                                acc.arguments.append(fragment.function.arguments or "")
         for index in sorted(calls):
             yield ToolCallRequested(self._assemble(calls[index]))
         # the prompt's cached part is included in prompt_tokens: keep `input_tokens` new tokens only
@@ -243,6 +258,39 @@ class OpenAICompatible:
 
 async def _close(client: openai.AsyncOpenAI) -> None:
     await client.close()
+
+
+async def _sse_data(response: httpx2.Response) -> AsyncGenerator[str, None]:
+    """The ``data`` of each server-sent event until ``[DONE]``, reading the body to its end.
+
+    openai's own ``AsyncStream`` stops reading at ``[DONE]`` and leaves its generators
+    suspended (a ResourceWarning under trio on every turn), so the events are framed
+    here: ``data:`` lines joined until a blank line; comments (``: keep-alive``),
+    ``event:``/``id:``/``retry:`` fields and CRLF line ends are handled.
+    """
+    lines = cast("AsyncGenerator[str, None]", response.aiter_lines())
+    data: list[str] = []
+    finished = False
+    async with aclosing(lines):
+        async for line in lines:
+            if finished:
+                continue  # drain what follows [DONE], so every generator below ends
+            line = line.rstrip("\r")
+            if not line:
+                if data:
+                    joined, data = "\n".join(data), []
+                    if joined.strip() == "[DONE]":
+                        finished = True
+                    else:
+                        yield joined
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            if field == "data":
+                data.append(value[1:] if value.startswith(" ") else value)
+    if data and "\n".join(data).strip() != "[DONE]":
+        yield "\n".join(data)
 
 
 def to_openai_message(message: Message) -> dict[str, Any]:

@@ -1,0 +1,245 @@
+"""The OpenAI-compatible provider against a fake /v1/chat/completions on 127.0.0.1 (real HTTP, SSE)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from sessions_fake_llm import (
+    Reply,
+    _chunk,
+    error_reply,
+    openai_events,
+    openai_text,
+    openai_tools,
+    openai_usage,
+    serve,
+    sse,
+)
+
+import sessions
+from sessions import Message, TextDelta, ThinkingDelta, ToolCallRequested, TurnCompleted
+
+FAST_RETRY = sessions.RetryPolicy(max_attempts=3, base_delay=0.1, max_delay=1.0)
+
+
+def provider(server: Any, **options: Any) -> sessions.OpenAICompatible:
+    return sessions.OpenAICompatible("m", base_url=server.url + "/v1", **options)
+
+
+async def collect(model: Any, messages: list[Message] | None = None, tools: Any = (), **options: Any) -> list[Any]:
+    return [e async for e in model.chat(messages or [Message("user", "hi")], list(tools), options)]
+
+
+async def test_streams_text_and_takes_usage_from_the_last_chunk() -> None:
+    async with serve([openai_text("Hel", "lo", prompt_tokens=50, completion_tokens=20)]) as server:
+        events = await collect(provider(server))
+    assert events[:2] == [TextDelta("Hel"), TextDelta("lo")]
+    done = events[-1]
+    assert isinstance(done, TurnCompleted)
+    assert done.text == "Hello"
+    assert done.usage == sessions.Usage(input_tokens=50, output_tokens=20)
+    assert done.extra["stop_reason"] == "stop"
+
+
+async def test_reasoning_content_is_thinking_and_keepalive_comments_are_skipped() -> None:
+    async with serve([openai_text("4", reasoning=["2+2"], keepalive=True)]) as server:
+        events = await collect(provider(server))
+    assert events[0] == ThinkingDelta("2+2")
+    assert events[1] == TextDelta("4")
+
+
+async def test_tool_call_fragments_are_assembled_by_index() -> None:
+    calls = (("call_1", "read", {"path": "docs/a very long name.md"}), ("call_2", "grep", {"pattern": "x+y", "n": 3}))
+    async with serve([openai_tools(*calls)]) as server:
+        events = await collect(provider(server))
+    requested = [e.call for e in events if isinstance(e, ToolCallRequested)]
+    assert [(c.id, c.name, c.arguments) for c in requested] == [(i, n, a) for i, n, a in calls]
+    assert events[-1].extra["stop_reason"] == "tool_calls"
+
+
+async def test_request_has_stream_options_tools_and_tool_history() -> None:
+    history = [
+        Message("user", "read a"),
+        Message("assistant", "", tool_calls=(sessions.ToolCall("c1", "read", {"path": "a"}),)),
+        Message("tool", tool_result=sessions.ToolResult("c1", "read", "A", False)),
+    ]
+    spec = sessions.ToolSpec("read", "Read a file", {"type": "object", "properties": {"path": {"type": "string"}}})
+    async with serve([openai_text("ok")]) as server:
+        model = provider(server, api_key="sk-test", headers={"X-Team": "a"}, extra_body={"top_k": 20})
+        await collect(model, history, [spec], temperature=0.1, max_tokens=99, unknown_option=1)
+    seen = server.requests[0]
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["authorization"] == "Bearer sk-test"
+    assert seen.headers["x-team"] == "a"
+    body = seen.body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert body["temperature"] == 0.1
+    assert body["max_tokens"] == 99
+    assert body["top_k"] == 20
+    assert "unknown_option" not in body
+    assert body["tools"] == [{"type": "function", "function": {"name": "read", **dict(attrs_of(spec))}}]
+    assistant = body["messages"][1]
+    assert assistant["tool_calls"][0]["function"] == {"name": "read", "arguments": json.dumps({"path": "a"})}
+    assert body["messages"][2] == {"role": "tool", "tool_call_id": "c1", "content": "A"}
+
+
+def attrs_of(spec: sessions.ToolSpec) -> list[tuple[str, Any]]:
+    return [("description", spec.description), ("parameters", spec.parameters)]
+
+
+async def test_api_key_and_base_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with serve([openai_text("ok")]) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+        events = await collect(sessions.OpenAICompatible("m"))
+    assert events[-1].text == "ok"
+    assert server.requests[0].headers["authorization"] == "Bearer sk-env"
+
+
+async def test_no_key_at_all_sends_a_placeholder(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    async with serve([openai_text("ok")]) as server:
+        await collect(provider(server))
+    assert server.requests[0].headers["authorization"] == "Bearer not-needed"
+
+
+async def test_usage_chunk_with_null_choices_and_cached_tokens() -> None:
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 10,
+        "total_tokens": 110,
+        "prompt_tokens_details": {"cached_tokens": 60},
+    }
+    chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": None, "usage": usage}
+    script = [openai_events(sse(_chunk({"content": "hi"})), sse(_chunk({}, "stop")), sse(chunk), sse("[DONE]"))]
+    price = sessions.Price(input_per_mtok=1.0, output_per_mtok=1.0, cache_read_per_mtok=0.1)
+    prices = sessions.PriceTable({"m": price})
+    async with serve(script) as server:
+        events = await collect(provider(server, prices=prices))
+    done = events[-1]
+    assert done.usage == sessions.Usage(input_tokens=40, output_tokens=10, cache_read_tokens=60)
+    assert done.cost_usd == pytest.approx((40 + 10 + 6) / 1_000_000)
+
+
+async def test_one_connection_is_reused() -> None:
+    async with serve([openai_text("a"), openai_text("b")]) as server:
+        model = provider(server)
+        await collect(model)
+        await collect(model)
+        await model.aclose()
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "kind"),
+    [
+        (401, sessions.ProviderAuthError, "auth"),
+        (404, sessions.ProviderError, "not_found"),
+        (400, sessions.ProviderError, "bad_request"),
+        (413, sessions.ProviderError, "context_length"),
+    ],
+)
+async def test_http_errors_map_to_typed_errors(status: int, error_type: type, kind: str) -> None:
+    async with serve([error_reply(status, "nope", openai=True)]) as server:
+        with pytest.raises(error_type) as caught:
+            await collect(provider(server, retry=FAST_RETRY))
+    assert caught.value.kind == kind
+    assert caught.value.status == status
+    assert "nope" in str(caught.value)
+    assert len(server.requests) == 1
+
+
+async def test_429_honours_retry_after_then_succeeds(autojump_clock: Any) -> None:
+    script = [error_reply(429, "rate limited", retry_after="3", openai=True), openai_text("ok")]
+    async with serve(script) as server:
+        start = trio.current_time()
+        events = await collect(provider(server, retry=sessions.RetryPolicy(max_delay=10.0)))
+        assert trio.current_time() - start >= 3.0
+    assert events[-1].text == "ok"
+
+
+async def test_retry_after_is_capped_by_max_delay(autojump_clock: Any) -> None:
+    script = [error_reply(429, "later", retry_after="3600", openai=True), openai_text("ok")]
+    async with serve(script) as server:
+        start = trio.current_time()
+        await collect(provider(server, retry=sessions.RetryPolicy(max_delay=2.0)))
+        assert trio.current_time() - start < 10.0
+
+
+async def test_5xx_retries_are_bounded(autojump_clock: Any) -> None:
+    async with serve([error_reply(502, "bad gateway", openai=True)] * 4) as server:
+        with pytest.raises(sessions.ProviderError) as caught:
+            await collect(provider(server, retry=FAST_RETRY))
+    assert caught.value.kind == "server_error"
+    assert len(server.requests) == 3
+
+
+async def test_malformed_sse_data_is_a_protocol_error_and_the_provider_survives() -> None:
+    bad = openai_events(sse(_chunk({"content": "Hi"})), b"data: {not json\n\n")
+    async with serve([bad, openai_text("fine")]) as server:
+        model = provider(server)
+        with pytest.raises(sessions.ProviderProtocolError) as caught:
+            await collect(model)
+        assert caught.value.kind == "protocol"
+        events = await collect(model)
+    assert events[-1].text == "fine"
+
+
+async def test_tool_arguments_that_are_not_json_are_a_protocol_error() -> None:
+    first = {"index": 0, "id": "c1", "type": "function", "function": {"name": "read", "arguments": '{"path": '}}
+    script = [openai_events(sse(_chunk({"tool_calls": [first]})), sse(_chunk({}, "tool_calls")), sse("[DONE]"))]
+    async with serve(script) as server:
+        with pytest.raises(sessions.ProviderProtocolError, match="not JSON"):
+            await collect(provider(server))
+
+
+async def test_an_error_event_in_the_stream_is_a_provider_error() -> None:
+    script = [openai_events(sse({"error": {"message": "model overloaded", "type": "server_error"}}), sse("[DONE]"))]
+    async with serve(script) as server:
+        with pytest.raises(sessions.ProviderError, match="model overloaded"):
+            await collect(provider(server))
+
+
+async def test_a_server_that_hangs_times_out(autojump_clock: Any) -> None:
+    async with serve([Reply(hang_before_headers=True)]) as server:
+        with pytest.raises(sessions.ProviderTimeout):
+            await collect(provider(server, timeout=20.0))
+
+
+async def test_a_dropped_connection_mid_stream_is_a_transport_error() -> None:
+    async with serve([Reply(chunks=(sse(_chunk({"content": "Hi"})),), drop=True)]) as server:
+        with pytest.raises(sessions.ProviderError) as caught:
+            await collect(provider(server))
+    assert caught.value.kind in ("transport", "protocol")
+
+
+async def test_concurrency_limit() -> None:
+    async with serve(lambda seen: openai_text("a", delay=0.01)) as server:
+        model = provider(server, max_concurrency=2)
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(collect, model)
+    assert server.max_in_flight == 2
+
+
+async def test_usage_can_be_left_out_for_servers_that_refuse_stream_options() -> None:
+    script = [openai_events(sse(_chunk({"content": "hi"})), sse(_chunk({}, "stop")), sse("[DONE]"))]
+    async with serve(script) as server:
+        events = await collect(provider(server, include_usage=False))
+    assert "stream_options" not in server.requests[0].body
+    assert events[-1].usage == sessions.Usage()
+
+
+def test_price_table_lookup_by_prefix() -> None:
+    table = sessions.PriceTable({"gpt-4o": sessions.Price(2.5, 10.0), "gpt-4o-mini": sessions.Price(0.15, 0.6)})
+    assert table.price("gpt-4o-mini-2024-07-18") == sessions.Price(0.15, 0.6)
+    assert table.price("gpt-4o-2024-08-06") == sessions.Price(2.5, 10.0)
+    assert table.cost("llama3.1", sessions.Usage(1000, 1000)) == 0.0
+
+
+def test_usage_chunk_helper_is_well_formed() -> None:
+    assert json.loads(openai_usage(1, 2)[len(b"data: ") :])["usage"]["total_tokens"] == 3
