@@ -11,9 +11,10 @@ Why a thread of our own rather than `trio.to_thread.run_sync`: a store outlives 
 trio run (it is made in a child spec and shared by sessions, their restarts and separate
 ``trio.run`` calls), sqlite3 connections belong to the thread that made them, and after
 `BatchWorker.aclose` no thread may be left behind, while trio's thread cache keeps idle
-workers alive. The thread starts on first use and ends at ``aclose``; using the store
-again starts a new one. Each job carries the trio token of the run that submitted it,
-so the thread wakes the right run, and a run that has gone away is simply not woken.
+workers alive. The thread starts on first use and ends at ``aclose`` (or after
+`IDLE_SECONDS` with nothing to do); using the store again starts a new one. Each job
+carries the trio token of the run that submitted it, so the thread wakes the right run,
+and a run that has gone away is simply not woken.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ _log = structlog.get_logger("sessions.stores")
 
 MAX_BATCH: Final = 4096
 """Most jobs handled in one batch (one transaction, one round of fsyncs)."""
+
+IDLE_SECONDS: float = 30.0
+"""A writer thread with nothing to do for this long releases its files and ends, as if
+the store were closed (a store that nobody closes holds no thread for long); the next
+call starts a new one."""
 
 
 @attrs.define(eq=False)
@@ -82,6 +88,7 @@ class BatchWorker:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Job] | None = None
         self._thread: threading.Thread | None = None
+        self._last: threading.Thread | None = None  # the latest thread, perhaps still closing
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -110,9 +117,12 @@ class BatchWorker:
     async def aclose(self) -> None:
         """Finish every job handed over so far, release the handler, and end the thread."""
         with self._lock:
-            thread, q = self._thread, self._queue
+            thread, q, last = self._thread, self._queue, self._last
             self._thread = self._queue = None
         if thread is None or q is None:
+            # No thread, or one that went idle and may still be releasing its files.
+            while last is not None and last.is_alive():  # noqa: ASYNC110 (a thread's end has no trio event)
+                await trio.sleep(0.001)
             await trio.lowlevel.checkpoint()
             return
         stop = Job("stop", ())
@@ -127,10 +137,10 @@ class BatchWorker:
             raise stop.error
 
     def _start(self) -> None:
-        previous = self._thread
+        previous = self._last
         q: queue.SimpleQueue[Job] = queue.SimpleQueue()
         thread = threading.Thread(target=self._main, args=(q, previous), name=self._name, daemon=True)
-        self._queue, self._thread = q, thread
+        self._queue, self._thread, self._last = q, thread, thread
         thread.start()
 
     def _main(self, q: queue.SimpleQueue[Job], previous: threading.Thread | None) -> None:
@@ -139,7 +149,16 @@ class BatchWorker:
         handler: Handler | None = None
         stops: list[Job] = []
         while not stops:
-            jobs = [q.get()]
+            try:
+                jobs = [q.get(timeout=IDLE_SECONDS)]
+            except queue.Empty:
+                with self._lock:  # submit puts under this lock: nothing can slip in after the check
+                    idle = self._queue is q and q.empty()
+                    if idle:
+                        self._queue = self._thread = None
+                if idle:
+                    break
+                continue
             while len(jobs) < MAX_BATCH:
                 try:
                     jobs.append(q.get_nowait())

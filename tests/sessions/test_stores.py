@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sessions
 import sessions.testing
 from sessions import InMemoryStore, JsonlStore, Record, SqliteStore, Store
+from sessions._stores import _writer
 
 StoreFactory = Callable[[], Store]
 
@@ -116,6 +118,45 @@ async def test_aclose_leaves_no_thread(tmp_path: Path, kind: str) -> None:
     assert _writer_threads() != []
     await store.aclose()
     assert set(threading.enumerate()) - before == set()
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+async def test_an_idle_writer_thread_ends_by_itself(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store nobody closes releases its thread when idle, and starts a new one when used again."""
+    monkeypatch.setattr(_writer, "IDLE_SECONDS", 0.05)
+    store: Store = JsonlStore(tmp_path / "j") if kind == "jsonl" else SqliteStore(tmp_path / "s.db")
+    await store.append("s", [Record("s", 1, "a")], durable=True)
+    [thread] = _writer_threads()
+    with trio.fail_after(10):
+        while thread.is_alive():  # noqa: ASYNC110 (a thread's end has no trio event)
+            await trio.sleep(0.01)
+    assert _writer_threads() == []
+    await store.append("s", [Record("s", 2, "b")], durable=True)
+    assert [r.seq for r in await store.load("s")] == [1, 2]
+    await store.aclose()
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+async def test_aclose_amid_appends_loses_nothing(tmp_path: Path, kind: str) -> None:
+    """Appends racing with aclose all land, on the closing thread or a fresh one."""
+    store: Store = JsonlStore(tmp_path / "j") if kind == "jsonl" else SqliteStore(tmp_path / "s.db")
+
+    async def session(sid: str) -> None:
+        for seq in range(1, 11):
+            await store.append(sid, [Record(sid, seq, "m")], durable=seq % 2 == 0)
+
+    async def closer() -> None:
+        for _ in range(10):
+            await store.aclose()
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(20):
+            nursery.start_soon(session, f"s{i}")
+        nursery.start_soon(closer)
+    for i in range(20):
+        assert [r.seq for r in await store.load(f"s{i}")] == list(range(1, 11))
+    await store.aclose()
 
 
 # --- the stores against a dict model -------------------------------------------------------
