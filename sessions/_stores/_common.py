@@ -19,6 +19,10 @@ def check_records(session_id: str, records: Sequence[Record]) -> None:
             raise StoreError(f"expected a sessions.Record, got {type(record).__name__}")
         if record.session_id != session_id:
             raise StoreError(f"record of session {record.session_id!r} appended to {session_id!r}")
+        if not isinstance(record.data, dict):
+            raise StoreError(
+                f"record {session_id!r}#{record.seq}: data must be a dict, got {type(record.data).__name__}"
+            )
         if record.seq != expected:
             raise StoreError(f"records of {session_id!r} are not consecutive: #{record.seq} after #{expected - 1}")
         expected += 1

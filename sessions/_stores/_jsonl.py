@@ -95,9 +95,14 @@ class _JsonlHandler(Handler):
     def open(self) -> None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self.dir_fd = os.open(self.directory, os.O_RDONLY)
+            if not os.access(self.directory, os.W_OK):
+                raise PermissionError(f"{self.directory} is not writable")
         except OSError as exc:
             raise StoreError(f"cannot open the store directory {self.directory}: {exc}") from exc
+        try:
+            self.dir_fd = os.open(self.directory, os.O_RDONLY)
+        except OSError:
+            self.dir_fd = -1  # a platform that cannot open directories (Windows) cannot fsync them either
         self.fsyncs = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="sessions-jsonl-fsync")
 
     def close(self) -> None:
@@ -156,7 +161,7 @@ class _JsonlHandler(Handler):
                 for job in to_sync[session_id]:
                     if job.error is None:
                         job.error = StoreError(f"fsync of {self.path(session_id)} failed: {failure}")
-        if sync_dir:
+        if sync_dir and self.dir_fd >= 0:
             try:
                 os.fsync(self.dir_fd)  # new and removed files: their directory entries too
             except OSError as exc:
@@ -194,7 +199,7 @@ class _JsonlHandler(Handler):
         existed = path.exists()
         if not existed and not create:
             return None, False
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             data = _read_all(fd)
             records, valid_end = parse_log(str(path), data, session_id)

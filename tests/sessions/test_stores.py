@@ -159,6 +159,19 @@ async def test_aclose_amid_appends_loses_nothing(tmp_path: Path, kind: str) -> N
     await store.aclose()
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+async def test_data_must_be_a_json_object(tmp_path: Path, kind: str) -> None:
+    """A record whose data is not a dict, or holds something JSON cannot carry, is refused
+    before anything is written."""
+    store: Store = JsonlStore(tmp_path / "j") if kind == "jsonl" else SqliteStore(tmp_path / "s.db")
+    with pytest.raises(sessions.StoreError, match="data must be a dict, got list"):
+        await store.append("s", [Record("s", 1, "m", [1, 2])])  # type: ignore[arg-type]
+    with pytest.raises(sessions.StoreError, match="cannot be stored as JSON"):
+        await store.append("s", [Record("s", 1, "m", {"when": object()})])
+    assert await store.load("s") == []
+    await store.aclose()
+
+
 # --- the stores against a dict model -------------------------------------------------------
 
 _sids = st.sampled_from(["a", "b", "c"])
