@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import inspect
+import pkgutil
 import re
 import sys
 import types
@@ -85,7 +86,7 @@ python_use_unqualified_type_names = True
 nitpicky = True
 _EXTERNAL = (
     r"(builtins|typing|contextlib|typing_extensions|collections|collections\.abc|abc|enum|types|"
-    r"contextvars|datetime|pathlib|os|signal|math|time|functools|asyncio|concurrent\.futures|"
+    r"contextvars|datetime|pathlib|os|signal|math|time|claude_agent_sdk|openai|ollama|anyio|functools|asyncio|concurrent\.futures|"
     r"trio|trio\.[\w.]+|attrs|attr|outcome|structlog|httpx|sqlite3|json)"
 )
 _BUILTINS = (
@@ -130,13 +131,36 @@ GROUPS = (
 
 
 def public_names(package: str) -> dict[str, Any]:
-    """The package's public namespace: what ``from package import *`` users see by name."""
+    """The public namespace of a package or of one of its public submodules."""
     module = importlib.import_module(package)
-    return {
+    names = {
         name: obj
         for name, obj in vars(module).items()
         if not name.startswith("_") and not isinstance(obj, types.ModuleType)
     }
+    if package in PACKAGES:  # a curated namespace of re-exports (``X as X``)
+        return names
+    # A public submodule (sessions.testing): its __all__, or what it defines itself; not
+    # what it imports (Sequence, Any).
+    exported = getattr(module, "__all__", None)
+    if exported is not None:
+        return {name: getattr(module, name) for name in exported}
+    return {
+        name: obj
+        for name, obj in names.items()
+        if getattr(obj, "__module__", None) == package or (name.isupper() and not hasattr(obj, "__module__"))
+    }
+
+
+def public_modules(package: str) -> list[str]:
+    """The package and its public submodules (``sessions.testing``), each with its own names."""
+    module = importlib.import_module(package)
+    submodules = [
+        f"{package}.{info.name}"
+        for info in pkgutil.iter_modules(getattr(module, "__path__", []))
+        if not info.name.startswith("_")
+    ]
+    return [package, *sorted(submodules)]
 
 
 def kind_of(obj: object) -> str:
@@ -149,13 +173,36 @@ def kind_of(obj: object) -> str:
     return "data"
 
 
+# Members inherited from these are not repeated on a subclass's entry.
+_NOT_INHERITED = (
+    "object, Generic, Protocol, tuple, list, dict, set, frozenset, str, bytes, int, float, "
+    "Enum, StrEnum, IntEnum, Flag, Exception, BaseException, Sequence, MutableSequence, Mapping, MutableMapping, "
+    "Set, MutableSet, Collection, Container, Iterable, Iterator, Sized, Reversible"
+)
+
+
+def inherited_stop(cls: Any) -> str:
+    """Inherited members to show: those of the class's own package's private bases.
+
+    A sessions class derived from `otpy.GenServer` does not repeat GenServer's methods:
+    they are on GenServer's entry.
+    """
+    package = cls.__module__.split(".")[0]
+    foreign = [
+        base.__name__
+        for base in cls.__mro__[1:]
+        if base.__module__.split(".")[0] in PACKAGES and base.__module__.split(".")[0] != package
+    ]
+    return ", ".join([_NOT_INHERITED, *foreign])
+
+
 def directive_for(package: str, name: str, obj: object) -> list[str]:
     target = f"{package}.{name}"
     kind = kind_of(obj)
     if kind == "classes":
         # Members inherited from otpy's private bases (start_link, child_spec, ...) belong to
         # the public class; those of object and of the typing machinery do not.
-        return [f".. autoclass:: {target}", "   :inherited-members: object, Generic, Protocol", ""]
+        return [f".. autoclass:: {target}", f"   :inherited-members: {inherited_stop(obj)}", ""]
     if kind == "errors":
         return [f".. autoclass:: {target}", ""]
     if kind == "functions":
@@ -170,20 +217,22 @@ class PublicApi(SphinxDirective):
     has_content = False
 
     def run(self) -> list[nodes.Node]:
-        package = self.arguments[0]
-        names = public_names(package)
-        lines = [f".. py:module:: {package}", "", f".. currentmodule:: {package}", ""]
-        for kind, title in GROUPS:
-            members = sorted(name for name, obj in names.items() if kind_of(obj) == kind)
-            if not members:
-                continue
-            heading = f"{package}: {title.lower()}"
-            lines += [heading, "-" * len(heading), ""]
-            for name in members:
-                lines += directive_for(package, name, names[name])
+        lines: list[str] = []
+        for module in public_modules(self.arguments[0]):
+            names = public_names(module)
+            lines += [f".. py:module:: {module}", "", f".. currentmodule:: {module}", ""]
+            for kind, title in GROUPS:
+                members = sorted(name for name, obj in names.items() if kind_of(obj) == kind)
+                if not members:
+                    continue
+                heading = f"{module}: {title.lower()}"
+                lines += [heading, "-" * len(heading), ""]
+                for name in members:
+                    lines += directive_for(module, name, names[name])
         container = nodes.section()
         container.document = self.state.document
-        self.state.nested_parse(StringList(lines, source=f"<public-api {package}>"), 0, container, match_titles=True)
+        source = f"<public-api {self.arguments[0]}>"
+        self.state.nested_parse(StringList(lines, source=source), 0, container, match_titles=True)
         children: list[nodes.Node] = container.children
         return children
 
@@ -192,11 +241,12 @@ def check_every_public_name_is_documented(app: Sphinx, env: BuildEnvironment) ->
     """Fail the build (a warning, under -W) when a public name has no entry in the reference."""
     documented = set(env.domains["py"].objects)
     for package in PACKAGES:
-        for name in public_names(package):
-            if f"{package}.{name}" not in documented:
-                logging.getLogger(__name__).warning(
-                    "public name %s.%s is missing from the API reference", package, name, type="otpy", subtype="api"
-                )
+        for module in public_modules(package):
+            for name in public_names(module):
+                if f"{module}.{name}" not in documented:
+                    logging.getLogger(__name__).warning(
+                        "public name %s.%s is missing from the API reference", module, name, type="otpy", subtype="api"
+                    )
 
 
 def _private_modules() -> list[types.ModuleType]:
@@ -252,21 +302,59 @@ _SUBSCRIPTED = re.compile(r"^(~?[\w.]+)(\[.*\]|\(.*\))$")
 
 
 def resolve_written_forms(app: Sphinx, env: BuildEnvironment, node: Any, contnode: nodes.Element) -> Any:
-    """`Call[R]` and `via(...)` in a docstring link to `Call` and `via`."""
+    """Resolve the short forms docstrings use, where the Python domain's own lookup fails.
+
+    - `Call[R]` and `via(...)` link to `Call` and `via`;
+    - a bare public name (`Stop`, `Down`) links to the package that exports it, also when
+      the docstring is shown on another package's page (an otpy method inherited by a
+      sessions class);
+    - a bare member name (`start_link`, `load`) links to the member of that name whose
+      class the others derive from (`GenServer.start_link`), or, among unrelated classes,
+      to the one on a Protocol (`Store.load`).
+    """
     if node.get("refdomain") != "py":
         return None
-    target = node.get("reftarget", "")
+    target = node.get("reftarget", "").lstrip("~.")
     match = _SUBSCRIPTED.match(target)
     if match is not None:
         target = match.group(1)
-    target = _SHORT_NAMES.get(target, target)
-    if target == node.get("reftarget"):
-        return None
-    return env.domains["py"].resolve_xref(env, node["refdoc"], app.builder, node["reftype"], target, node, contnode)
+    domain = env.domains["py"]
+    for candidate in [target, *_qualified(target, domain.objects)]:
+        if candidate == node.get("reftarget"):
+            continue
+        found = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], candidate, node, contnode)
+        if found is not None:
+            return found
+    return None
 
 
-# Short names that docstrings use for a method several classes share.
-_SHORT_NAMES = {"start_link": "otpy.GenServer.start_link"}
+def _qualified(target: str, objects: dict[str, Any]) -> list[str]:
+    head = target.split(".")[0]
+    exported = [f"{package}.{target}" for package in PACKAGES if head in public_names(package)]
+    if exported:
+        return exported
+    if "." in target:
+        return []
+    members = [name for name in objects if name.endswith(f".{target}") and name.count(".") >= 2]
+    owners = {name: _import_owner(name.rsplit(".", 1)[0]) for name in members}
+    classes = [owner for owner in owners.values() if isinstance(owner, type)]
+
+    def rank(name: str) -> tuple[int, bool, str]:
+        owner = owners[name]
+        if not isinstance(owner, type):
+            return (-1, False, name)
+        derived = sum(1 for other in classes if other is not owner and owner in other.__mro__)
+        return (derived, bool(getattr(owner, "_is_protocol", False)), name)
+
+    return sorted(members, key=rank, reverse=True)[:1]
+
+
+def _import_owner(dotted: str) -> object:
+    module, _, rest = dotted.partition(".")
+    obj: object = importlib.import_module(module)
+    for part in rest.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 class UnlinkBuiltins(SphinxPostTransform):

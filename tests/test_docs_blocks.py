@@ -24,6 +24,7 @@ Pages are excluded only through ``EXCLUDED`` below, each with its reason.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 import importlib
 import inspect
@@ -297,6 +298,9 @@ def unresolved_names(text: str) -> set[str]:
             continue
         obj: object = importlib.import_module(match.group(1))
         for part in match.group(2).split(".")[1:]:
+            if not hasattr(obj, part) and isinstance(obj, types.ModuleType):
+                with contextlib.suppress(ImportError):  # a public submodule: sessions.testing
+                    importlib.import_module(f"{obj.__name__}.{part}")
             if not hasattr(obj, part):
                 missing.add(dotted)
                 break
