@@ -81,6 +81,7 @@ class _Log:
     fd: int
     last_seq: int
     size: int
+    dirty: bool = False  # written since its last fsync
 
 
 class _JsonlHandler(Handler):
@@ -89,6 +90,7 @@ class _JsonlHandler(Handler):
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.logs: OrderedDict[str, _Log] = OrderedDict()
+        self.dirty_closed: set[str] = set()  # closed to stay under MAX_OPEN_FILES before an fsync
         self.dir_fd = -1
         self.fsyncs: ThreadPoolExecutor | None = None
 
@@ -106,14 +108,20 @@ class _JsonlHandler(Handler):
         self.fsyncs = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="sessions-jsonl-fsync")
 
     def close(self) -> None:
-        errors: list[OSError] = []
-        for log in self.logs.values():
+        # aclose makes everything durable, appended with durable=False too.
+        failures = self._fsync_all([log.fd for log in self.logs.values() if log.dirty])
+        for session_id in self.dirty_closed:
             try:
-                os.fsync(log.fd)  # aclose makes everything durable, appended with durable=False too
-            except OSError as exc:
-                errors.append(exc)
+                fd = os.open(self.path(session_id), os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                failures.append(_fsync(fd))
             finally:
-                os.close(log.fd)
+                os.close(fd)
+        self.dirty_closed.clear()
+        for log in self.logs.values():
+            os.close(log.fd)
         self.logs.clear()
         if self.dir_fd >= 0:
             os.close(self.dir_fd)
@@ -121,8 +129,15 @@ class _JsonlHandler(Handler):
         if self.fsyncs is not None:
             self.fsyncs.shutdown(wait=True)  # its threads end here: nothing outlives aclose
             self.fsyncs = None
+        errors = [failure for failure in failures if failure is not None]
         if errors:
             raise StoreError(f"fsync failed at close: {errors[0]}")
+
+    def _fsync_all(self, fds: list[int]) -> list[OSError | None]:
+        """Fsync ``fds`` at once (the file system joins them into fewer journal commits)."""
+        if len(fds) > 1 and self.fsyncs is not None:
+            return list(self.fsyncs.map(_fsync, fds))
+        return [_fsync(fd) for fd in fds]
 
     def path(self, session_id: str) -> Path:
         return self.directory / f"{session_id}{SUFFIX}"
@@ -150,12 +165,11 @@ class _JsonlHandler(Handler):
                 job.error = exc if isinstance(exc, StoreError) else StoreError(f"{exc}")
         # One fsync per file covers every durable append made to it in this batch.
         syncing = [(sid, log) for sid in to_sync if (log := self.logs.get(sid)) is not None]
-        if len(syncing) > 1 and self.fsyncs is not None:
-            outcomes = list(self.fsyncs.map(_fsync, [log.fd for _, log in syncing]))
-        else:
-            outcomes = [_fsync(log.fd) for _, log in syncing]
-        for (session_id, _), failure in zip(syncing, outcomes, strict=True):
-            if failure is not None:
+        outcomes = self._fsync_all([log.fd for _, log in syncing])
+        for (session_id, log), failure in zip(syncing, outcomes, strict=True):
+            if failure is None:
+                log.dirty = False
+            else:
                 # After a failed fsync the page cache cannot be trusted: reread the file next time.
                 self._forget(session_id)
                 for job in to_sync[session_id]:
@@ -186,6 +200,7 @@ class _JsonlHandler(Handler):
             os.ftruncate(log.fd, log.size)  # no half record may stay behind
             raise
         log.size += len(payload)
+        log.dirty = True
         log.last_seq = first_seq + count - 1
         return created
 
@@ -209,11 +224,14 @@ class _JsonlHandler(Handler):
         except BaseException:
             os.close(fd)
             raise
-        log = _Log(fd=fd, last_seq=len(records), size=valid_end)
+        log = _Log(fd=fd, last_seq=len(records), size=valid_end, dirty=session_id in self.dirty_closed)
+        self.dirty_closed.discard(session_id)
         self.logs[session_id] = log
         while len(self.logs) > MAX_OPEN_FILES:
-            _, oldest = self.logs.popitem(last=False)
+            oldest_id, oldest = self.logs.popitem(last=False)
             os.close(oldest.fd)  # unsynced bytes stay in the page cache; a later fsync of the file covers them
+            if oldest.dirty:
+                self.dirty_closed.add(oldest_id)
         return log, not existed
 
     def _load(self, session_id: str) -> list[Record]:
@@ -242,6 +260,7 @@ class _JsonlHandler(Handler):
             os.unlink(self.path(session_id))
 
     def _forget(self, session_id: str) -> None:
+        self.dirty_closed.discard(session_id)
         log = self.logs.pop(session_id, None)
         if log is not None:
             os.close(log.fd)

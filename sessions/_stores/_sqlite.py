@@ -61,6 +61,7 @@ class _SqliteHandler(Handler):
         self.path = path
         self.db: sqlite3.Connection | None = None
         self.synchronous = ""
+        self.unsynced = False  # a NORMAL commit has not been synced by a FULL one since
 
     def open(self) -> None:
         try:
@@ -128,7 +129,9 @@ class _SqliteHandler(Handler):
             return
         # In WAL mode, FULL syncs the WAL at commit; NORMAL does not, and the next FULL
         # commit's sync covers the frames written before it.
-        self._set_synchronous(db, "FULL" if any(job.durable for job in jobs) else "NORMAL")
+        durable = any(job.durable for job in jobs)
+        self._set_synchronous(db, "FULL" if durable else "NORMAL")
+        changes = db.total_changes
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -141,7 +144,14 @@ class _SqliteHandler(Handler):
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+            if db.total_changes != changes:
+                self.unsynced = not durable
+            elif durable and self.unsynced:
+                # Nothing written, so the commit synced nothing: an empty durable append
+                # still promises that the appends before it are durable.
+                _fsync_file(Path(f"{self.path}-wal"))
+                self.unsynced = False
+        except (sqlite3.Error, OSError) as exc:
             for job in jobs:
                 job.error = StoreError(f"{self.path}: {exc}")
 

@@ -288,3 +288,29 @@ async def test_many_sessions_beyond_the_open_file_limit(tmp_path: Path, monkeypa
             await store.append(f"s{i}", _recs(f"s{i}", round_ + 1, round_ + 1), durable=round_ == 2)
     assert all([await store.load(f"s{i}") == _recs(f"s{i}", 1, 3) for i in range(10)])
     await store.aclose()
+
+
+async def test_aclose_fsyncs_every_file_written_since_its_last_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aclose makes non-durable appends durable, in files the writer had to close too, and
+    leaves files already synced alone."""
+    monkeypatch.setattr(_jsonl, "MAX_OPEN_FILES", 2)
+    store = JsonlStore(tmp_path)
+    for i in range(5):
+        await store.append(f"s{i}", _recs(f"s{i}", 1, 1), durable=i == 4)
+    spy = _FsyncSpy(monkeypatch)
+    await store.aclose()
+    assert sorted(Path(p).name for p in spy.paths) == [f"s{i}.jsonl" for i in range(4)]
+
+
+async def test_an_empty_durable_append_fsyncs_earlier_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """append(sid, [], durable=True) makes the session's earlier appends durable."""
+    store = JsonlStore(tmp_path)
+    await store.append("s", _recs("s", 1, 1))
+    spy = _FsyncSpy(monkeypatch)
+    await store.append("s", [], durable=True)
+    assert spy.of(tmp_path / "s.jsonl") == 1
+    await store.append("nobody", [], durable=True)
+    assert await store.list_sessions() == ["s"]
+    await store.aclose()

@@ -4,6 +4,7 @@ hundreds of concurrent sessions without "database is locked"."""
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -255,4 +256,26 @@ async def test_a_cancelled_durable_append_still_completes(tmp_path: Path) -> Non
     assert returned
     assert scope.cancelled_caught
     assert await store.load("s") == _recs("s", 1, 1)
+    await store.aclose()
+
+
+async def test_an_empty_durable_append_syncs_earlier_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """append(sid, [], durable=True) after non-durable appends syncs the WAL (a commit that
+    writes nothing would not), and does nothing more when everything is synced already."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    store = SqliteStore(tmp_path / "a.db")
+    await store.append("s", _recs("s", 1, 1))
+    monkeypatch.setattr(os, "fsync", fsync)
+    await store.append("s", [], durable=True)
+    assert synced == [f"{tmp_path / 'a.db'}-wal"]
+    await store.append("s", [], durable=True)
+    await store.append("s", _recs("s", 2, 2), durable=True)
+    await store.append("s", [], durable=True)
+    assert len(synced) == 1
     await store.aclose()
