@@ -90,9 +90,13 @@ class Metric:
 
 METRICS = (
     Metric("a.calls_per_s", "a. call round trip, 1 client", "calls/s", True),
+    Metric("a.calls_per_s_name", "a. call round trip, 1 client, by name", "calls/s", True),
     Metric("a.us_per_call", "a. time per call", "µs", False),
+    Metric("a.us_per_call_name", "a. time per call, by name", "µs", False),
     Metric("b.calls_per_s", "b. 100 concurrent clients", "calls/s", True),
+    Metric("b.calls_per_s_name", "b. 100 concurrent clients, by name", "calls/s", True),
     Metric("c.casts_per_s", "c. casts, then one call", "casts/s", True),
+    Metric("c.casts_per_s_name", "c. casts, then one call, by name", "casts/s", True),
     Metric("c.casts_per_s_drain", "c. (floor: batch-drain channel)", "casts/s", True),
     Metric("d.starts_per_s", "d. start under a DynamicSupervisor", "starts/s", True),
     Metric("d.stops_per_s", "d. stop them all", "stops/s", True),
@@ -125,14 +129,17 @@ class Target:
     or_floor: bool = False
 
 
+# Each target compares the systems addressed the same way: triotp can reach a server
+# only by name, so its targets use the rows' by-name metrics; pykka's ActorRef is its
+# pid, and the floor has no addressing at all, so theirs use the by-pid metrics.
 TARGETS = (
-    Target("a. calls/s >= 2.5x triotp", "a.calls_per_s", "triotp", 2.5, True),
+    Target("a. calls/s >= 2.5x triotp (by name)", "a.calls_per_s_name", "triotp", 2.5, True),
     Target("a. calls/s >= 2x pykka", "a.calls_per_s", "pykka", 2.0, True),
     Target("a. calls/s >= 0.7x bare trio floor", "a.calls_per_s", "trio", 0.7, True),
-    Target("b. calls/s >= 2.5x triotp", "b.calls_per_s", "triotp", 2.5, True),
+    Target("b. calls/s >= 2.5x triotp (by name)", "b.calls_per_s_name", "triotp", 2.5, True),
     Target("b. calls/s >= 2x pykka", "b.calls_per_s", "pykka", 2.0, True),
     Target("b. calls/s >= 0.7x bare trio floor", "b.calls_per_s", "trio", 0.7, True),
-    Target("c. casts/s >= 6x triotp", "c.casts_per_s", "triotp", 6.0, True),
+    Target("c. casts/s >= 6x triotp (by name)", "c.casts_per_s_name", "triotp", 6.0, True),
     Target("c. casts/s >= 2x pykka", "c.casts_per_s", "pykka", 2.0, True),
     Target("d. start rate >= 10x triotp", "d.starts_per_s", "triotp", 10.0, True),
     Target("d. memory per server <= 0.5x triotp", "d.rss_bytes_per_server", "triotp", 0.5, False),
@@ -165,6 +172,7 @@ class System:
     command: list[str]  # the program that runs one measurement; the row arguments follow
     env: dict[str, str]
     note: str = ""
+    pinnable: bool = True  # confined to one core when the run pins (--pin one); not BEAM
 
 
 def _run(cmd: Sequence[str | Path], **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -240,7 +248,9 @@ def setup_systems(names: Sequence[str], install: bool) -> tuple[dict[str, System
             if elixir is None:
                 skipped[name] = "elixir is not on PATH"
                 continue
-            systems[name] = System(name, [elixir, str(SYSTEMS_DIR / "elixir_bench.exs")], _peer_env())
+            systems[name] = System(
+                name, [elixir, str(SYSTEMS_DIR / "elixir_bench.exs")], _peer_env(), "all cores", pinnable=False
+            )
         else:
             raise SystemExit(f"unknown system {name!r}; known: {', '.join(ALL_SYSTEMS)}")
     return systems, skipped
@@ -297,13 +307,27 @@ def _snapshot() -> tuple[int, int, float, float]:
     return busy, steal, usage.ru_utime + usage.ru_stime, time.monotonic()
 
 
-def run_one(system: System, row: str, size: Size, timeout: float) -> tuple[dict[str, Any] | None, str]:
+def _pinned_to(cpu: int | None) -> Any:
+    """A preexec_fn that confines the child (and its threads) to ``cpu``; None: no confinement."""
+    if cpu is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def run_one(
+    system: System, row: str, size: Size, timeout: float, cpu: int | None = None
+) -> tuple[dict[str, Any] | None, str]:
     with tempfile.TemporaryDirectory(prefix="otpy-bench-") as tmp:
         out = Path(tmp) / "result.json"
         args = ["--row", row, "--n", str(size.n), "--warmup", str(size.warmup)]
         args += ["--clients", str(size.clients), "--small", str(size.small), "--out", str(out)]
         try:
-            done = _run([*system.command, *args], env=system.env, timeout=timeout, cwd=tmp)
+            pin = _pinned_to(cpu if system.pinnable else None)
+            done = _run([*system.command, *args], env=system.env, timeout=timeout, cwd=tmp, preexec_fn=pin)
         except subprocess.TimeoutExpired:
             return None, f"timed out after {timeout:.0f} s"
         if done.returncode != 0 or not out.exists():
@@ -313,7 +337,7 @@ def run_one(system: System, row: str, size: Size, timeout: float) -> tuple[dict[
 
 
 def measure_quietly(
-    system: System, row: str, size: Size, timeout: float, quiet: float, attempts: int
+    system: System, row: str, size: Size, timeout: float, quiet: float, attempts: int, cpu: int | None = None
 ) -> tuple[dict[str, Any] | None, str, float, int]:
     """Run one measurement; repeat it (up to ``attempts`` in all) while other work took
     more than ``quiet`` of the machine meanwhile. Keep the least disturbed attempt.
@@ -323,7 +347,7 @@ def measure_quietly(
     best: tuple[dict[str, Any] | None, str, float] = (None, "", 1.0)
     for attempt in range(1, attempts + 1):
         before = _snapshot()
-        result, error = run_one(system, row, size, timeout)
+        result, error = run_one(system, row, size, timeout, cpu)
         share = _other_cpu_share(before, _snapshot())
         if result is None:
             return None, error, share, attempt
@@ -343,18 +367,25 @@ def run_rounds(
     partial: Path | None,
     quiet: float = 0.15,
     attempts: int = 4,
+    pin: bool = True,
 ) -> Results:
     results = Results()
     order = list(systems)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     for rep in range(reps):
         shift = rep % len(order)
         rotated = order[shift:] + order[:shift]  # alternate which system goes first
+        # Every Python system of a round runs on the same single core; the core changes
+        # from round to round. See "Cores" in bench/README.md.
+        cpu = cpus[rep % len(cpus)] if pin and cpus else None
         for row in rows:
             line = [f"round {rep + 1}/{reps}  row {row}:"]
             for name in rotated:
                 if row not in SUPPORTED[name]:
                     continue
-                result, error, share, tries = measure_quietly(systems[name], row, sizes[row], timeout, quiet, attempts)
+                result, error, share, tries = measure_quietly(
+                    systems[name], row, sizes[row], timeout, quiet, attempts, cpu
+                )
                 results.other_cpu.append(share)
                 results.retries += tries - 1
                 if result is None:
@@ -500,7 +531,7 @@ def medians_table(summary: Summary, systems: Sequence[str]) -> list[str]:
         ratios = []
         for peer in peers:
             stat = summary.ratios.get(peer, {}).get(metric.key)
-            ratios.append("—" if stat is None else f"{stat.median:.2f}x")
+            ratios.append("—" if stat is None else f"{stat.median:.2f}x [{stat.low:.2f} - {stat.high:.2f}]")
         lines.append("| " + " | ".join([metric.label, metric.unit, *cells, *ratios]) + " |")
     return lines
 
@@ -609,6 +640,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--attempts", type=int, default=4, help="at most this many tries per measurement (default 4)")
     parser.add_argument(
+        "--pin",
+        choices=("one", "none"),
+        default="one",
+        help="one: run each Python system's measurement on a single core, the same for all in a round "
+        "(default); none: let the OS place its threads (Elixir is never pinned)",
+    )
+    parser.add_argument(
         "--from-json",
         type=Path,
         default=None,
@@ -650,9 +688,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"systems: {', '.join(systems)}; rows: {rows}; {reps} rounds; command: {command}", flush=True)
 
     partial = None if quick else out.with_suffix(".json.tmp")
-    results = run_rounds(systems, rows, sizes, reps, timeout, partial, args.quiet, 1 if quick else args.attempts)
+    attempts = 1 if quick else args.attempts
+    results = run_rounds(systems, rows, sizes, reps, timeout, partial, args.quiet, attempts, args.pin == "one")
     notes = {name: system.note for name, system in systems.items()}
-    meta = {"command": command, "quick": quick, "reps": reps, "skipped": skipped}
+    meta = {"command": command, "quick": quick, "reps": reps, "skipped": skipped, "pin": args.pin}
     meta["sizes"] = {row: vars(size) for row, size in sizes.items() if row in rows}
     status = write_report(results, machine, notes, meta, out, chart_arg, install, args.quiet)
     if partial is not None and partial.exists():
@@ -675,7 +714,7 @@ def report_again(source: Path, out: Path, chart_arg: str, install: bool, quiet: 
             for round_, value in zip(rounds, values, strict=True):
                 results.add(system, "", {key: value}, round_)
     notes = {name: ("same interpreter and trio as otpy" if name == "trio" else "") for name in results.info}
-    meta = {key: old[key] for key in ("command", "quick", "reps", "skipped", "sizes") if key in old}
+    meta = {key: old[key] for key in ("command", "quick", "reps", "skipped", "sizes", "pin") if key in old}
     return write_report(results, old["machine"], notes, meta, out, chart_arg, install, quiet)
 
 
@@ -709,7 +748,9 @@ def write_report(
     for line in versions(results, notes):
         print(line)
     print()
-    print(f"## Medians [min - max] over {reps} rounds, and ratios otpy/peer (median of the per-round ratios)")
+    print(
+        f"## Medians [min - max] over {reps} rounds, and ratios otpy/peer (median [min - max] of the per-round ratios)"
+    )
     print()
     print("\n".join(medians_table(summary, order)))
     print()

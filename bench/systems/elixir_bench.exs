@@ -63,41 +63,59 @@ defmodule Bench do
     Enum.at(sorted, min(length(sorted) - 1, trunc(q * length(sorted))))
   end
 
+  # Rows a-c reach the server both by pid and by its registered name, each way in two
+  # alternated halves of the row, as otpy's side does.
   def row("a", p) do
-    {:ok, pid} = GenServer.start_link(Bench.Echo, nil)
+    {:ok, pid} = GenServer.start_link(Bench.Echo, nil, name: :echo)
+    half = div(p.n, 2)
     settle()
-    t0 = now()
-    Enum.each(1..p.n, fn i -> GenServer.call(pid, i) end)
-    elapsed = secs(t0, now())
+
+    {by_pid, by_name} =
+      Enum.reduce(1..2, {0.0, 0.0}, fn _, {tp, tn} ->
+        {tp + call_loop(pid, half), tn + call_loop(:echo, half)}
+      end)
+
     GenServer.stop(pid)
-    %{calls_per_s: p.n / elapsed, us_per_call: elapsed / p.n * 1.0e6}
+    n = 2 * half
+
+    %{
+      calls_per_s: n / by_pid,
+      us_per_call: by_pid / n * 1.0e6,
+      calls_per_s_name: n / by_name,
+      us_per_call_name: by_name / n * 1.0e6
+    }
   end
 
   def row("b", p) do
-    {:ok, pid} = GenServer.start_link(Bench.Echo, nil)
-    per_client = div(p.n, p.clients)
+    {:ok, pid} = GenServer.start_link(Bench.Echo, nil, name: :echo)
+    half = div(div(p.n, p.clients), 2)
     settle()
-    t0 = now()
 
-    1..p.clients
-    |> Enum.map(fn _ -> Task.async(fn -> Enum.each(1..per_client, fn i -> GenServer.call(pid, i) end) end) end)
-    |> Task.await_many(:infinity)
+    {by_pid, by_name} =
+      Enum.reduce(1..2, {0.0, 0.0}, fn _, {tp, tn} ->
+        {tp + clients(pid, p.clients, half), tn + clients(:echo, p.clients, half)}
+      end)
 
-    elapsed = secs(t0, now())
     GenServer.stop(pid)
-    %{calls_per_s: per_client * p.clients / elapsed}
+    n = 2 * half * p.clients
+    %{calls_per_s: n / by_pid, calls_per_s_name: n / by_name}
   end
 
   def row("c", p) do
-    {:ok, pid} = GenServer.start_link(Bench.Counter, nil)
+    {:ok, pid} = GenServer.start_link(Bench.Counter, nil, name: :counter)
+    half = div(p.n, 2)
     settle()
-    t0 = now()
-    Enum.each(1..p.n, fn _ -> GenServer.cast(pid, 1) end)
-    count = GenServer.call(pid, :get, :infinity)
-    elapsed = secs(t0, now())
-    ^count = p.n
+
+    {by_pid, by_name, count} =
+      Enum.reduce(1..2, {0.0, 0.0, 0}, fn _, {tp, tn, expected} ->
+        dp = casts(pid, half, expected + half)
+        dn = casts(:counter, half, expected + 2 * half)
+        {tp + dp, tn + dn, expected + 2 * half}
+      end)
+
+    ^count = 4 * half
     GenServer.stop(pid)
-    %{casts_per_s: p.n / elapsed}
+    %{casts_per_s: 2 * half / by_pid, casts_per_s_name: 2 * half / by_name}
   end
 
   def row("d", p) do
@@ -171,6 +189,29 @@ defmodule Bench do
       register_us: r / p.n * 1.0e6,
       lookup_us: l / p.n * 1.0e6
     }
+  end
+
+  defp call_loop(server, n) do
+    t0 = now()
+    Enum.each(1..n, fn i -> GenServer.call(server, i) end)
+    secs(t0, now())
+  end
+
+  defp clients(server, clients, per_client) do
+    t0 = now()
+
+    1..clients
+    |> Enum.map(fn _ -> Task.async(fn -> Enum.each(1..per_client, fn i -> GenServer.call(server, i) end) end) end)
+    |> Task.await_many(:infinity)
+
+    secs(t0, now())
+  end
+
+  defp casts(server, n, expected) do
+    t0 = now()
+    Enum.each(1..n, fn _ -> GenServer.cast(server, 1) end)
+    ^expected = GenServer.call(server, :get, :infinity)
+    secs(t0, now())
   end
 
   defp poll do

@@ -4,7 +4,9 @@
 
 Each row uses otpy's public API the way an application would (`start_link`, `call`,
 `cast`, `DynamicSupervisor.start_child`, `Supervisor`, `stop`), with the defaults an
-application gets (a call has its default 5 s timeout). Row f uses the local name table
+application gets (a call has its default 5 s timeout). Rows a-c reach the server both
+by pid and by its registered name (triotp can only use names), each way in two
+alternated halves of the row, and report both. Row f uses the local name table
 (`otpy._process.register` / `otpy.whereis`) and, when it exists, `otpy.Registry`.
 Crash reports are silenced (structlog filtered at CRITICAL), as every peer runs with
 its logging off.
@@ -61,52 +63,85 @@ class Victim(otpy.GenServer):
         raise RuntimeError("crash")
 
 
+async def _call_loop(server: otpy.Server, n: int) -> float:
+    """``n`` sequential calls to ``server`` (a pid or a name); the seconds they took."""
+    call = otpy.call
+    t0 = perf_counter()
+    for i in range(n):
+        await call(server, i)
+    return perf_counter() - t0
+
+
 async def row_a(p: Params) -> Metrics:
+    # By pid and by name (triotp can only call by name), each in two halves, alternated,
+    # so that neither addressing always runs first.
+    half = p.n // 2
+    elapsed = {"pid": 0.0, "name": 0.0}
     async with trio.open_nursery() as nursery:
-        pid = await Echo.start_link(nursery=nursery)
-        call = otpy.call
+        pid = await Echo.start_link(name="echo", nursery=nursery)
         settle()
-        t0 = perf_counter()
-        for i in range(p.n):
-            await call(pid, i)
-        elapsed = perf_counter() - t0
+        for _ in range(2):
+            elapsed["pid"] += await _call_loop(pid, half)
+            elapsed["name"] += await _call_loop("echo", half)
         await otpy.stop(pid)
-    return {"calls_per_s": p.n / elapsed, "us_per_call": elapsed / p.n * 1e6}
+    n = 2 * half
+    return {
+        "calls_per_s": n / elapsed["pid"],
+        "us_per_call": elapsed["pid"] / n * 1e6,
+        "calls_per_s_name": n / elapsed["name"],
+        "us_per_call_name": elapsed["name"] / n * 1e6,
+    }
+
+
+async def _clients(server: otpy.Server, clients: int, per_client: int) -> float:
+    """``clients`` concurrent tasks, each making ``per_client`` calls; the seconds until all are done."""
+    call = otpy.call
+
+    async def client() -> None:
+        for i in range(per_client):
+            await call(server, i)
+
+    t0 = perf_counter()
+    async with trio.open_nursery() as clients_nursery:
+        for _ in range(clients):
+            clients_nursery.start_soon(client)
+    return perf_counter() - t0
 
 
 async def row_b(p: Params) -> Metrics:
-    per_client = p.n // p.clients
-    call = otpy.call
-
-    async def client(pid: otpy.Pid) -> None:
-        for i in range(per_client):
-            await call(pid, i)
-
+    half = p.n // p.clients // 2
+    elapsed = {"pid": 0.0, "name": 0.0}
     async with trio.open_nursery() as nursery:
-        pid = await Echo.start_link(nursery=nursery)
+        pid = await Echo.start_link(name="echo", nursery=nursery)
         settle()
-        t0 = perf_counter()
-        async with trio.open_nursery() as clients:
-            for _ in range(p.clients):
-                clients.start_soon(client, pid)
-        elapsed = perf_counter() - t0
+        for _ in range(2):
+            elapsed["pid"] += await _clients(pid, p.clients, half)
+            elapsed["name"] += await _clients("echo", p.clients, half)
         await otpy.stop(pid)
-    return {"calls_per_s": per_client * p.clients / elapsed}
+    n = 2 * half * p.clients
+    return {"calls_per_s": n / elapsed["pid"], "calls_per_s_name": n / elapsed["name"]}
 
 
 async def row_c(p: Params) -> Metrics:
+    half = p.n // 2
+    elapsed = {"pid": 0.0, "name": 0.0}
     async with trio.open_nursery() as nursery:
-        pid = await Counter.start_link(nursery=nursery)
+        pid = await Counter.start_link(name="counter", nursery=nursery)
         cast = otpy.cast
+        expected = 0
         settle()
-        t0 = perf_counter()
-        for _ in range(p.n):
-            cast(pid, 1)
-        count = await otpy.call(pid, "get")
-        elapsed = perf_counter() - t0
-        assert count == p.n, count
+        for _ in range(2):
+            for how, server in (("pid", pid), ("name", "counter")):
+                t0 = perf_counter()
+                for _ in range(half):
+                    cast(server, 1)
+                count = await otpy.call(server, "get")
+                elapsed[how] += perf_counter() - t0
+                expected += half
+                assert count == expected, (count, expected)
         await otpy.stop(pid)
-    return {"casts_per_s": p.n / elapsed}
+    n = 2 * half
+    return {"casts_per_s": n / elapsed["pid"], "casts_per_s_name": n / elapsed["name"]}
 
 
 async def row_d(p: Params) -> Metrics:
