@@ -279,3 +279,24 @@ async def test_an_empty_durable_append_syncs_earlier_commits(tmp_path: Path, mon
     await store.append("s", [], durable=True)
     assert len(synced) == 1
     await store.aclose()
+
+
+async def test_two_store_objects_share_one_database(tmp_path: Path) -> None:
+    """Two stores on one file (two processes, say) append at once without "database is
+    locked", and the seq check sees the other's records."""
+    first, second = SqliteStore(tmp_path / "a.db"), SqliteStore(tmp_path / "a.db")
+
+    async def session(store: SqliteStore, sid: str) -> None:
+        for turn in range(5):
+            await store.append(sid, _recs(sid, 2 * turn + 1, 2 * turn + 2), durable=True)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(session, first if i % 2 else second, f"s{i}")
+    await first.append("shared", _recs("shared", 1, 1), durable=True)
+    with pytest.raises(StoreError, match="does not follow 'shared'#1"):
+        await second.append("shared", _recs("shared", 1, 1))
+    assert len(await second.list_sessions()) == 41
+    assert all([await first.load(f"s{i}") == _recs(f"s{i}", 1, 10) for i in range(40)])
+    await first.aclose()
+    await second.aclose()
