@@ -277,7 +277,7 @@ def test_every_page_with_code_is_collected() -> None:
 
 # --- names the pages mention ----------------------------------------------------------------
 
-_DOTTED = re.compile(r"(?<![\w.])(otpy|sessions)((?:\.[A-Za-z_]\w*)+)")
+_DOTTED = re.compile(r"(?<![\w./-])(otpy|sessions)((?:\.[A-Za-z_]\w*)+)")
 
 
 def logger_names() -> set[str]:
