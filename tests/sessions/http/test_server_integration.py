@@ -1,0 +1,145 @@
+"""A SessionServer with an Ollama model and a SqliteStore, killed mid-loop, restarts and carries on.
+
+The model is the real `sessions.Ollama` over HTTP to the fake server; the server wraps it
+in `sessions.AgentLoop`; the supervisor is otpy's (the ``supervised`` fixture of
+tests/sessions/conftest.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import trio
+from sessions_fake_llm import Reply, Seen, ollama_text, ollama_tools, serve
+
+import otpy
+import sessions
+from sessions import FinishReason, SessionServer
+
+Start = Callable[..., Any]
+
+
+async def wait_until(predicate: Callable[[], bool], step: float = 0.01) -> None:
+    while not predicate():  # noqa: ASYNC110 (a condition with no event to wait on)
+        await trio.sleep(step)
+
+
+def turn_of(seen: Seen) -> tuple[str, int]:
+    """The prompt the request answers, and how many model calls of its turn came before."""
+    messages = seen.body["messages"]
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    done_calls = sum(1 for m in messages[last_user:] if m["role"] == "assistant")
+    return messages[last_user]["content"], done_calls
+
+
+async def send_in_background(nursery: trio.Nursery, name: str, prompt: str, outcomes: list[Any]) -> None:
+    async def send() -> None:
+        try:
+            outcomes.append(await SessionServer.send_message(name, prompt))
+        except (otpy.ServerExited, otpy.NoProcess) as exc:
+            outcomes.append(exc)
+
+    nursery.start_soon(send)
+
+
+async def test_killed_mid_loop_restarts_and_continues_with_its_transcript(
+    tmp_path: Path, supervised: Start, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    (tmp_path / "a.txt").write_text("alpha")
+
+    def script(seen: Seen) -> Reply:
+        prompt, step = turn_of(seen)
+        if prompt == "one":
+            return ollama_tools(("list", {"path": "."})) if step == 0 else ollama_text("answer one")
+        if prompt == "two":  # one tool round, then the model hangs: the turn is mid-loop
+            return ollama_tools(("read", {"path": "a.txt"})) if step == 0 else Reply(hang_before_headers=True)
+        return ollama_text("answer three")
+
+    store = sessions.SqliteStore(tmp_path / "sessions.db")
+    async with serve(script) as server:
+        model = sessions.Ollama("llama3.1", host=server.url)
+        await supervised(name="agent", provider=model, store=store, cwd=str(tmp_path))
+        sid = await SessionServer.session_id("agent")
+        first = await SessionServer.send_message("agent", "one")
+        assert (first.text, first.num_turns) == ("answer one", 2)
+
+        outcomes: list[Any] = []
+        await send_in_background(nursery, "agent", "two", outcomes)
+        await wait_until(lambda: len(server.requests) == 4)  # turn 2's second model call hangs
+        await wait_until(lambda: server.in_flight == 1)
+        old = otpy.whereis("agent")
+        assert old is not None
+        otpy.exit(old, "kill")
+
+        await wait_until(lambda: otpy.whereis("agent") not in (None, old))
+        await wait_until(lambda: bool(outcomes))
+        assert isinstance(outcomes[0], otpy.ServerExited)
+        assert await SessionServer.session_id("agent") == sid
+        history = await SessionServer.history("agent")
+        assert history[0] == first
+        assert (history[1].turn, history[1].finish_reason) == (2, FinishReason.INTERRUPTED)
+
+        third = await SessionServer.send_message("agent", "three")
+        assert (third.turn, third.text, third.finish_reason) == (3, "answer three", FinishReason.STOP)
+        await model.aclose()
+
+    # the model saw the whole transcript, turn 2's tool round included, read back from SQLite
+    sent = server.requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == [
+        "user", "assistant", "tool", "assistant", "user", "assistant", "tool", "system", "user"
+    ]  # fmt: skip
+    contents = [m["content"] for m in sent]
+    assert (contents[0], contents[3], contents[4], contents[8]) == ("one", "answer one", "two", "three")
+    assert "a.txt" in contents[2]
+    assert contents[6] == "     1\talpha"
+    assert contents[7].startswith("Turn 2 was interrupted")
+    assert sent[5]["tool_calls"] == [{"function": {"name": "read", "arguments": {"path": "a.txt"}}}]
+    assert len(server.requests) == 5  # turn 2 was not retried
+    await store.aclose()
+
+
+def sleepers(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if any(marker in part for part in proc.info.get("cmdline") or ()) and proc.info["status"] != "zombie":
+            found.append(proc)
+    return found
+
+
+async def test_killed_while_a_tool_runs_leaves_no_process_and_carries_on(
+    tmp_path: Path, supervised: Start, nursery: trio.Nursery
+) -> None:
+    marker = f"1000.{uuid.uuid4().int % 10**8:08d}"
+
+    def script(seen: Seen) -> Reply:
+        prompt, step = turn_of(seen)
+        if prompt == "build" and step == 0:
+            return ollama_tools(("bash", {"command": f"sleep {marker} & sleep {marker}"}))
+        return ollama_text(f"ok {prompt}")
+
+    store = sessions.SqliteStore(tmp_path / "sessions.db")
+    async with serve(script) as server:
+        model = sessions.Ollama("llama3.1", host=server.url)
+        loop = sessions.AgentLoop(model, permission_mode="bypass", cwd=tmp_path)
+        await supervised(name="builder", provider=loop, store=store)
+        outcomes: list[Any] = []
+        await send_in_background(nursery, "builder", "build", outcomes)
+        with trio.fail_after(10):
+            await wait_until(lambda: len(sleepers(marker)) >= 2, step=0.05)  # bash and its two sleeps
+        old = otpy.whereis("builder")
+        assert old is not None
+        otpy.exit(old, "kill")
+        with trio.fail_after(10):
+            await wait_until(lambda: bool(outcomes) and otpy.whereis("builder") not in (None, old))
+            await wait_until(lambda: not sleepers(marker), step=0.05)
+        after = await SessionServer.send_message("builder", "status")
+        assert after.text == "ok status"
+        messages = await SessionServer.messages("builder")
+        await model.aclose()
+    assert [m.role for m in messages][:3] == ["user", "assistant", "system"]
+    assert messages[1].tool_calls[0].name == "bash"
+    await store.aclose()
