@@ -141,7 +141,7 @@ def _cpu() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--turns", type=int, default=30, help="timed turns per session per round")
     parser.add_argument("--rounds", type=int, default=5)
