@@ -398,12 +398,51 @@ def link_outside_files_as_text(app: Sphinx, docname: str, source: list[str]) -> 
 _OUTSIDE_LINK = re.compile(r"\[([^\]]+)\]\(\.\./[^)\s]*\)")
 
 
+_CODE_NAME = re.compile(r"^((?:otpy|sessions)(?:\.[A-Za-z_]\w*)+)(?:\(.*\)|\[.*\])?$")
+
+
+def _resolves(dotted: str) -> bool:
+    obj: object = importlib.import_module(dotted.split(".")[0])
+    for part in dotted.split(".")[1:]:
+        if not hasattr(obj, part):
+            return False
+        obj = getattr(obj, part)
+    return not isinstance(obj, types.ModuleType)
+
+
+def link_code_names(app: Sphinx, doctree: nodes.document) -> None:
+    """Inline code that names a public object (`otpy.call`, `otpy.Stop(reason)`) links to its entry.
+
+    The concept pages stay plain Markdown, where `otpy.call` is code; on the site each
+    such name becomes a link into the API reference. Logger names (`otpy.supervisor`)
+    and anything else that is not a public object stay plain code.
+    """
+    for literal in list(doctree.findall(nodes.literal)):
+        if isinstance(literal.parent, (nodes.reference, addnodes.pending_xref)) or "xref" in literal["classes"]:
+            continue
+        match = _CODE_NAME.match(literal.astext())
+        if match is None or not _resolves(match.group(1)):
+            continue
+        xref = addnodes.pending_xref(
+            "",
+            refdomain="py",
+            reftype="obj",
+            reftarget=match.group(1),
+            refdoc=app.env.docname,
+            refexplicit=True,
+            refwarn=True,
+        )
+        literal.replace_self(xref)
+        xref += literal
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("public-api", PublicApi)
     app.connect("env-check-consistency", check_every_public_name_is_documented)
     app.connect("autodoc-process-bases", hide_private_bases)
     app.connect("missing-reference", resolve_written_forms)
     app.connect("source-read", link_outside_files_as_text)
+    app.connect("doctree-read", link_code_names)
     app.add_post_transform(UnlinkBuiltins)
     for listener in list(app.events.listeners["autodoc-process-docstring"]):
         if listener.handler is napoleon._process_docstring:
