@@ -10,7 +10,7 @@ gives the median and the spread over rounds, and the ratio to ``SQLiteSession``.
 
 Run it from the repository root::
 
-    python bench/sessions_stores.py                 # 100 sessions x 30 turns, 5 rounds
+    python bench/sessions_stores.py                 # 100 sessions x 100 turns, 5 rounds (about 2 minutes)
     python bench/sessions_stores.py --quick         # a smoke run: 10 sessions x 3 turns, 1 round
     python bench/sessions_stores.py --json out.json
 
@@ -143,7 +143,7 @@ def _cpu() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=100)
-    parser.add_argument("--turns", type=int, default=30, help="timed turns per session per round")
+    parser.add_argument("--turns", type=int, default=100, help="timed turns per session per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="10 sessions x 3 turns, 1 round (a smoke run)")
     parser.add_argument("--json", type=Path, help="write the rounds and medians here")
