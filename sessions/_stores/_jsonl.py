@@ -163,12 +163,26 @@ class _JsonlHandler(Handler):
                     raise AssertionError(f"unknown job {job.op!r}")
             except (StoreError, OSError) as exc:
                 job.error = exc if isinstance(exc, StoreError) else StoreError(f"{exc}")
-        # One fsync per file covers every durable append made to it in this batch.
-        syncing = [(sid, log) for sid in to_sync if (log := self.logs.get(sid)) is not None]
-        outcomes = self._fsync_all([log.fd for _, log in syncing])
-        for (session_id, log), failure in zip(syncing, outcomes, strict=True):
+        # One fsync per file covers every durable append made to it in this batch. A file
+        # closed during the batch (more sessions than MAX_OPEN_FILES) is opened again for it.
+        syncing: list[tuple[str, _Log | None, int]] = []
+        for session_id in to_sync:
+            log = self.logs.get(session_id)
+            if log is not None:
+                syncing.append((session_id, log, log.fd))
+            elif session_id in self.dirty_closed:
+                syncing.append((session_id, None, os.open(self.path(session_id), os.O_RDONLY)))
+        try:
+            outcomes = self._fsync_all([fd for _, _, fd in syncing])
+        finally:
+            for _, log, fd in syncing:
+                if log is None:
+                    os.close(fd)
+        for (session_id, log, _), failure in zip(syncing, outcomes, strict=True):
             if failure is None:
-                log.dirty = False
+                self.dirty_closed.discard(session_id)
+                if log is not None:
+                    log.dirty = False
             else:
                 # After a failed fsync the page cache cannot be trusted: reread the file next time.
                 self._forget(session_id)

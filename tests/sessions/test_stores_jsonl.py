@@ -314,3 +314,27 @@ async def test_an_empty_durable_append_fsyncs_earlier_writes(tmp_path: Path, mon
     await store.append("nobody", [], durable=True)
     assert await store.list_sessions() == ["s"]
     await store.aclose()
+
+
+async def test_a_batch_wider_than_the_open_file_limit_fsyncs_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durable appends of more sessions than MAX_OPEN_FILES in one batch: each file is still
+    fsynced before its append returns, though the writer closed it meanwhile."""
+    monkeypatch.setattr(_jsonl, "MAX_OPEN_FILES", 3)
+    store = JsonlStore(tmp_path)
+    spy = _FsyncSpy(monkeypatch, hold_first=True)
+
+    async def turn(sid: str) -> None:
+        await store.append(sid, _recs(sid, 1, 1), durable=True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(turn, "first")
+        await trio.to_thread.run_sync(spy.holding.wait, 10)
+        for i in range(10):
+            nursery.start_soon(turn, f"s{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        spy.release.set()
+    assert [spy.of(tmp_path / f"s{i}.jsonl") for i in range(10)] == [1] * 10
+    await store.aclose()
+    assert [spy.of(tmp_path / f"s{i}.jsonl") for i in range(10)] == [1] * 10  # nothing left dirty
