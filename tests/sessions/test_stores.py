@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import threading
+import unittest.mock
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 import sessions
 import sessions.testing
 from sessions import InMemoryStore, JsonlStore, Record, SqliteStore, Store
-from sessions._stores import _writer
+from sessions._stores import _jsonl, _writer
 
 StoreFactory = Callable[[], Store]
 
@@ -228,8 +229,9 @@ def test_memory_store_matches_a_dict(ops: list[tuple[str, str, int, bool]]) -> N
 @_model_settings
 @given(ops=_ops)
 def test_jsonl_store_matches_a_dict(ops: list[tuple[str, str, int, bool]]) -> None:
-    """JsonlStore: the same, with reopening the directory as a new store object."""
-    with tempfile.TemporaryDirectory() as directory:
+    """JsonlStore: the same, with reopening the directory as a new store object, and with
+    fewer files kept open than there are sessions."""
+    with tempfile.TemporaryDirectory() as directory, unittest.mock.patch.object(_jsonl, "MAX_OPEN_FILES", 2):
         trio.run(_run_model, lambda: JsonlStore(directory), ops, True)
 
 
