@@ -17,6 +17,7 @@ from ._exceptions import InvalidSupervisorFlags as InvalidSupervisorFlags
 from ._exceptions import MaxChildren as MaxChildren
 from ._exceptions import NoProcess as NoProcess
 from ._exceptions import OtpError as OtpError
+from ._exceptions import ProcessCrashed as ProcessCrashed
 from ._exceptions import ProcessExit as ProcessExit
 from ._exceptions import ServerExited as ServerExited
 from ._exceptions import StartError as StartError
@@ -74,6 +75,7 @@ from ._timers import send_after as send_after
 from ._application import ApplicationExited as ApplicationExited
 from ._application import run as run
 from ._application import serve as serve
+from ._slow import SlowCallbacks as SlowCallbacks
 from ._task import Task as Task
 from ._task import TaskExit as TaskExit
 from ._task import TaskExited as TaskExited

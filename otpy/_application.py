@@ -231,6 +231,7 @@ def run(
     auto_shutdown: AutoShutdown = "never",
     name: Name | None = None,
     signals: Iterable[int] = DEFAULT_SIGNALS,
+    slow_callback_threshold: float | None = None,
 ) -> None:
     """Run a supervision tree in `trio.run` until SIGINT or SIGTERM stops it: your program's ``main``.
 
@@ -239,8 +240,10 @@ def run(
     gives up (too many restarts), it raises `SystemExit` with a message, so the
     program exits with status 1; the original error is chained as ``__cause__``.
 
-    The arguments are those of `serve`. Use `serve` instead inside a program that
-    already runs trio.
+    The arguments are those of `serve`, and ``slow_callback_threshold``: seconds after
+    which a callback that holds the run is reported (`SlowCallbacks`); ``None`` (the
+    default) measures nothing. Use `serve` instead inside a program that already runs
+    trio (and pass ``instruments=[otpy.SlowCallbacks(...)]`` to your `trio.run`).
 
     Example::
 
@@ -261,7 +264,8 @@ def run(
                 auto_shutdown=auto_shutdown,
                 name=name,
                 signals=signals,
-            )
+            ),
+            instruments=[SlowCallbacks(slow_callback_threshold)] if slow_callback_threshold is not None else [],
         )
     except OtpError as exc:
         raise SystemExit(f"otpy: {exc}") from exc

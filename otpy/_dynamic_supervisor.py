@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import attrs
 import trio
@@ -12,7 +12,7 @@ from ._child_spec import ChildSpec, to_child_spec
 from ._exceptions import ChildNotFound, InvalidChildSpec, InvalidSupervisorFlags, MaxChildren
 from ._gen_server import Ignore, Stop, is_normal_reason
 from ._log import get_logger
-from ._process import ExitSignal, From, Pid, Server, call, link_pair, send
+from ._process import ExitSignal, From, Name, Pid, Server, call, link_pair, send
 from ._supervisor import (
     RESTARTING,
     ChildCounts,
@@ -29,7 +29,10 @@ from ._supervisor import (
 )
 
 if TYPE_CHECKING:
-    from ._child_spec import ChildSpecLike
+    from collections.abc import Hashable
+    from contextlib import AbstractAsyncContextManager
+
+    from ._child_spec import ChildSpecLike, Restart, ShutdownSpec
 
 _log = get_logger("otpy.dynamic_supervisor")
 
@@ -102,6 +105,138 @@ class DynamicSupervisor(SupervisorBase):
         return DynamicSupervisorSpec(
             max_children=max_children, max_restarts=max_restarts, max_seconds=max_seconds, strategy=strategy
         )
+
+    # --- typed start functions: the flags are checked (Literal strategies, keyword-only flags) ---
+    # As Supervisor's: the default init's flags, or a module-based init's positional arguments.
+
+    @overload  # type: ignore[override]  # narrower on purpose: the flags are checked
+    @classmethod
+    async def start_link(
+        cls,
+        *,
+        max_children: float = ...,
+        max_restarts: int = ...,
+        max_seconds: float = ...,
+        strategy: Literal["one_for_one"] = ...,
+        name: Name | None = ...,
+        nursery: trio.Nursery | None = ...,
+    ) -> Pid: ...
+    @overload
+    @classmethod
+    async def start_link(cls, *args: Any, name: Name | None = ..., nursery: trio.Nursery | None = ...) -> Pid: ...
+    @classmethod
+    async def start_link(
+        cls, *args: Any, name: Name | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
+    ) -> Pid:
+        """Start a DynamicSupervisor linked to the calling process, with no children yet.
+
+        The flags go to ``init`` (see `DynamicSupervisorSpec`).
+
+        Raises:
+            StartError: a flag is invalid; ``reason`` says which.
+            AlreadyRegistered: ``name`` is taken by a live process.
+
+        Example::
+
+            sup = await otpy.DynamicSupervisor.start_link(max_children=100, name="sessions", nursery=nursery)
+        """
+        return await super().start_link(*args, name=name, nursery=nursery, **kwargs)
+
+    @overload  # type: ignore[override]
+    @classmethod
+    async def start(
+        cls,
+        *,
+        max_children: float = ...,
+        max_restarts: int = ...,
+        max_seconds: float = ...,
+        strategy: Literal["one_for_one"] = ...,
+        name: Name | None = ...,
+        nursery: trio.Nursery | None = ...,
+    ) -> Pid: ...
+    @overload
+    @classmethod
+    async def start(cls, *args: Any, name: Name | None = ..., nursery: trio.Nursery | None = ...) -> Pid: ...
+    @classmethod
+    async def start(
+        cls, *args: Any, name: Name | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
+    ) -> Pid:
+        """Like `start_link`, without the link.
+
+        Example::
+
+            sup = await otpy.DynamicSupervisor.start(nursery=nursery)
+        """
+        return await super().start(*args, name=name, nursery=nursery, **kwargs)
+
+    @overload  # type: ignore[override]
+    @classmethod
+    def open(
+        cls,
+        *,
+        max_children: float = ...,
+        max_restarts: int = ...,
+        max_seconds: float = ...,
+        strategy: Literal["one_for_one"] = ...,
+        name: Name | None = ...,
+        shutdown: float | None = ...,
+    ) -> AbstractAsyncContextManager[Pid]: ...
+    @overload
+    @classmethod
+    def open(
+        cls, *args: Any, name: Name | None = ..., shutdown: float | None = ...
+    ) -> AbstractAsyncContextManager[Pid]: ...
+    @classmethod
+    def open(
+        cls, *args: Any, name: Name | None = None, shutdown: float | None = None, **kwargs: Any
+    ) -> AbstractAsyncContextManager[Pid]:
+        """Run the supervisor for the length of an ``async with`` block; stop it and its children when it ends.
+
+        See `GenServer.open`: the supervisor is stopped with ``"shutdown"``, and stops its
+        children all at once, each within its shutdown spec.
+
+        Example::
+
+            async with otpy.DynamicSupervisor.open(max_children=10) as sup:
+                await otpy.DynamicSupervisor.start_child(sup, Worker.child_spec())
+        """
+        return super().open(*args, name=name, shutdown=shutdown, **kwargs)
+
+    @overload  # type: ignore[override]
+    @classmethod
+    def child_spec(
+        cls,
+        *,
+        max_children: float = ...,
+        max_restarts: int = ...,
+        max_seconds: float = ...,
+        strategy: Literal["one_for_one"] = ...,
+        id: Hashable = ...,
+        restart: Restart = ...,
+        shutdown: ShutdownSpec | None = ...,
+        significant: bool = ...,
+        name: Name | None = ...,
+    ) -> ChildSpec: ...
+    @overload
+    @classmethod
+    def child_spec(
+        cls,
+        *args: Any,
+        id: Hashable = ...,
+        restart: Restart = ...,
+        shutdown: ShutdownSpec | None = ...,
+        significant: bool = ...,
+        name: Name | None = ...,
+    ) -> ChildSpec: ...
+    @classmethod
+    def child_spec(cls, *args: Any, **kwargs: Any) -> ChildSpec:
+        """A child spec that starts this supervisor with ``start_link(...)`` (see `GenServer.child_spec`).
+
+        Example::
+
+            sessions = otpy.DynamicSupervisor.child_spec(max_children=100, name="sessions")
+        """
+        return super().child_spec(*args, **kwargs)
 
     async def _otp_init(self, *args: Any, **kwargs: Any) -> object:
         spec: object = await self.init(*args, **kwargs)

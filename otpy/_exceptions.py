@@ -19,6 +19,7 @@
     │   ├── AlreadyStarted         a child with that id is running; .pid
     │   ├── AlreadyPresent         a stopped child with that id exists
     │   └── MaxChildren            a DynamicSupervisor is full
+    ├── ProcessCrashed             a process started with start_link from plain trio code crashed; .pid, .reason
     ├── TaskTimeout                a task did not reply within ``timeout`` (also a trio.TooSlowError); .pid
     ├── TaskExited                 a task exited before replying; .pid, .reason       (otpy/_task.py)
     └── ApplicationExited          the top supervisor of otpy.serve exited on its own  (otpy/_application.py)
@@ -354,6 +355,33 @@ class MaxChildren(SupervisorError):
 
     def __str__(self) -> str:
         return f"the supervisor already has its maximum of {self.max_children} children"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ProcessCrashed(OtpError):
+    """A process that plain trio code started with ``start_link`` exited abnormally.
+
+    A process started by another process is linked to it: its crash becomes an exit
+    signal there. Plain trio code is not a process, so its link is trio's own: the crash
+    is raised from the process's task into the nursery that holds it, as any crashed
+    trio task would be, and the ``async with`` block around that nursery fails with it.
+    The exception that crashed the process is chained as ``__cause__``. Normal exits
+    (``"normal"``, ``"shutdown"``, ``("shutdown", term)``) and ``"killed"`` (an exit
+    someone asked for) raise nothing; ``start`` (no link) never raises it.
+
+    Example::
+
+        with pytest.RaisesGroup(otpy.ProcessCrashed):
+            async with trio.open_nursery() as nursery:
+                pid = await Worker.start_link(nursery=nursery)
+                otpy.cast(pid, "crash")            # handle_cast raises KeyError
+    """
+
+    pid: Pid
+    reason: object
+
+    def __str__(self) -> str:
+        return f"process {self.pid!r} crashed: {format_reason(self.reason)}"
 
 
 @attrs.define(eq=False, repr=False, slots=False)

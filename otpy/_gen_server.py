@@ -10,8 +10,18 @@ import attrs
 import trio
 from outcome import Value as _Value
 
-from ._exceptions import AlreadyRegistered, CallingSelf, ProcessCrashed, CallTimeout, NoProcess, ProcessExit, ServerExited, StartError
+from ._exceptions import (
+    AlreadyRegistered,
+    CallingSelf,
+    CallTimeout,
+    NoProcess,
+    ProcessCrashed,
+    ProcessExit,
+    ServerExited,
+    StartError,
+)
 from ._log import get_logger
+from ._options import check_init_options
 from ._process import (
     _CURRENT,
     CAST,
@@ -21,7 +31,6 @@ from ._process import (
     UNSET,
     ExitSignal,
     From,
-from ._options import check_init_options
     Name,
     Pid,
     Server,
@@ -31,9 +40,11 @@ from ._options import check_init_options
     resolve,
     send_exit_signal,
 )
+from ._util import check_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Hashable
+    from contextlib import AbstractAsyncContextManager
 
     from ._child_spec import ChildSpec, Restart, ShutdownSpec
 
@@ -42,9 +53,12 @@ _log = get_logger("otpy.gen_server")
 # --- what callbacks return ------------------------------------------------------------
 
 
+def _check_idle_timeout(_instance: object, _attribute: object, value: float | None) -> None:
+    check_timeout(value, "timeout", allow_none=True)
+
+
 @attrs.frozen
 class Reply:
-    from contextlib import AbstractAsyncContextManager
     """``handle_call`` answers with ``value`` and goes on (Elixir's ``{:reply, value, state}``).
 
     A plain return value is the same as ``Reply(value)``; use `Reply` for a value that is
@@ -58,7 +72,7 @@ class Reply:
 
     value: object
     continue_: object = UNSET
-    timeout: float | None = None
+    timeout: float | None = attrs.field(default=None, validator=_check_idle_timeout)
 
 
 @attrs.frozen
@@ -77,7 +91,7 @@ class NoReply:
     """
 
     continue_: object = UNSET
-    timeout: float | None = None
+    timeout: float | None = attrs.field(default=None, validator=_check_idle_timeout)
 
 
 @attrs.frozen
@@ -129,11 +143,14 @@ _CONTROL: Final = frozenset({Reply, NoReply, Stop})
 
 
 class _Stopping(Exception):
-    def __init__(self, reason: object, from_: From | None = None, reply_value: object = UNSET) -> None:
+    def __init__(
+        self, reason: object, from_: From | None = None, reply_value: object = UNSET, *, requested: bool = False
+    ) -> None:
         super().__init__()
         self.reason = reason
         self.from_ = from_
         self.reply_value = reply_value
+        self.requested = requested  # by otpy.stop or the parent's exit signal, not the server's own decision
 
 
 # --- exit reasons --------------------------------------------------------------------
@@ -168,6 +185,10 @@ class ServerBase:
     _hosts_children: ClassVar[bool] = False
     _pid: Pid
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_init_options(cls)  # an init parameter named like a start option is a trap
+
     @property
     def pid(self) -> Pid:
         """The pid of the process running this server."""
@@ -185,10 +206,6 @@ class ServerBase:
         raise NotImplementedError(f"{type(self).__name__} got a cast but defines no handle_cast: {request!r}")
 
     async def handle_info(self, message: Any) -> NoReply | Stop | None:
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        check_init_options(cls)  # an init parameter named like a start option is a trap
-
         """Handle any other message (`send`, `Down`, `ExitSignal`, `TIMEOUT`). The default logs and ignores it."""
         _log.debug("unexpected_message", server=repr(self._pid), message_type=type(message).__name__)
         return None
@@ -231,23 +248,6 @@ class ServerBase:
         return await spawn(cls(), args, kwargs, name=name, nursery=nursery, link=False)
 
     @classmethod
-    def child_spec(
-        cls,
-        *args: Any,
-        id: Hashable = None,  # noqa: A002 (Elixir's :id)
-        restart: Restart = "permanent",
-        shutdown: ShutdownSpec | None = None,
-        significant: bool = False,
-        name: Name | None = None,
-        **kwargs: Any,
-    ) -> ChildSpec:
-        """A child spec that starts this server with ``start_link(*args, name=name, **kwargs)``.
-
-        ``id`` defaults to ``name`` when given, else to the class name.
-
-        Example::
-
-    @classmethod
     def open(
         cls, *args: Any, name: Name | None = None, shutdown: float | None = None, **kwargs: Any
     ) -> AbstractAsyncContextManager[Pid]:
@@ -276,6 +276,23 @@ class ServerBase:
         from ._scope import open_server
 
         return open_server(cls, args, kwargs, name=name, shutdown=shutdown)
+
+    @classmethod
+    def child_spec(
+        cls,
+        *args: Any,
+        id: Hashable = None,  # noqa: A002 (Elixir's :id)
+        restart: Restart = "permanent",
+        shutdown: ShutdownSpec | None = None,
+        significant: bool = False,
+        name: Name | None = None,
+        **kwargs: Any,
+    ) -> ChildSpec:
+        """A child spec that starts this server with ``start_link(*args, name=name, **kwargs)``.
+
+        ``id`` defaults to ``name`` when given, else to the class name.
+
+        Example::
 
             children = [Counter.child_spec(0, name="c1"), Counter.child_spec(5, name="c2")]
             await otpy.Supervisor.start_link(children, strategy="one_for_one", nursery=nursery)
@@ -333,7 +350,11 @@ async def spawn(
             raise RuntimeError(f"process {parent!r} cannot start processes: it has no nursery")
     pid = Pid(server, parent, type(server).trap_exit)
     server._pid = pid
+    pid._hosted = (
+        parent is not None and nursery is parent._nursery and getattr(type(parent._server), "_hosts_children", False)
+    )
     pid._nursery = nursery
+    pid._linked_to_trio = link and parent is None
     link_to = parent if link else None
     result: object
     if type(server)._hosts_children:
@@ -387,7 +408,7 @@ async def _relay_outer_cancel(pid: Pid) -> None:
     try:
         await trio.sleep_forever()
     finally:
-        if pid.alive:
+        if pid.alive and pid._reason is UNSET:
             send_exit_signal(pid, pid._parent, "shutdown")
 
 
@@ -403,17 +424,23 @@ async def _run_hosting(
     # A process that hosts children (a supervisor) keeps them in a nursery shielded
     # from outside cancellation: cancelling the enclosing nursery becomes an exit signal
     # "shutdown" from the parent, so the children stop in order, per their shutdown specs.
-    async with trio.open_nursery() as guard:
-        guard.start_soon(_relay_outer_cancel, pid)
-        with trio.CancelScope(shield=True):
-            async with trio.open_nursery() as children:
-                pid._nursery = children
-                _CURRENT.set(pid)
-                result = await _init(pid, server, args, kwargs, name, link_to)
-                starter.started(result)
-                if not isinstance(result, BaseException):
-                    await _serve(pid, server, result[0], result[1])
-        guard.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as guard:
+            guard.start_soon(_relay_outer_cancel, pid)
+            with trio.CancelScope(shield=True):
+                async with trio.open_nursery() as children:
+                    pid._nursery = children
+                    _CURRENT.set(pid)
+                    result = await _init(pid, server, args, kwargs, name, link_to)
+                    starter.started(result)
+                    if not isinstance(result, BaseException):
+                        await _serve(pid, server, result[0], result[1])
+            guard.cancel_scope.cancel()
+    finally:
+        # The exit is made known here, with no checkpoint before the task ends: if an
+        # exception is tearing the tree down, it reaches the parent's nursery (which then
+        # restarts nothing) before the parent can handle this exit as a crash to restart.
+        pid.finish(pid._reason if pid._reason is not UNSET else "shutdown")
 
 
 async def _init(
@@ -474,7 +501,7 @@ async def _init(
             return StartError(None, pid._kill_reason)
         # The loop runs in a fresh kill scope (a scope is entered once); a kill that came
         # during init without a checkpoint after it carries over.
-        pid._scope = trio.CancelScope()
+        pid._scope = trio.CancelScope(shield=pid._hosted)
         if pid._kill_reason is not UNSET:
             pid._scope.cancel()
         finished = True
@@ -509,6 +536,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
     made ``pid`` the current process in the context this task runs in.
     """
     reason: object = UNSET
+    crashed = False  # exited abnormally by its own doing (not stopped, not killed)
     try:
         with pid._scope:
             from_: From | None = None
@@ -522,6 +550,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                         continue_, idle_timeout = _after(await server.handle_continue(arg), "handle_continue")
                     if not queue:
                         served = 0
+                        result = None  # an idle server does not keep its last reply alive
                         if idle_timeout is None:
                             pid._waiter = trio.lowlevel.current_task()
                             await trio.lowlevel.wait_task_rescheduled(pid._abort_wait)
@@ -550,6 +579,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                         result_type = type(result)
                         if result_type not in _CONTROL:
                             task = message._task
+                            message.request = None  # a finished call pins nothing (the deadline FIFO holds it)
                             if task is not None:
                                 message._task = None
                                 trio.lowlevel.reschedule(task, _Value(result))
@@ -560,8 +590,9 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                             message.defer()
                             continue_, idle_timeout = result.continue_, result.timeout
                         else:
-                            if result.reply is UNSET:
-                                message.defer()
+                            # Owed a reply (now or after terminate): if the process dies
+                            # first, even killed during terminate, its exit fails the caller.
+                            message.defer()
                             raise _Stopping(result.reason, message, result.reply)
                         continue
                     kind = message[0]
@@ -576,7 +607,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                     elif kind == EXIT:
                         sender, signal = message[1], message[2]
                         if sender is pid._parent:
-                            raise _Stopping(signal)
+                            raise _Stopping(signal, requested=True)
                         result = await server.handle_info(ExitSignal(sender, signal))
                         if result is not None:
                             continue_, idle_timeout = _after(result, "handle_info")
@@ -585,19 +616,27 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                             reply(message[2], server)
                             idle_timeout = paused_timeout  # a system message keeps the timeout, restarted
                         elif message[1] == "stop":
-                            raise _Stopping(message[3])
+                            raise _Stopping(message[3], requested=True)
             except _Stopping as stop:
                 reason, from_, reply_value = stop.reason, stop.from_, stop.reply_value
+                crashed = not stop.requested
             except ProcessExit as exc:
                 reason = exc.reason
+                crashed = True
             except Exception as exc:  # noqa: BLE001 (a crash: the exception is the exit reason)
                 reason = exc
+                crashed = True
             try:
-                await server.terminate(reason)
+                if type(server)._hosts_children:
+                    reason = await _terminate_supervisor(pid, server, reason)
+                else:
+                    await server.terminate(reason)
             except ProcessExit as exc:
                 reason = exc.reason
+                crashed = True
             except Exception as exc:  # noqa: BLE001 (a crash in terminate replaces the reason)
                 reason = exc
+                crashed = True
             if from_ is not None and reply_value is not UNSET:
                 reply(from_, reply_value)
             if not is_normal_reason(reason):
@@ -610,6 +649,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                 )
         if pid._scope.cancelled_caught:
             reason = pid._kill_reason
+            crashed = False
     finally:
         if pid.alive:
             if reason is UNSET:
@@ -624,8 +664,18 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                             await server.terminate(reason)
                 except Exception as exc:  # noqa: BLE001 (reported, the exit goes on)
                     _log.error("terminate_failed", server=pid, exc_info=exc)
-            pid.finish(reason)
-    if pid._linked_to_trio and not is_normal_reason(reason) and reason != "killed":
+            nursery = pid._nursery
+            if type(server)._hosts_children and nursery is not None and nursery.cancel_scope.cancel_called:
+                # An exception is tearing the tree down: _run_hosting makes the exit known
+                # once it has left the nursery (see there). Children still running (their
+                # supervisor was killed before stopping them) must not keep it open.
+                pid._reason = reason
+                for other in list(pid._links or ()):
+                    if other._parent is pid:
+                        send_exit_signal(other, pid, "kill")
+            else:
+                pid.finish(reason)
+    if crashed and pid._linked_to_trio and not is_normal_reason(reason):
         raise ProcessCrashed(pid, reason) from (reason if isinstance(reason, BaseException) else None)
 
 
@@ -669,6 +719,7 @@ async def stop(server: Server, reason: object = "normal", timeout: float = math.
         await otpy.stop("counter")
         await otpy.stop(pid, ("shutdown", "maintenance"), timeout=5)
     """
+    check_timeout(timeout, "timeout")
     pid = resolve(server)
     if pid is None or not pid.alive:
         raise NoProcess(server, "stop")
@@ -694,12 +745,14 @@ async def get_state(server: Server, timeout: float = 5.0) -> Any:  # noqa: ASYNC
         counter = await otpy.get_state("counter")
         assert counter.count == 3
     """
+    check_timeout(timeout, "timeout")
     pid = resolve(server)
     if pid is None or not pid.alive:
         raise NoProcess(server, "get_state")
-    if pid is _CURRENT.get():
+    caller = _CURRENT.get()
+    if pid is caller:
         raise CallingSelf(server)
-    from_ = From(pid, trio.lowlevel.current_task(), "get_state")
+    from_ = From(pid, trio.lowlevel.current_task(), "get_state", caller)
     pid.deliver((SYS, "get_state", from_, None))
     with trio.CancelScope(deadline=trio.current_time() + timeout):
         return await trio.lowlevel.wait_task_rescheduled(from_.abort)

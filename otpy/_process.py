@@ -21,6 +21,7 @@ import trio
 from trio.lowlevel import Abort, RunVar, Task, current_task, reschedule, wait_task_rescheduled
 
 from ._exceptions import CallingSelf, CallTimeout, NoProcess, ServerExited
+from ._util import check_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -38,6 +39,7 @@ R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
 _ids = itertools.count(1)
+_SECONDS: Final = (float, int)
 _CURRENT: contextvars.ContextVar[Pid | None] = contextvars.ContextVar("otpy_current", default=None)
 
 
@@ -70,7 +72,9 @@ class Pid:
         "__weakref__",
         "_deadlines",
         "_exit_event",
+        "_hosted",
         "_kill_reason",
+        "_linked_to_trio",
         "_label",
         "_links",
         "_monitors",
@@ -101,6 +105,11 @@ class Pid:
         self._monitors: dict[MonitorRef, Pid | None] | None = None
         self._watching: set[MonitorRef] | None = None
         self._scope = trio.CancelScope()
+        # A child of a supervisor runs its loop shielded from its nursery's cancellation:
+        # only exit signals stop it, so that its supervisor stops the children in order.
+        self._hosted = False
+        # Started with start_link from plain trio code: a crash is raised into the nursery.
+        self._linked_to_trio = False
         self._trap_exit = trap_exit
         self._parent = parent
         self._server = server
@@ -229,14 +238,14 @@ class Pid:
         if queue:
             for item in queue:
                 if type(item) is From:
-                    item.fail(ServerExited(self, reason))
+                    item.fail(_exited(self, reason))
                 elif type(item) is tuple and item[0] == SYS and item[2] is not None:
-                    item[2].fail(ServerExited(self, reason))
+                    item[2].fail(_exited(self, reason))
             queue.clear()
         if self._pending:
             pending, self._pending = self._pending, None
             for from_ in pending:
-                from_.fail(ServerExited(self, reason))
+                from_.fail(_exited(self, reason))
         if self._watching:
             for ref in self._watching:
                 target_monitors = ref.target._monitors
@@ -260,6 +269,15 @@ class Pid:
                     ref.fire(reason)
         if self._exit_event is not None:
             self._exit_event.set()
+
+
+def _exited(pid: Pid, reason: object) -> ServerExited:
+    """The error for a caller whose server exited: the crash, if any, chained as its cause,
+    so the caller's traceback shows where the server failed."""
+    error = ServerExited(pid, reason)
+    if isinstance(reason, BaseException):
+        error.__cause__ = reason
+    return error
 
 
 # --- messages a process may receive -------------------------------------------------
@@ -356,26 +374,35 @@ class From:
     Keep it and answer later with `reply` to defer a reply (return `NoReply` from
     ``handle_call``). A reply to a caller that has timed out is dropped.
 
+    ``caller`` is the calling process (Elixir's ``from`` is ``{caller_pid, tag}``), or
+    ``None`` when plain trio code called; ``pid`` is the server that owes the reply.
+    ``request`` is the request while the call is pending; once the call is answered,
+    has failed or its caller gave up, the `From` lets go of it (``None``), so a `From`
+    kept around never keeps a large request alive.
+
     Example::
 
         async def handle_call(self, request, from_):
             self.waiting.append(from_)
+            if from_.caller is not None:
+                otpy.monitor(from_.caller)    # know if the caller goes away
             return otpy.NoReply()
 
         async def handle_cast(self, request):
             otpy.reply(self.waiting.pop(0), request)
     """
 
-    __slots__ = ("_deadline", "_deferred", "_server", "_task", "_timeout", "pid", "request")
+    __slots__ = ("_deadline", "_deferred", "_server", "_task", "_timeout", "caller", "pid", "request")
 
     _deadline: float  # set for timed calls only, with _server and _timeout
     _server: object
     _timeout: float
 
-    def __init__(self, pid: Pid, task: Task | None, request: object) -> None:
+    def __init__(self, pid: Pid, task: Task | None, request: object, caller: Pid | None = None) -> None:
         self.pid = pid
         self._task = task
         self.request = request
+        self.caller = caller
         self._deferred = False
 
     def timed_out(self) -> None:
@@ -394,11 +421,16 @@ class From:
     def abort(self, _raise_cancel: object) -> Abort:
         """The caller stopped waiting (timeout or cancellation)."""
         self._task = None
+        if self._deferred:
+            self._release()
         return Abort.SUCCEEDED
 
     def defer(self) -> None:
         """Remember this call until it is answered, so an exit can fail it (internal)."""
         if self._task is None:
+            self.request = None  # the caller gave up while handle_call ran
+            return
+        if self._deferred:
             return
         self._deferred = True
         pending = self.pid._pending
@@ -411,7 +443,18 @@ class From:
         task = self._task
         if task is not None:
             self._task = None
+            if self._deferred:  # still queued, the server will get the request anyway, as in OTP
+                self._release()
             reschedule(task, outcome.Error(error))
+
+    def _release(self) -> None:
+        """The call is over: leave the server's pending set and let go of the request."""
+        self.request = None
+        if self._deferred:
+            self._deferred = False
+            pending = self.pid._pending
+            if pending is not None:
+                pending.discard(self)
 
 
 def reply(from_: From, value: object) -> None:
@@ -434,10 +477,7 @@ def reply(from_: From, value: object) -> None:
     if task is None:
         return
     from_._task = None
-    if from_._deferred:
-        pending = from_.pid._pending
-        if pending is not None:
-            pending.discard(from_)
+    from_._release()
     reschedule(task, outcome.Value(value))
 
 
@@ -673,6 +713,11 @@ class Call(Generic[R_co]):
 
 @overload
 async def call(server: Server, request: Call[R], timeout: float = ...) -> R: ...  # noqa: ASYNC109
+# A typed request whose reply does not fit the expected type lands here, not on the
+# `Any` below: mypy retries the overloads when the first fails in the assignment's
+# context, and `object` is then what the assignment sees (and rejects).
+@overload
+async def call(server: Server, request: Call[Any], timeout: float = ...) -> object: ...  # noqa: ASYNC109
 @overload
 async def call(server: Server, request: object, timeout: float = ...) -> Any: ...  # noqa: ASYNC109
 
@@ -701,12 +746,15 @@ async def call(server: Server, request: object, timeout: float = 5.0) -> Any:  #
 
         assert await otpy.call("counter", "get") == 0
     """
+    if timeout != math.inf and not (type(timeout) in _SECONDS and timeout >= 0):
+        check_timeout(timeout, "timeout")
     pid = server if type(server) is Pid else resolve(server)
     if pid is None or not pid.alive:
         raise NoProcess(server, request)
-    if pid is _CURRENT.get():
+    caller = _CURRENT.get()
+    if pid is caller:
         raise CallingSelf(server)
-    from_ = From(pid, current_task(), request)
+    from_ = From(pid, current_task(), request, caller)
     pid._queue.append(from_)
     waiter = pid._waiter
     if waiter is not None:
@@ -872,8 +920,13 @@ def exit(pid: Server, reason: object) -> None:  # noqa: A001 (Elixir's Process.e
 def link(pid: Pid) -> None:
     """Link the calling process with ``pid``: when either exits, the other gets an exit signal.
 
-    Linking to a process that is already dead sends the caller the exit signal
-    ``"noproc"`` at once, as in OTP.
+    Linking to a process that is already dead is OTP's ``noproc`` case: a caller that
+    traps exits gets ``ExitSignal(pid, "noproc")`` as a message; any other caller gets
+    `NoProcess` raised, which it may catch (uncaught, it crashes the caller), as
+    ``Process.link/1`` raises in Elixir.
+
+    Raises:
+        NoProcess: ``pid`` has exited and the caller does not trap exits.
 
     Example::
 
@@ -883,7 +936,9 @@ def link(pid: Pid) -> None:
     if pid is me:
         return
     if not pid.alive:
-        send_exit_signal(me, pid, "noproc")
+        if not me._trap_exit:
+            raise NoProcess(pid, "link")
+        me.deliver((EXIT, pid, "noproc"))
         return
     if me._links is None:
         me._links = set()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, overload
 
 import attrs
 import trio
@@ -25,10 +25,12 @@ from ._exceptions import (
 from ._gen_server import Ignore, ServerBase, StartIgnored, Stop, is_normal_reason
 from ._gen_server import stop as _stop
 from ._log import get_logger
-from ._process import ExitSignal, From, Pid, Server, call, cast, link_pair, send_exit_signal
+from ._process import ExitSignal, From, Name, Pid, Server, call, cast, link_pair, send_exit_signal
 
 if TYPE_CHECKING:
-    from ._child_spec import ChildSpecLike
+    from contextlib import AbstractAsyncContextManager
+
+    from ._child_spec import ChildSpecLike, Restart, ShutdownSpec
 
 _log = get_logger("otpy.supervisor")
 
@@ -392,6 +394,148 @@ class Supervisor(SupervisorBase):
             max_seconds=max_seconds,
             auto_shutdown=auto_shutdown,
         )
+
+    # --- typed start functions: the flags are checked (Literal strategies, keyword-only flags) ---
+    # The first overload is the default init's signature. The second is for a module-based
+    # supervisor whose own init takes other arguments, positionally: it has no **kwargs, so
+    # a misspelt or mistyped flag matches neither overload and is reported.
+
+    @overload  # type: ignore[override]  # narrower on purpose: the flags are checked
+    @classmethod
+    async def start_link(
+        cls,
+        children: Sequence[ChildSpecLike] = (),
+        /,
+        *,
+        strategy: Strategy = ...,
+        max_restarts: int = ...,
+        max_seconds: float = ...,
+        auto_shutdown: AutoShutdown = ...,
+        name: Name | None = ...,
+        nursery: trio.Nursery | None = ...,
+    ) -> Pid: ...
+    @overload
+    @classmethod
+    async def start_link(cls, *args: Any, name: Name | None = ..., nursery: trio.Nursery | None = ...) -> Pid: ...
+    @classmethod
+    async def start_link(
+        cls, *args: Any, name: Name | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
+    ) -> Pid:
+        """Start a supervisor linked to the calling process; return once all its children have started.
+
+        ``children`` and the flags go to ``init`` (see `SupervisorSpec` for their meaning).
+
+        Raises:
+            StartError: a child failed to start, or a flag is invalid; ``reason`` says which.
+            AlreadyRegistered: ``name`` is taken by a live process.
+
+        Example::
+
+            sup = await otpy.Supervisor.start_link(children, strategy="one_for_all", nursery=nursery)
+        """
+        return await super().start_link(*args, name=name, nursery=nursery, **kwargs)
+
+    @overload  # type: ignore[override]
+    @classmethod
+    async def start(
+        cls,
+        children: Sequence[ChildSpecLike] = (),
+        /,
+        *,
+        strategy: Strategy = ...,
+        max_restarts: int = ...,
+        max_seconds: float = ...,
+        auto_shutdown: AutoShutdown = ...,
+        name: Name | None = ...,
+        nursery: trio.Nursery | None = ...,
+    ) -> Pid: ...
+    @overload
+    @classmethod
+    async def start(cls, *args: Any, name: Name | None = ..., nursery: trio.Nursery | None = ...) -> Pid: ...
+    @classmethod
+    async def start(
+        cls, *args: Any, name: Name | None = None, nursery: trio.Nursery | None = None, **kwargs: Any
+    ) -> Pid:
+        """Like `start_link`, without the link.
+
+        Example::
+
+            sup = await otpy.Supervisor.start(children, nursery=nursery)
+        """
+        return await super().start(*args, name=name, nursery=nursery, **kwargs)
+
+    @overload  # type: ignore[override]
+    @classmethod
+    def open(
+        cls,
+        children: Sequence[ChildSpecLike] = (),
+        /,
+        *,
+        strategy: Strategy = ...,
+        max_restarts: int = ...,
+        max_seconds: float = ...,
+        auto_shutdown: AutoShutdown = ...,
+        name: Name | None = ...,
+        shutdown: float | None = ...,
+    ) -> AbstractAsyncContextManager[Pid]: ...
+    @overload
+    @classmethod
+    def open(
+        cls, *args: Any, name: Name | None = ..., shutdown: float | None = ...
+    ) -> AbstractAsyncContextManager[Pid]: ...
+    @classmethod
+    def open(
+        cls, *args: Any, name: Name | None = None, shutdown: float | None = None, **kwargs: Any
+    ) -> AbstractAsyncContextManager[Pid]:
+        """Start the tree for the length of an ``async with`` block; stop it in order when the block ends.
+
+        See `GenServer.open`: the supervisor is stopped with ``"shutdown"``, so its children
+        stop in reverse start order.
+
+        Example::
+
+            async with otpy.Supervisor.open(children, strategy="one_for_one") as sup:
+                ...
+        """
+        return super().open(*args, name=name, shutdown=shutdown, **kwargs)
+
+    @overload  # type: ignore[override]
+    @classmethod
+    def child_spec(
+        cls,
+        children: Sequence[ChildSpecLike] = (),
+        /,
+        *,
+        strategy: Strategy = ...,
+        max_restarts: int = ...,
+        max_seconds: float = ...,
+        auto_shutdown: AutoShutdown = ...,
+        id: Hashable = ...,
+        restart: Restart = ...,
+        shutdown: ShutdownSpec | None = ...,
+        significant: bool = ...,
+        name: Name | None = ...,
+    ) -> ChildSpec: ...
+    @overload
+    @classmethod
+    def child_spec(
+        cls,
+        *args: Any,
+        id: Hashable = ...,
+        restart: Restart = ...,
+        shutdown: ShutdownSpec | None = ...,
+        significant: bool = ...,
+        name: Name | None = ...,
+    ) -> ChildSpec: ...
+    @classmethod
+    def child_spec(cls, *args: Any, **kwargs: Any) -> ChildSpec:
+        """A child spec that starts this supervisor with ``start_link(children, ...)`` (see `GenServer.child_spec`).
+
+        Example::
+
+            storage = otpy.Supervisor.child_spec([Db.child_spec()], id="storage", strategy="rest_for_one")
+        """
+        return super().child_spec(*args, **kwargs)
 
     async def _otp_init(self, *args: Any, **kwargs: Any) -> object:
         spec: object = await self.init(*args, **kwargs)

@@ -43,6 +43,7 @@ from ._process import (
 )
 from ._process import link as _link
 from ._process import unlink as _unlink
+from ._util import check_timeout
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -511,6 +512,7 @@ class Task(Generic[R]):
                         case otpy.TaskExit(reason):
                             log_failure(reason)
         """
+        check_timeout(timeout, "timeout")
         return TaskStream(
             items,
             fn,
@@ -563,6 +565,7 @@ class Task(Generic[R]):
             task = otpy.Task.async_(compute, 21, nursery=nursery)
             assert await otpy.Task.await_(task) == 42
         """
+        check_timeout(timeout, "timeout")
         self._check_owner("await_")
         state = self._state
         if not state.done.is_set():
@@ -593,6 +596,7 @@ class Task(Generic[R]):
             if result is None:
                 print("gave up on the task")
         """
+        check_timeout(timeout, "timeout")
         self._check_owner("yield_")
         state = self._state
         with trio.move_on_after(timeout):
@@ -620,6 +624,7 @@ class Task(Generic[R]):
                 if result is None:
                     await task.shutdown(timeout="brutal_kill")
         """
+        check_timeout(timeout, "timeout")
         for task in tasks:
             task._check_owner("yield_many")
         with trio.move_on_after(timeout):
@@ -653,6 +658,8 @@ class Task(Generic[R]):
             if await task.yield_(1.0) is None:
                 await task.shutdown(timeout=2)
         """
+        if timeout != "brutal_kill":
+            check_timeout(timeout, "timeout")
         self._check_owner("shutdown")
         pid = self.pid
         me = _CURRENT.get()

@@ -198,7 +198,7 @@ def send_after(dest: Server, message: Any, seconds: float) -> TimerRef:
         A `TimerRef` for `cancel_timer` and `read_timer`.
 
     Raises:
-        ValueError: ``seconds`` is negative or NaN.
+        ValueError: ``seconds`` is not a number of seconds (negative, NaN, not a number).
         TypeError: ``dest`` is not a pid or a name.
 
     Example::
@@ -213,8 +213,7 @@ def send_after(dest: Server, message: Any, seconds: float) -> TimerRef:
                     self.ticks += 1
                     otpy.send_after(otpy.self(), "tick", 1.0)   # Elixir's periodic-work idiom
     """
-    if not seconds >= 0:
-        raise ValueError(f"send_after needs seconds >= 0, not {seconds!r}")
+    check_timeout(seconds, "seconds")
     dest_type = type(dest)
     if dest_type is not Pid and dest_type is not str and not isinstance(dest, Via):
         raise TypeError(f"send_after needs a Pid, a name or otpy.via(...), not {dest_type.__name__}: {dest!r}")

@@ -422,7 +422,7 @@ class TestInactivityTimeout:
     ) -> None:
         """A zero timeout does not fire when a message is already waiting."""
         pid = await Idle.start_link(nursery=nursery)
-        otpy.cast(pid, ("sleep", 0))  # handled first; then asks for no timeout
+        otpy.cast(pid, 0)  # handled first: asks for a zero timeout, but a message already waits
         otpy.cast(pid, None)
         await trio.testing.wait_all_tasks_blocked()
         assert (await otpy.get_state(pid)).timeouts == []
@@ -484,7 +484,7 @@ class TestStop:
     async def test_process_exit_sets_the_reason(self, nursery: trio.Nursery) -> None:
         """Raising ProcessExit(reason) in a callback exits with reason after terminate."""
         events: list[Any] = []
-        pid = await Echo.start_link(events, nursery=nursery)
+        pid = await Echo.start(events, nursery=nursery)  # unlinked: a crash would fail the test's nursery
         otpy.cast(pid, ("exit", {"why": "done"}))
         assert await exited(pid) == {"why": "done"}
         assert events[-1] == ("terminate", {"why": "done"})
@@ -528,7 +528,7 @@ class TestStop:
             async def terminate(self, reason: object) -> None:
                 raise RuntimeError("cleanup failed")
 
-        pid = await BadTerminate.start_link(nursery=nursery)
+        pid = await BadTerminate.start(nursery=nursery)
         otpy.cast(pid, ("stop", "normal"))
         reason = await exited(pid)
         assert isinstance(reason, RuntimeError)
@@ -592,7 +592,7 @@ class TestOtpStop:
             async def terminate(self, reason: object) -> None:
                 raise RuntimeError("cleanup failed")
 
-        pid = await BadTerminate.start_link(nursery=nursery)
+        pid = await BadTerminate.start(nursery=nursery)
         with pytest.raises(otpy.ServerExited) as info:
             await otpy.stop(pid)
         assert isinstance(info.value.reason, RuntimeError)

@@ -859,7 +859,7 @@ class TestManagementApi:
 
     async def test_unknown_request(self, log: Log) -> None:
         """An unknown request crashes the supervisor with ValueError, as OTP's missing clause does."""
-        sup = await start_sup(log, "a")
+        sup = await otpy.Supervisor.start([w(log, "a")], nursery=log.nursery)  # unlinked: it crashes
         with pytest.raises(otpy.ServerExited) as info:
             await otpy.call(sup, "what?")
         assert isinstance(info.value.reason, ValueError)

@@ -183,7 +183,7 @@ class TestLinks:
 
     async def test_owner_crash_stops_the_task(self, nursery: trio.Nursery) -> None:
         """When the owner crashes, the linked task gets the exit signal and stops with the same reason."""
-        owner = await Owner.start_link(nursery=nursery)
+        owner = await Owner.start(nursery=nursery)
         task = await otpy.call(owner, ("spawn", nap, (100.0,)))
         with pytest.raises(otpy.ServerExited):
             await otpy.call(owner, "crash")
@@ -582,7 +582,7 @@ class TestAsyncStream:
                 first = await anext(stream)
                 raise RuntimeError(f"crash after {first}")
 
-        consumer = await Consumer.start_link(nursery=nursery)
+        consumer = await Consumer.start(nursery=nursery)
         with pytest.raises(otpy.ServerExited):
             await otpy.call(consumer, "go")
         with trio.fail_after(1):
