@@ -614,7 +614,7 @@ class ClaudeSession:
         client, transport = self._client, self._transport
         if client is None or transport is None:
             return
-        if transport.alive:
+        if transport.alive and not transport.killed:
             with trio.move_on_after(self.provider.interrupt_grace):
                 try:
                     await client.interrupt()

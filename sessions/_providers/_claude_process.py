@@ -82,6 +82,8 @@ class GroupTransport(SubprocessCLITransport):
         self.term_grace = term_grace
         self.pgid: int | None = None
         self.returncode: int | None = None
+        self.killed = False
+        self._watcher = trio.CancelScope()
 
     def _build_command(self) -> list[str]:
         command = super()._build_command()
@@ -93,6 +95,21 @@ class GroupTransport(SubprocessCLITransport):
         await super().connect()
         if _USE_GROUPS and self._process is not None:
             self.pgid = self._process.pid
+            trio.lowlevel.spawn_system_task(self._watch, self._process, self.pgid, name="claude-cli-watcher")
+
+    async def _watch(self, process: Any, pgid: int) -> None:
+        """When the CLI dies, stop what it left in its group: a leftover tool process that
+        inherited the CLI's stdout would otherwise hold the pipe open, and the SDK's reader
+        would wait for an end of file that never comes."""
+        with self._watcher:
+            try:
+                await process.wait()
+                await trio.sleep(0.2)  # the reader takes what the CLI wrote before it died
+                if group_members(pgid):
+                    log.warning("claude_cli_orphans_killed", pgid=pgid, returncode=process.returncode)
+                    _signal_group(pgid, signal.SIGKILL)
+            except Exception as exc:  # noqa: BLE001 - a system task must not raise
+                log.warning("claude_cli_watch_failed", error=repr(exc))
 
     @property
     def pid(self) -> int | None:
@@ -106,6 +123,7 @@ class GroupTransport(SubprocessCLITransport):
 
     def kill_now(self) -> None:
         """SIGKILL the whole group at once (no grace); `close` still reaps it."""
+        self.killed = True
         if self.pgid is not None:
             _signal_group(self.pgid, signal.SIGKILL)
         elif self._process is not None and self._process.returncode is None:
@@ -117,6 +135,7 @@ class GroupTransport(SubprocessCLITransport):
         if process is not None:
             with trio.CancelScope(shield=True):
                 await self._stop_group(process)
+        self._watcher.cancel()
         await super().close()
 
     async def _stop_group(self, process: Any) -> None:

@@ -72,7 +72,16 @@ def assistant(text: str) -> None:
 
 
 def turn(prompt: str, interrupted: threading.Event) -> None:
-    emit({"type": "system", "subtype": "init", "session_id": SESSION, "uuid": str(uuid.uuid4())})
+    version = os.environ.get("FAKE_CLAUDE_VERSION", "2.1.337")
+    emit(
+        {
+            "type": "system",
+            "subtype": "init",
+            "session_id": SESSION,
+            "uuid": str(uuid.uuid4()),
+            "claude_code_version": version,
+        }
+    )
     if prompt.startswith("big:"):
         assistant("x" * (int(prompt[4:]) << 20))
         result("big done")

@@ -1,0 +1,145 @@
+"""ClaudeCode against a fake ``claude`` executable, for what the real CLI cannot be made to do:
+a 40 MiB line, garbage on stdout, ignoring SIGTERM, a grandchild, an old version, dying."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import trio
+
+import sessions
+from sessions import FinishReason, SessionContext, TextDelta, TurnCompleted, TurnRequest
+
+from .conftest import live_children, wait_gone
+
+
+def fake(cli: str, env: dict[str, str], **kwargs: Any) -> sessions.ClaudeCode:
+    return sessions.ClaudeCode(cli_path=cli, env=env, **kwargs)
+
+
+async def turn(conn: Any, prompt: str) -> TurnCompleted:
+    events = [e async for e in conn.run_turn(TurnRequest(1, prompt, ()))]
+    assert isinstance(events[-1], TurnCompleted)
+    return events[-1]
+
+
+async def test_a_40_mib_line_passes_under_a_64_mib_cap(fake_claude: str, fake_claude_env: dict[str, str]):
+    provider = fake(fake_claude, fake_claude_env, max_buffer_size=64 << 20)
+    async with provider.connect(SessionContext("s1")) as conn:
+        done = await turn(conn, "big:40")
+    assert done.text == "big done"
+    assert done.cost_usd == 1.0
+
+
+async def test_a_line_over_the_cap_is_a_protocol_error_and_the_session_survives(
+    fake_claude: str, fake_claude_env: dict[str, str]
+):
+    provider = fake(fake_claude, fake_claude_env)  # the default cap: 32 MiB
+    async with provider.connect(SessionContext("s1")) as conn:
+        first_pid = conn.pid
+        with pytest.raises(sessions.ProviderProtocolError) as info:
+            await turn(conn, "big:40")
+        assert "maximum buffer size" in str(info.value)
+        assert first_pid is not None
+        assert not wait_gone({first_pid})  # the broken process was stopped...
+        done = await turn(conn, "still here?")  # ...and the next turn starts another
+        assert conn.pid not in (None, first_pid)
+    assert done.text == "fake: still here?"
+    assert done.cost_usd == 1.0  # a new process: its running total starts again
+
+
+async def test_garbage_on_stdout_is_a_protocol_error(fake_claude: str, fake_claude_env: dict[str, str]):
+    provider = fake(fake_claude, fake_claude_env)
+    async with provider.connect(SessionContext("s1")) as conn:
+        with pytest.raises(sessions.ProviderProtocolError) as info:
+            await turn(conn, "garbage")
+        assert info.value.kind == "frame"
+        done = await turn(conn, "after garbage")
+    assert done.text == "fake: after garbage"
+
+
+async def test_a_cli_that_ignores_sigterm_and_its_grandchild_are_killed(
+    fake_claude: str, fake_claude_env: dict[str, str], tmp_path: Path
+):
+    env = {**fake_claude_env, "FAKE_CLAUDE_IGNORE_TERM": "1"}
+    provider = fake(fake_claude, env, close_grace=0.3, term_grace=0.5)
+    started = time.monotonic()
+    pidfile = tmp_path / "grandchild.pid"
+    async with provider.connect(SessionContext("s1")) as conn:
+        cli = conn.pid
+        assert cli is not None
+        async with trio.open_nursery() as nursery:
+
+            async def hanging_turn() -> None:
+                async for event in conn.run_turn(TurnRequest(1, "grandchild", ())):
+                    assert not isinstance(event, TextDelta)
+
+            nursery.start_soon(hanging_turn)
+            while not pidfile.exists():  # noqa: ASYNC110 - the fake writes a file, no event to wait on
+                await trio.sleep(0.02)
+            grandchild = int(pidfile.read_text())
+            assert grandchild in live_children()
+            assert psutil.Process(grandchild).ppid() == cli
+            nursery.cancel_scope.cancel()  # abandon the turn: the provider settles it, then closes
+    assert not wait_gone({cli, grandchild}, seconds=0.5)
+    assert time.monotonic() - started < 30
+
+
+async def test_a_grandchild_orphaned_by_a_killed_cli_is_swept(
+    fake_claude: str, fake_claude_env: dict[str, str], tmp_path: Path
+):
+    """The CLI is SIGKILLed alone: its child is re-parented away from us, yet the group sweep finds it."""
+    provider = fake(fake_claude, fake_claude_env, close_grace=0.3, term_grace=0.5)
+    pidfile = tmp_path / "grandchild.pid"
+    async with provider.connect(SessionContext("s1")) as conn:
+        cli = conn.pid
+        assert cli is not None
+
+        failures: list[sessions.ProviderError] = []
+
+        async def orphan() -> None:
+            try:
+                async for _ in conn.run_turn(TurnRequest(1, "grandchild", ())):
+                    pass
+            except sessions.ProviderError as exc:
+                failures.append(exc)
+
+        async def kill_when_spawned() -> None:
+            while not pidfile.exists():  # noqa: ASYNC110 - the fake writes a file, no event to wait on
+                await trio.sleep(0.02)
+            os.kill(cli, signal.SIGKILL)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_when_spawned)
+            await orphan()
+        assert [f.kind for f in failures] == ["process_exited"]
+        assert "-9" in str(failures[0])
+    grandchild = int(pidfile.read_text())
+    assert grandchild not in live_children()  # not ours any more: only the group knew it
+    assert not wait_gone({grandchild}, seconds=1)
+
+
+async def test_an_old_cli_is_unavailable(fake_claude: str, fake_claude_env: dict[str, str]):
+    provider = fake(fake_claude, {**fake_claude_env, "FAKE_CLAUDE_VERSION": "1.0.3"})
+    with pytest.raises(sessions.ProviderUnavailable) as info:
+        async with provider.connect(SessionContext("s1")):
+            pass
+    assert info.value.kind == "version"
+    assert "1.0.3" in str(info.value)
+
+
+async def test_a_cli_that_dies_mid_turn(fake_claude: str, fake_claude_env: dict[str, str]):
+    provider = fake(fake_claude, fake_claude_env)
+    async with provider.connect(SessionContext("s1")) as conn:
+        with pytest.raises(sessions.ProviderError) as info:
+            await turn(conn, "die")
+        assert info.value.kind == "process_exited"
+        assert "3" in str(info.value)
+        done = await turn(conn, "again")
+    assert done.finish_reason is FinishReason.STOP
