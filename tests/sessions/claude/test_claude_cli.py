@@ -332,3 +332,45 @@ async def test_cancelling_the_owner_mid_turn_leaves_no_process(fake_api: FakeAnt
     assert not outer.cancelled_caught
     assert pids
     assert pids[0] not in live_children()
+
+
+async def test_can_use_tool_and_hooks_are_passed_through(
+    fake_api: FakeAnthropic, claude_kwargs: dict[str, Any], workdir: Path
+):
+    from claude_agent_sdk import HookMatcher, PermissionResultDeny
+
+    asked: list[str] = []
+    hooked: list[str] = []
+
+    async def can_use_tool(name: str, arguments: dict[str, Any], context: Any) -> Any:
+        asked.append(name)
+        return PermissionResultDeny(message="no writes here")
+
+    async def pre_tool_use(data: Any, tool_use_id: str | None, context: Any) -> dict[str, Any]:
+        hooked.append(data["tool_name"])
+        return {}
+
+    target = workdir / "out.txt"
+    provider = sessions.ClaudeCode(
+        can_use_tool=can_use_tool, hooks={"PreToolUse": [HookMatcher(hooks=[pre_tool_use])]}, **claude_kwargs
+    )
+    async with provider.connect(ctx()) as conn:
+        events, done = await turn(conn, f'[[tool:Write:{{"file_path": "{target}", "content": "hi"}}]]')
+    assert hooked == ["Write"]
+    assert asked == ["Write"]
+    finished = [e.result for e in events if isinstance(e, ToolCallFinished)]
+    assert finished[0].is_error
+    assert "no writes here" in finished[0].content
+    assert not target.exists()
+    assert done.permission_denials == ("Write",)
+    assert done.extra["permission_denials"][0]["tool_input"]["file_path"] == str(target)
+
+
+async def test_no_api_key_is_an_auth_error(fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]):
+    env = {**claude_kwargs["env"], "ANTHROPIC_API_KEY": ""}
+    provider = sessions.ClaudeCode(**{**claude_kwargs, "env": env})
+    async with provider.connect(ctx()) as conn:
+        with pytest.raises(sessions.ProviderAuthError) as info:
+            await turn(conn, "hello")
+    assert "Not logged in" in str(info.value)
+    assert fake_api.message_requests() == []
