@@ -22,6 +22,7 @@ from ._exceptions import ProcessExit as ProcessExit
 from ._exceptions import ServerExited as ServerExited
 from ._exceptions import StartError as StartError
 from ._exceptions import SupervisorError as SupervisorError
+from ._exceptions import UnhandledMessage as UnhandledMessage
 from ._gen_server import TIMEOUT as TIMEOUT
 from ._gen_server import GenServer as GenServer
 from ._gen_server import Ignore as Ignore
@@ -33,6 +34,7 @@ from ._gen_server import Stop as Stop
 from ._gen_server import get_state as get_state
 from ._gen_server import is_normal_reason as is_normal_reason
 from ._gen_server import stop as stop
+from ._gen_server import unhandled as unhandled
 from ._process import Call as Call
 from ._process import Down as Down
 from ._process import ExitSignal as ExitSignal

@@ -19,6 +19,7 @@
     │   ├── AlreadyStarted         a child with that id is running; .pid
     │   ├── AlreadyPresent         a stopped child with that id exists
     │   └── MaxChildren            a DynamicSupervisor is full
+    ├── UnhandledMessage           a callback's match had no clause for a message; .message
     ├── ProcessCrashed             a process started with start_link from plain trio code crashed; .pid, .reason
     ├── TaskTimeout                a task did not reply within ``timeout`` (also a trio.TooSlowError); .pid
     ├── TaskExited                 a task exited before replying; .pid, .reason       (otpy/_task.py)
@@ -382,6 +383,26 @@ class ProcessCrashed(OtpError):
 
     def __str__(self) -> str:
         return f"process {self.pid!r} crashed: {format_reason(self.reason)}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class UnhandledMessage(OtpError):
+    """A callback got a message that none of its clauses handles (see `unhandled`).
+
+    The process crashes with it, as an Elixir server crashes with ``FunctionClauseError``.
+    Only the message's type is shown in the text: messages can hold secrets.
+
+    Example::
+
+        with pytest.raises(otpy.ServerExited) as info:
+            await otpy.call(pid, "no such request")
+        assert isinstance(info.value.reason, otpy.UnhandledMessage)
+    """
+
+    message: object
+
+    def __str__(self) -> str:
+        return f"no clause handles this message (a {type(self.message).__name__})"
 
 
 @attrs.define(eq=False, repr=False, slots=False)

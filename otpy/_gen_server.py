@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, NoReturn
 
 import attrs
 import trio
@@ -19,6 +19,7 @@ from ._exceptions import (
     ProcessExit,
     ServerExited,
     StartError,
+    UnhandledMessage,
 )
 from ._log import get_logger
 from ._options import check_init_options
@@ -206,8 +207,12 @@ class ServerBase:
         raise NotImplementedError(f"{type(self).__name__} got a cast but defines no handle_cast: {request!r}")
 
     async def handle_info(self, message: Any) -> NoReply | Stop | None:
-        """Handle any other message (`send`, `Down`, `ExitSignal`, `TIMEOUT`). The default logs and ignores it."""
-        _log.debug("unexpected_message", server=repr(self._pid), message_type=type(message).__name__)
+        """Handle any other message (`send`, `Down`, `ExitSignal`, `TIMEOUT`).
+
+        The default logs an ``unexpected_message`` error and ignores the message, as
+        Elixir's default ``handle_info`` does: a message nobody handles is a bug to see.
+        """
+        _log.error("unexpected_message", server=self._pid, message_type=type(message).__name__)
         return None
 
     async def handle_continue(self, arg: Any) -> NoReply | Stop | None:
@@ -308,6 +313,30 @@ class ServerBase:
             type=cls.child_type,
             significant=significant,
         )
+
+
+def unhandled(message: object) -> NoReturn:
+    """Crash the process: ``message`` matched no clause (Elixir's ``FunctionClauseError``).
+
+    End every ``match`` of a callback with ``case _: otpy.unhandled(request)``. Without
+    it, a ``handle_call`` that matches nothing returns ``None`` and the caller gets a
+    silent ``None`` reply; a ``handle_cast`` silently drops the message. Elixir crashes
+    the server instead, so the bug shows where it is; so does this.
+
+    Raises:
+        UnhandledMessage: always; the server exits with it as its reason, and a caller
+            waiting on a call gets `ServerExited` with it as the cause.
+
+    Example::
+
+        async def handle_call(self, request, from_):
+            match request:
+                case "get":
+                    return self.count
+                case _:
+                    otpy.unhandled(request)
+    """
+    raise UnhandledMessage(message)
 
 
 class StartIgnored(StartError):

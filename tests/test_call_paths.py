@@ -499,3 +499,34 @@ class TestSlowCallbacks:
     def test_threshold_is_checked(self) -> None:
         with pytest.raises(ValueError, match="threshold"):
             otpy.SlowCallbacks(threshold=-1)
+
+
+class TestUnhandled:
+    class Strict(otpy.GenServer):
+        async def handle_call(self, request: Any, from_: otpy.From) -> Any:
+            match request:
+                case "ping":
+                    return "pong"
+                case _:
+                    otpy.unhandled(request)
+
+    async def test_an_unmatched_call_crashes_the_server(self, nursery: trio.Nursery) -> None:
+        """otpy.unhandled crashes the server; the caller sees ServerExited caused by UnhandledMessage."""
+        pid = await self.Strict.start(nursery=nursery)
+        assert await otpy.call(pid, "ping") == "pong"
+        with structlog.testing.capture_logs(), pytest.raises(otpy.ServerExited) as info:
+            await otpy.call(pid, {"secret": "hunter2"})
+        assert isinstance(info.value.reason, otpy.UnhandledMessage)
+        assert info.value.__cause__ is info.value.reason
+        assert "hunter2" not in str(info.value.reason)  # only the type is shown
+        assert "dict" in str(info.value.reason)
+
+    async def test_unexpected_info_is_logged_as_an_error(self, nursery: trio.Nursery) -> None:
+        """The default handle_info logs at error level, as Elixir's does, and the server lives on."""
+        pid = await self.Strict.start_link(nursery=nursery)
+        with structlog.testing.capture_logs() as logs:
+            otpy.send(pid, ("stray", 1))
+            assert await otpy.call(pid, "ping") == "pong"
+        [event] = [e for e in logs if e["event"] == "unexpected_message"]
+        assert event["log_level"] == "error"
+        assert event["message_type"] == "tuple"
