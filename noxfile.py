@@ -26,9 +26,14 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typing(session: nox.Session) -> None:
-    """mypy --strict on the package."""
+    """mypy --strict on the package; the typing suite (tests/typing) under both mypy and pyright."""
     session.install(".[claude,ollama,openai]", *nox.project.dependency_groups(PYPROJECT, "typing"))
     session.run("mypy", "--strict")
+    # Each file states what the checkers must infer (assert_type) and reject (an ignore
+    # comment that is unused fails the run: warn_unused_ignores for mypy,
+    # reportUnnecessaryTypeIgnoreComment for pyright, which ignores mypy's comments).
+    session.run("mypy", "--strict", "tests/typing")
+    session.run("pyright", "-p", "tests/typing/pyrightconfig.json")
 
 
 @nox.session
