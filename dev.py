@@ -48,7 +48,11 @@ TASKS: dict[str, tuple[str, tuple[str, ...], list[list[str]]]] = {
     "typing": (
         f"-e {EXTRAS}",
         ("typing",),
-        [["mypy", "--strict"], ["mypy", "--strict", "tests/typing"], ["pyright", "-p", "tests/typing/pyrightconfig.json"]],
+        [
+            ["mypy", "--strict"],
+            ["mypy", "--strict", "tests/typing"],
+            ["pyright", "-p", "tests/typing/pyrightconfig.json"],
+        ],
     ),
     "docs": (
         f"-e {EXTRAS}",
@@ -95,7 +99,8 @@ def ensure_installed(task: str) -> None:
     pyproject = tomllib.loads(pyproject_text)
     requirements = [req for group in groups for req in dependency_group(pyproject["dependency-groups"], group)]
     print(f"dev.py: installing what '{task}' needs into .venv", file=sys.stderr)
-    run([str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *project.split(), *requirements])
+    pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    run([*pip, *project.split(), *requirements])
     stamp.write_text(wanted)
 
 
