@@ -685,7 +685,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "otpy" not in systems:
         print("otpy cannot run; nothing to compare", file=sys.stderr)
         return 2
-    print(f"systems: {', '.join(systems)}; rows: {rows}; {reps} rounds; command: {command}", flush=True)
+    pinning = "each Python system on one core per round" if args.pin == "one" else "not pinned"
+    print(f"systems: {', '.join(systems)}; rows: {rows}; {reps} rounds; {pinning}; command: {command}", flush=True)
 
     partial = None if quick else out.with_suffix(".json.tmp")
     attempts = 1 if quick else args.attempts
@@ -738,6 +739,9 @@ def write_report(
     print("## Machine")
     print(f"- CPU: {machine['cpu']}, {machine['cores']} cores; {machine['memory_gib']} GiB; {machine['os']}")
     print(f"- otpy {machine['otpy_commit']}, {machine['date']}")
+    if "pin" in meta:
+        pinned = "one core per round (--pin one)" if meta["pin"] == "one" else "not pinned (--pin none)"
+        print(f"- Python systems: {pinned}; Elixir: all cores")
     if results.other_cpu:
         other = sorted(results.other_cpu)
         print(
