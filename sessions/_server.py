@@ -382,7 +382,11 @@ class _TurnTask:
         finally:
             self.fanout.close_all()
             if table.get(self.session_id) is me:
-                del table[self.session_id]
+                if previous is not None and previous.alive:
+                    # Stopped while still waiting for it: the next task must wait for it too.
+                    table[self.session_id] = previous
+                else:
+                    del table[self.session_id]
 
     async def _serve(self, conn: ProviderSession, work: _TurnWork | _Reconnect | None) -> _Reconnect | None:
         """Run turns on ``conn`` until a reconnect is asked for (returned) or a turn broke it (None)."""
@@ -975,6 +979,10 @@ class SessionServer(otpy.GenServer):
                 await self._advance()
             case otpy.ExitSignal(pid=pid, reason=reason) if pid is self._task.pid:
                 return otpy.Stop(reason if not otpy.is_normal_reason(reason) else ("turn_task_exited", reason))
+            case otpy.ExitSignal(reason=reason) if not otpy.is_normal_reason(reason):
+                # The server traps exits only so that terminate runs; otherwise it
+                # exits on an abnormal exit signal as any process would.
+                return otpy.Stop(reason)
             case otpy.Down(ref=ref) if ref in self._watchers:
                 self._watchers.pop(ref).close()
             case _:

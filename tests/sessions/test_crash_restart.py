@@ -1,0 +1,361 @@
+"""A crashed SessionServer is restarted under the same name and session id and carries on.
+
+Also: the provider's connection (the turn task) never outlives its server.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import hypothesis
+import hypothesis.strategies as st
+import pytest
+import trio
+import trio.testing
+
+import otpy
+import sessions
+from sessions import FinishReason, Result, ScriptedProvider, ScriptedReply, ScriptedTool, SessionServer
+from sessions._session import fold
+
+Start = Callable[..., Any]
+
+
+@pytest.fixture(autouse=True)
+def _no_store_thread_left() -> Iterator[None]:
+    yield
+    assert [t.name for t in threading.enumerate() if t.name.startswith("sessions-")] == []
+
+
+async def wait_until(predicate: Callable[[], bool]) -> None:
+    while not predicate():  # noqa: ASYNC110 (polling in virtual time, for conditions with no event)
+        await trio.sleep(0.01)
+
+
+async def restarted(name: str, old: otpy.Pid) -> otpy.Pid:
+    """Wait until a new process holds ``name``."""
+    await wait_until(lambda: otpy.whereis(name) not in (None, old))
+    pid = otpy.whereis(name)
+    assert pid is not None
+    return pid
+
+
+def cost(turn: int) -> float:
+    return round(0.01 * turn, 2)
+
+
+def script(crash_turns: frozenset[int] = frozenset(), delay: float = 1.0) -> ScriptedProvider:
+    """Turn n answers "answer n", costs 0.01 * n, and crashes the provider mid-stream if n is in crash_turns."""
+
+    def reply(request: sessions.TurnRequest) -> ScriptedReply:
+        n = request.turn
+        return ScriptedReply(
+            f"answer {n} in words",
+            delay=delay,
+            delta_delay=0.25,
+            cost_usd=cost(n),
+            tools=(ScriptedTool("note", {"n": n}, result=f"noted {n}"),),
+            crash_after=1 if n in crash_turns else None,
+        )
+
+    return ScriptedProvider(default=reply, close_delay=0.5)
+
+
+async def send_soon(nursery: trio.Nursery, name: str, prompt: str, outcomes: list[Any]) -> None:
+    async def send() -> None:
+        try:
+            outcomes.append(await SessionServer.send_message(name, prompt))
+        except (otpy.ServerExited, otpy.NoProcess, sessions.SessionBusy) as exc:
+            outcomes.append(exc)
+
+    nursery.start_soon(send)
+    await trio.sleep(0.001)
+
+
+class TestCarriesOn:
+    @pytest.mark.parametrize("how", ["kill", "provider_crash", "callback_crash"])
+    async def test_a_crash_mid_turn_restarts_and_carries_on(
+        self, how: str, supervised: Start, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Killed, or crashed in its provider or in a callback, mid-turn: same name and id, history kept,
+        the turn reported as interrupted and not retried, the next turn numbered after it."""
+        store = sessions.InMemoryStore()
+        provider = script(crash_turns=frozenset({2}) if how == "provider_crash" else frozenset())
+        await supervised(name="a", provider=provider, store=store)
+        sid = await SessionServer.session_id("a")
+        first = await SessionServer.send_message("a", "one")
+        old = otpy.whereis("a")
+        assert old is not None
+        outcomes: list[Any] = []
+        await send_soon(nursery, "a", "two", outcomes)
+        await trio.sleep(1.1)  # turn 2 is running: its prompt and its tool call are in the store
+        if how == "kill":
+            otpy.exit(old, "kill")
+        elif how == "callback_crash":
+            with pytest.raises(otpy.ServerExited):
+                await otpy.call("a", "not a request")
+        new = await restarted("a", old)
+        await wait_until(lambda: bool(outcomes))
+        assert isinstance(outcomes[0], otpy.ServerExited)
+        assert await SessionServer.session_id("a") == sid
+        history = await SessionServer.history("a")
+        assert history[0] == first
+        assert (history[1].turn, history[1].finish_reason, history[1].cost_usd) == (2, FinishReason.INTERRUPTED, 0)
+        assert await SessionServer.total_cost("a") == cost(1)
+        third = await SessionServer.send_message("a", "three")
+        assert (third.turn, third.text) == (3, "answer 3 in words")
+        assert await SessionServer.turn_count("a") == 3
+        assert await SessionServer.total_cost("a") == cost(1) + cost(3)
+        assert [r.turn for r in provider.requests] == [1, 2, 3]  # turn 2 was never retried
+        contents = [m.content for m in provider.requests[-1].messages]
+        assert contents[:5] == ["one", "", "noted 1", "answer 1 in words", "two"]
+        assert "Turn 2 was interrupted" in contents[-1]
+        assert new is otpy.whereis("a")
+
+    async def test_a_restart_never_mints_a_new_id(self, supervised: Start) -> None:
+        """Restarts of a child spec without session_id keep the id child_spec made."""
+        spec = await supervised(name="a", provider=ScriptedProvider())
+        sid = spec.start.keywords["session_id"]
+        for _ in range(3):
+            old = otpy.whereis("a")
+            assert old is not None
+            otpy.exit(old, "boom")
+            await restarted("a", old)
+            assert await SessionServer.session_id("a") == sid
+
+    @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+    async def test_durable_stores_carry_on_across_a_new_store_object(
+        self, kind: str, tmp_path: Path, nursery: trio.Nursery
+    ) -> None:
+        """With a durable store, a session started later (a new store object, as after a reboot) carries on."""
+
+        def open_store() -> sessions.Store:
+            if kind == "sqlite":
+                return sessions.SqliteStore(tmp_path / "agents.db")
+            return sessions.JsonlStore(tmp_path / "logs")
+
+        store = open_store()
+        provider = script(delay=0)
+        pid = await SessionServer.start_link(provider=provider, store=store, session_id="s1", nursery=nursery)
+        await SessionServer.send_message(pid, "one")
+        await SessionServer.send_message(pid, "two")
+        before = await SessionServer.get_session(pid)
+        await SessionServer.stop(pid)
+        await store.aclose()
+
+        store = open_store()
+        try:
+            pid = await SessionServer.start_link(provider=provider, store=store, session_id="s1", nursery=nursery)
+            assert await SessionServer.get_session(pid) == before
+            third = await SessionServer.send_message(pid, "three")
+            assert third.turn == 3
+            assert await SessionServer.total_cost(pid) == cost(1) + cost(2) + cost(3)
+            await SessionServer.stop(pid)
+        finally:
+            await store.aclose()
+
+    async def test_the_provider_gets_the_restored_transcript_and_native_id(self, supervised: Start) -> None:
+        """At connect after a restart, the SessionContext carries the messages and the provider's own id."""
+        provider = ScriptedProvider([ScriptedReply("hi", provider_session_id="native-1")])
+        await supervised(name="a", provider=provider)
+        await SessionServer.send_message("a", "hello")
+        old = otpy.whereis("a")
+        assert old is not None
+        otpy.exit(old, "boom")
+        await restarted("a", old)
+        await SessionServer.status("a")
+        await wait_until(lambda: len(provider.contexts) == 2)
+        ctx = provider.contexts[-1]
+        assert ctx.provider_session_id == "native-1"
+        assert [m.content for m in ctx.messages] == ["hello", "hi"]
+
+    async def test_records_are_written_ahead(self, supervised: Start, autojump_clock: trio.testing.MockClock) -> None:
+        """turn_started is in the store before the provider sees the prompt; turn_finished holds the result."""
+        store = sessions.InMemoryStore()
+        seen_at_request: list[list[str]] = []
+
+        def reply(request: sessions.TurnRequest) -> ScriptedReply:
+            seen_at_request.append([r.kind for r in store._logs[request_sid[0]]])
+            return ScriptedReply("ok", cost_usd=0.5, provider_session_id="native")
+
+        request_sid: list[str] = []
+        await supervised(name="a", provider=ScriptedProvider(default=reply), store=store, session_id="s")
+        request_sid.append("s")
+        result = await SessionServer.send_message("a", "hi")
+        assert seen_at_request == [["session_started", "turn_started"]]
+        records = await store.load("s")
+        assert [r.kind for r in records] == [
+            "session_started",
+            "turn_started",
+            "provider_session",
+            "message",
+            "turn_finished",
+        ]
+        assert records[-1].data["result"] == result.to_dict()
+        assert [r.seq for r in records] == [1, 2, 3, 4, 5]
+
+
+class TestTurnTaskLifetime:
+    @pytest.mark.parametrize("how", ["stop", "crash", "supervisor_shutdown", "nursery_cancelled"])
+    async def test_the_connection_is_closed_before_the_server_exit_is_seen(
+        self, how: str, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """On stop, crash, supervisor shutdown or a cancelled nursery, the provider's connection is left
+        (its close takes 0.5 s here) before anyone sees the server exit; nothing is left running."""
+        provider = script()
+        seen: list[int] = []
+        async with trio.open_nursery() as watchers:
+            async with trio.open_nursery() as nursery:
+                if how == "supervisor_shutdown":
+                    sup = await otpy.Supervisor.start_link(
+                        [SessionServer.child_spec(name="a", provider=provider)], nursery=nursery
+                    )
+                elif how == "crash":  # unlinked: a crash of a process linked to plain trio code fails its nursery
+                    await SessionServer.start(name="a", provider=provider, nursery=nursery)
+                else:
+                    await SessionServer.start_link(name="a", provider=provider, nursery=nursery)
+                pid = otpy.whereis("a")
+                assert pid is not None
+                outcomes: list[Any] = []
+                await send_soon(nursery, "a", "one", outcomes)
+                await trio.sleep(1.1)  # mid-turn
+                assert provider.open_connections == 1
+                ref = otpy.monitor(pid)
+
+                async def watch() -> None:
+                    await ref.wait()
+                    seen.append(provider.open_connections)
+
+                watchers.start_soon(watch)
+                await trio.sleep(0.001)
+                if how == "stop":
+                    await SessionServer.stop("a")
+                elif how == "crash":
+                    with pytest.raises(otpy.ServerExited):
+                        await otpy.call("a", "not a request")
+                elif how == "supervisor_shutdown":
+                    await otpy.stop(sup)
+                else:
+                    nursery.cancel_scope.cancel()
+            assert not nursery.child_tasks
+        assert seen == [0]
+        assert provider.log == [("enter", provider.log[0][1]), ("exit", provider.log[0][1])]
+
+    async def test_after_a_kill_the_next_server_connects_only_once_the_old_connection_closed(
+        self, supervised: Start, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A killed server cannot run terminate: its restart waits for the old connection to close."""
+        provider = ScriptedProvider(close_delay=2)
+        await supervised(name="a", provider=provider)
+        await wait_until(lambda: provider.open_connections == 1)
+        for _ in range(3):
+            old = otpy.whereis("a")
+            assert old is not None
+            otpy.exit(old, "kill")
+            await restarted("a", old)
+            await SessionServer.send_message("a", "hi")
+        kinds = [kind for kind, _ in provider.log]
+        assert kinds == ["enter", "exit"] * 3 + ["enter"]  # never two connections at once
+
+    async def test_the_turn_task_crashing_crashes_the_server(self, supervised: Start) -> None:
+        """A provider bug (not a ProviderError) takes the server down with it: the supervisor restarts it."""
+        provider = script(crash_turns=frozenset({1}), delay=0)
+        await supervised(name="a", provider=provider)
+        old = otpy.whereis("a")
+        with pytest.raises(otpy.ServerExited) as info:
+            await SessionServer.send_message("a", "one")
+        assert isinstance(info.value.reason, sessions.ScriptedCrash)
+        assert old is not None
+        assert isinstance(old.exit_reason, sessions.ScriptedCrash)
+        await restarted("a", old)
+        assert (await SessionServer.send_message("a", "two")).turn == 2
+
+
+# --- the property: kill at random points, nothing lost or counted twice, nothing left running --------------
+
+Op = tuple[str, float]
+
+ops_strategy = st.lists(
+    st.tuples(st.sampled_from(["send", "send", "send", "kill", "crash", "interrupt", "exit"]), st.floats(0, 3)),
+    min_size=1,
+    max_size=14,
+)
+
+
+async def _scenario(ops: list[Op], crash_turns: frozenset[int]) -> None:
+    store = sessions.InMemoryStore()
+    provider = script(crash_turns=crash_turns)
+    outcomes: list[Any] = []
+    async with trio.open_nursery() as nursery:
+        spec = SessionServer.child_spec(name="a", provider=provider, store=store)
+        sid = spec.start.keywords["session_id"]  # type: ignore[attr-defined]
+        sup = await otpy.Supervisor.start_link([spec], max_restarts=1000, max_seconds=1, nursery=nursery)
+        async with trio.open_nursery() as senders:
+            for n, (op, pause) in enumerate(ops):
+                pid = otpy.whereis("a")
+                if op == "send":
+                    await send_soon(senders, "a", f"prompt {n}", outcomes)
+                elif pid is not None and op == "kill":
+                    otpy.exit(pid, "kill")
+                elif pid is not None and op == "exit":
+                    otpy.exit(pid, "boom")
+                elif pid is not None and op == "crash":
+                    with contextlib.suppress(otpy.ServerExited, otpy.NoProcess):
+                        await otpy.call(pid, "not a request")
+                elif pid is not None and op == "interrupt":
+                    with contextlib.suppress(otpy.ServerExited, otpy.NoProcess):
+                        await SessionServer.interrupt(pid)
+                await trio.sleep(pause)
+        while True:  # the last kill may still be on its way
+            await trio.sleep(1)
+            try:
+                live = await SessionServer.get_session("a")
+                break
+            except (otpy.ServerExited, otpy.NoProcess):
+                continue
+        records = await store.load(sid)
+        folded = fold(sid, records)
+        await otpy.stop(sup)
+    assert not nursery.child_tasks
+    assert provider.open_connections == 0
+
+    # the live server and the store agree
+    assert folded.session == live
+    assert folded.open_turn is None
+    history = live.history
+    # every turn that started has exactly one result, numbered without gaps
+    assert [r.turn for r in history] == list(range(1, len(history) + 1))
+    started = [r.data["turn"] for r in records if r.kind == "turn_started"]
+    ended = [r.data["turn"] for r in records if r.kind in ("turn_finished", "turn_interrupted")]
+    assert started == ended == [r.turn for r in history]
+    # every result a caller got is in the history, unchanged
+    for outcome in outcomes:
+        if isinstance(outcome, Result):
+            assert history[outcome.turn - 1] == outcome
+    # nothing counted twice: the cost is the sum of the turns that completed
+    assert live.total_cost == pytest.approx(sum(cost(r.turn) for r in history if r.finish_reason is FinishReason.STOP))
+    for result in history:
+        if result.finish_reason is FinishReason.STOP:
+            assert result.cost_usd == cost(result.turn)
+        else:
+            assert result.cost_usd == 0
+    # no turn was sent to the provider twice (an interrupted turn is never retried)
+    assert all(count == 1 for count in collections.Counter(r.turn for r in provider.requests).values())
+    # connections never overlapped
+    kinds = [kind for kind, _ in provider.log]
+    assert kinds == ["enter", "exit"] * (len(kinds) // 2)
+
+
+@hypothesis.settings(max_examples=200, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
+@hypothesis.given(ops=ops_strategy, crash_turns=st.frozensets(st.integers(1, 8), max_size=2))
+def test_kills_at_random_points_lose_nothing_and_count_nothing_twice(
+    ops: list[Op], crash_turns: frozenset[int]
+) -> None:
+    """Random sends, kills, crashes and interrupts over many turns: the store, the live server and the
+    callers agree; each turn ends once; costs add up; no connection overlaps or is left open."""
+    trio.run(_scenario, ops, crash_turns, clock=trio.testing.MockClock(autojump_threshold=0))
