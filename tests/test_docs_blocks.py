@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import psutil
 import pytest
 import trio
 import trio.testing
@@ -173,12 +174,15 @@ def test_page_code_blocks_run(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_p
 
     A page whose blocks define ``test_*`` functions (docs/testing.md) is a test module: its
     blocks are also written to a file and run by pytest with pytest-trio, and every test
-    in it must pass.
+    in it must pass. No process the examples start may outlive them.
     """
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
     namespace = run_page(path, monkeypatch)
     tests = sorted(name for name, obj in namespace.items() if name.startswith("test_") and callable(obj))
     if tests:
         run_as_pytest_module(path, tests, tmp_path)
+    left = [child for child in psutil.Process().children(recursive=True) if child.pid not in before]
+    assert left == [], "the page's examples left processes running"
 
 
 def run_as_pytest_module(path: Path, tests: list[str], tmp_path: Path) -> None:
