@@ -227,6 +227,38 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group is alive (a zombie waiting for init to reap it is not)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    if not os.path.isdir("/proc"):
+        return True
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+async def _until_group_gone(pgid: int, limit: float = 2.0) -> None:
+    """Wait (bounded) until every process of the group has died.
+
+    SIGKILL is delivered asynchronously, and the shell's orphans are reaped by init, not
+    by us: without this wait a caller could still see them running for a moment.
+    """
+    with trio.move_on_after(limit):
+        while _group_alive(pgid):  # noqa: ASYNC110 (no event tells when another parent reaps)
+            await trio.sleep(0.005)
+
+
 def _glob(cwd: str, path: str, pattern: str) -> list[str]:
     root = os.path.realpath(cwd)
     base = confine(cwd, path)
@@ -302,6 +334,7 @@ async def run_command(command: str, cwd: str, *, seconds: float, max_output: int
         with trio.CancelScope(shield=True):
             await process.wait()
             await stdout.aclose()
+            await _until_group_gone(process.pid)
     output = _cut(kept.decode("utf-8", errors="replace"), max_output)
     if total > len(kept):
         output += f"\n[output cut: {total} bytes]"
