@@ -135,7 +135,7 @@ async def serve(
                 failure = exc
         top = stop.top
         if top is not None:
-            server = top.server
+            server = top._server
             _log.debug("application_started", supervisor=top, children=len(children))
             task_status.started(top)
             exit_reason = await top.wait_exited()
@@ -211,7 +211,7 @@ def kill_tree(top: Pid) -> None:
             continue
         found[pid] = None
         stack.extend(child_pids(pid))
-        server = pid.server
+        server = pid._server
         nursery = pid._nursery
         if server is not None and type(server)._hosts_children and nursery is not None:
             for task in nursery.child_tasks:

@@ -391,7 +391,7 @@ async def spawn(
         # so its init runs in its task; the starter waits for the outcome.
         starter = _Starter(trio.lowlevel.current_task(), pid)
         nursery.start_soon(_run_hosting, pid, server, args, kwargs, name, link_to, starter)
-        result = await trio.lowlevel.wait_task_rescheduled(starter.abort)
+        result = await trio.lowlevel.wait_task_rescheduled(starter._abort)
         if isinstance(result, BaseException):
             raise result
         return pid
@@ -427,9 +427,9 @@ class _Starter:
             self.task = None
             trio.lowlevel.reschedule(task, _Value(value))
 
-    def abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
+    def _abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
         self.task = None
-        self.pid.kill("killed")
+        self.pid._kill("killed")
         return trio.lowlevel.Abort.SUCCEEDED
 
 
@@ -469,7 +469,7 @@ async def _run_hosting(
         # The exit is made known here, with no checkpoint before the task ends: if an
         # exception is tearing the tree down, it reaches the parent's nursery (which then
         # restarts nothing) before the parent can handle this exit as a crash to restart.
-        pid.finish(pid._reason if pid._reason is not UNSET else "shutdown")
+        pid._finish(pid._reason if pid._reason is not UNSET else "shutdown")
 
 
 async def _init(
@@ -491,7 +491,7 @@ async def _init(
             if name is not None:
                 holder = register(name, pid)
                 if holder is not None:
-                    pid.finish("normal")
+                    pid._finish("normal")
                     finished = True
                     return AlreadyRegistered(name, holder)
             try:
@@ -505,27 +505,27 @@ async def _init(
             elif isinstance(result, NoReply):
                 outcome = (result.continue_, result.timeout)
             elif isinstance(result, Ignore):
-                pid.finish("normal")
+                pid._finish("normal")
                 finished = True
                 return StartIgnored(None, "ignore")
             elif isinstance(result, Stop):
                 failure = StartError(None, result.reason)
                 if isinstance(result.reason, BaseException):
                     failure.__cause__ = result.reason
-                pid.finish(result.reason)
+                pid._finish(result.reason)
                 finished = True
                 return failure
             else:
                 bad = TypeError(
                     f"{type(server).__name__}.init returned {result!r}; expected None, NoReply, Stop or Ignore"
                 )
-                pid.finish(bad)
+                pid._finish(bad)
                 finished = True
                 return StartError(None, bad)
             if link_to is not None and link_to.alive:
                 link_pair(link_to, pid)
         if pid._scope.cancelled_caught:
-            pid.finish(pid._kill_reason)
+            pid._finish(pid._kill_reason)
             finished = True
             return StartError(None, pid._kill_reason)
         # The loop runs in a fresh kill scope (a scope is entered once); a kill that came
@@ -537,7 +537,7 @@ async def _init(
         return outcome
     finally:
         if not finished:
-            pid.finish("killed")  # the starter was cancelled during init
+            pid._finish("killed")  # the starter was cancelled during init
 
 
 def _after(result: object, callback: str) -> tuple[object, float | None]:
@@ -585,7 +585,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                             await trio.lowlevel.wait_task_rescheduled(pid._abort_wait)
                         else:
                             with trio.move_on_after(idle_timeout):
-                                await pid.wait_message()
+                                await pid._wait_message()
                             if not queue:
                                 continue_, idle_timeout = _after(await server.handle_info(TIMEOUT), "handle_info")
                                 continue
@@ -604,7 +604,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                         finally:
                             if not handled:
                                 # Going down inside handle_call: the exit fails this caller too.
-                                message.defer()
+                                message._defer()
                         result_type = type(result)
                         if result_type not in _CONTROL:
                             task = message._task
@@ -616,12 +616,12 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                             reply(message, result.value)
                             continue_, idle_timeout = result.continue_, result.timeout
                         elif result_type is NoReply:
-                            message.defer()
+                            message._defer()
                             continue_, idle_timeout = result.continue_, result.timeout
                         else:
                             # Owed a reply (now or after terminate): if the process dies
                             # first, even killed during terminate, its exit fails the caller.
-                            message.defer()
+                            message._defer()
                             raise _Stopping(result.reason, message, result.reply)
                         continue
                     kind = message[0]
@@ -703,7 +703,7 @@ async def _serve(pid: Pid, server: ServerBase, continue_: object, idle_timeout: 
                     if other._parent is pid:
                         send_exit_signal(other, pid, "kill")
             else:
-                pid.finish(reason)
+                pid._finish(reason)
     if crashed and pid._linked_to_trio and not is_normal_reason(reason):
         raise ProcessCrashed(pid, reason) from (reason if isinstance(reason, BaseException) else None)
 
@@ -754,7 +754,7 @@ async def stop(server: Server, reason: object = "normal", timeout: float = math.
         raise NoProcess(server, "stop")
     if pid is _CURRENT.get():
         raise CallingSelf(server)
-    pid.deliver((SYS, "stop", None, reason))
+    pid._deliver((SYS, "stop", None, reason))
     with trio.move_on_after(timeout):
         exit_reason = await pid.wait_exited()
         if exit_reason != reason:
@@ -782,9 +782,9 @@ async def get_state(server: Server, timeout: float = 5.0) -> Any:  # noqa: ASYNC
     if pid is caller:
         raise CallingSelf(server)
     from_ = From(pid, trio.lowlevel.current_task(), "get_state", caller)
-    pid.deliver((SYS, "get_state", from_, None))
+    pid._deliver((SYS, "get_state", from_, None))
     with trio.CancelScope(deadline=trio.current_time() + timeout):
-        return await trio.lowlevel.wait_task_rescheduled(from_.abort)
+        return await trio.lowlevel.wait_task_rescheduled(from_._abort)
     raise CallTimeout(server, "get_state", timeout)
 
 

@@ -164,11 +164,6 @@ class Pid:
         """`trio.current_time` when the process was created."""
         return self._started_at
 
-    @property
-    def server(self) -> ServerBase | None:
-        """The server object that runs in this process (``None`` once it has exited)."""
-        return self._server
-
     async def wait_exited(self) -> object:
         """Wait until the process has exited and return its exit reason.
 
@@ -187,7 +182,7 @@ class Pid:
 
     # --- the mailbox -------------------------------------------------------------
 
-    def deliver(self, item: object) -> None:
+    def _deliver(self, item: object) -> None:
         """Append ``item`` to the mailbox and wake the process if it waits (internal)."""
         self._queue.append(item)
         waiter = self._waiter
@@ -195,7 +190,7 @@ class Pid:
             self._waiter = None
             reschedule(waiter)
 
-    async def wait_message(self) -> None:
+    async def _wait_message(self) -> None:
         """Park until something arrives in the mailbox (internal; the mailbox is empty)."""
         self._waiter = current_task()
         await wait_task_rescheduled(self._abort_wait)
@@ -206,13 +201,13 @@ class Pid:
 
     # --- exit -----------------------------------------------------------------------
 
-    def kill(self, reason: object) -> None:
+    def _kill(self, reason: object) -> None:
         """Stop the process at its next checkpoint with ``reason`` (internal)."""
         if self._kill_reason is UNSET:
             self._kill_reason = reason
         self._scope.cancel()
 
-    def add_exit_hook(self, hook: Callable[[Pid, object], None]) -> None:
+    def _add_exit_hook(self, hook: Callable[[Pid, object], None]) -> None:
         """Run ``hook(pid, reason)`` synchronously when the process exits (internal)."""
         if not self.alive:
             hook(self, self._reason)
@@ -221,7 +216,7 @@ class Pid:
             self._on_exit = []
         self._on_exit.append(hook)
 
-    def finish(self, reason: object) -> None:
+    def _finish(self, reason: object) -> None:
         """Mark the process exited and propagate its exit (internal; idempotent)."""
         if not self.alive:
             return
@@ -238,14 +233,14 @@ class Pid:
         if queue:
             for item in queue:
                 if type(item) is From:
-                    item.fail(_exited(self, reason))
+                    item._fail(_exited(self, reason))
                 elif type(item) is tuple and item[0] == SYS and item[2] is not None:
-                    item[2].fail(_exited(self, reason))
+                    item[2]._fail(_exited(self, reason))
             queue.clear()
         if self._pending:
             pending, self._pending = self._pending, None
             for from_ in pending:
-                from_.fail(_exited(self, reason))
+                from_._fail(_exited(self, reason))
         if self._watching:
             for ref in self._watching:
                 target_monitors = ref.target._monitors
@@ -264,9 +259,9 @@ class Pid:
                 if watcher is not None:
                     if watcher._watching is not None:
                         watcher._watching.discard(ref)
-                    watcher.deliver((INFO, Down(ref, self, reason)))
+                    watcher._deliver((INFO, Down(ref, self, reason)))
                 else:
-                    ref.fire(reason)
+                    ref._fire(reason)
         if self._exit_event is not None:
             self._exit_event.set()
 
@@ -316,7 +311,7 @@ class MonitorRef:
     _event: trio.Event | None = attrs.field(default=None, alias="_event", repr=False)
     _reason: list[object] = attrs.field(factory=list, alias="_reason", repr=False)
 
-    def fire(self, reason: object) -> None:
+    def _fire(self, reason: object) -> None:
         """Record the target's exit for a monitor held outside any process (internal)."""
         self._reason.append(reason)
         if self._event is not None:
@@ -405,10 +400,10 @@ class From:
         self.caller = caller
         self._deferred = False
 
-    def timed_out(self) -> None:
+    def _timed_out(self) -> None:
         """The call's deadline passed: fail the caller with `CallTimeout` (internal)."""
         if self._task is not None:
-            self.fail(CallTimeout(self._server, self.request, self._timeout))
+            self._fail(CallTimeout(self._server, self.request, self._timeout))
 
     def __repr__(self) -> str:
         return f"<From {type(self.request).__name__} to {self.pid!r}>"
@@ -418,14 +413,14 @@ class From:
         """Whether the caller still waits for a reply."""
         return self._task is not None
 
-    def abort(self, _raise_cancel: object) -> Abort:
+    def _abort(self, _raise_cancel: object) -> Abort:
         """The caller stopped waiting (timeout or cancellation)."""
         self._task = None
         if self._deferred:
             self._release()
         return Abort.SUCCEEDED
 
-    def defer(self) -> None:
+    def _defer(self) -> None:
         """Remember this call until it is answered, so an exit can fail it (internal)."""
         if self._task is None:
             self.request = None  # the caller gave up while handle_call ran
@@ -438,7 +433,7 @@ class From:
             pending = self.pid._pending = set()
         pending.add(self)
 
-    def fail(self, error: BaseException) -> None:
+    def _fail(self, error: BaseException) -> None:
         """Raise ``error`` in the waiting caller (internal)."""
         task = self._task
         if task is not None:
@@ -771,7 +766,7 @@ async def call(server: Server, request: object, timeout: float = 5.0) -> Any:  #
             fifo.append(from_)
         else:
             deadlines.add(from_)
-    return await wait_task_rescheduled(from_.abort)
+    return await wait_task_rescheduled(from_._abort)
 
 
 class _CallDeadlines:
@@ -825,9 +820,9 @@ class _CallDeadlines:
             now = trio.current_time()
             fifo, heap = self.fifo, self.heap
             while fifo and fifo[0]._deadline <= now:
-                fifo.popleft().timed_out()
+                fifo.popleft()._timed_out()
             while heap and heap[0][0] <= now:
-                heapq.heappop(heap)[2].timed_out()
+                heapq.heappop(heap)[2]._timed_out()
             if not fifo:
                 self.last = -math.inf
             next_deadline = min(fifo[0]._deadline if fifo else math.inf, heap[0][0] if heap else math.inf)
@@ -880,7 +875,7 @@ def send(server: Server, message: Any) -> None:
     pid = server if type(server) is Pid else resolve(server)
     if pid is None or not pid.alive:
         return
-    pid.deliver((INFO, message))
+    pid._deliver((INFO, message))
 
 
 def send_exit_signal(target: Pid, sender: Pid | None, reason: object) -> None:
@@ -888,13 +883,13 @@ def send_exit_signal(target: Pid, sender: Pid | None, reason: object) -> None:
     if not target.alive:
         return
     if type(reason) is str and reason == "kill":
-        target.kill("killed")
+        target._kill("killed")
     elif target._trap_exit:
-        target.deliver((EXIT, sender, reason))
+        target._deliver((EXIT, sender, reason))
     elif type(reason) is str and reason == "normal" and sender is not target:
         return
     else:
-        target.kill(reason)
+        target._kill(reason)
 
 
 def exit(pid: Server, reason: object) -> None:  # noqa: A001 (Elixir's Process.exit/2)
@@ -938,7 +933,7 @@ def link(pid: Pid) -> None:
     if not pid.alive:
         if not me._trap_exit:
             raise NoProcess(pid, "link")
-        me.deliver((EXIT, pid, "noproc"))
+        me._deliver((EXIT, pid, "noproc"))
         return
     if me._links is None:
         me._links = set()
@@ -989,14 +984,14 @@ def monitor(pid: Server) -> MonitorRef:
     target = pid if type(pid) is Pid else resolve(pid)
     if target is None:
         target = Pid(None, None, False)
-        target.finish("noproc")
+        target._finish("noproc")
     ref = MonitorRef(target, None if watcher is not None else trio.Event())
     if not target.alive:
         reason = "noproc"
         if watcher is not None:
-            watcher.deliver((INFO, Down(ref, target, reason)))
+            watcher._deliver((INFO, Down(ref, target, reason)))
         else:
-            ref.fire(reason)
+            ref._fire(reason)
         return ref
     if target._monitors is None:
         target._monitors = {}

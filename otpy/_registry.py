@@ -209,7 +209,7 @@ class Registry(GenServer):
         self._unique = keys == "unique"
         self._meta = dict(meta or {})
         self._alive = True
-        self._pid.add_exit_hook(self._registry_exited)
+        self._pid._add_exit_hook(self._registry_exited)
 
     async def handle_info(self, message: Any) -> NoReply | Stop | None:
         """Ignore the exit signals of registered processes: their entries are already gone."""
@@ -326,7 +326,7 @@ class Registry(GenServer):
         keys = self._by_pid.get(pid)
         if keys is None:
             keys = self._by_pid[pid] = {}
-            pid.add_exit_hook(self._exit_hook)
+            pid._add_exit_hook(self._exit_hook)
         if not keys:
             own = self._pid
             if pid is not own and (pid._links is None or own not in pid._links):
@@ -403,7 +403,7 @@ class Registry(GenServer):
     def resolve(registry: RegistryRef) -> Registry:
         """The `Registry` object behind a registry's name, pid, `via` name, or object.
 
-        The object is the registry's process state (``pid.server``); the functions of
+        The object is the registry's process state (what ``otpy.get_state(pid)`` returns); the functions of
         this class accept it directly, which saves a name lookup, and `via` accepts it
         as a `ViaRegistry`. It is bound to one incarnation of the registry: once that
         process exits, using it raises `NoProcess`.
@@ -422,7 +422,7 @@ class Registry(GenServer):
                 return registry
             raise NoProcess(registry, "registry")
         pid = resolve(registry)
-        server = pid.server if pid is not None else None
+        server = pid._server if pid is not None else None
         if isinstance(server, Registry):
             if server._alive:
                 return server

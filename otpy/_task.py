@@ -201,7 +201,7 @@ class _TaskState:
         self.value = value
         owner, ref = self.deliver_to, self.ref
         if owner is not None and ref is not None and owner.alive:
-            owner.deliver((INFO, TaskReply(ref, value)))
+            owner._deliver((INFO, TaskReply(ref, value)))
         self.done.set()
         if self.notify is not None:
             self.notify()
@@ -253,7 +253,7 @@ def _spawn(
     nursery.start_soon(_run_task, pid, fn, args, state, go, name=f"otpy.Task {_fn_name(fn)}")
     if link and parent is not None:
         link_pair(parent, pid)
-    pid.add_exit_hook(state.exited_with)
+    pid._add_exit_hook(state.exited_with)
     return pid
 
 
@@ -302,7 +302,7 @@ async def _run_task(
                     reason=reason,
                     exc_info=reason if isinstance(reason, BaseException) else None,
                 )
-            pid.finish(reason)
+            pid._finish(reason)
 
 
 async def _start_linked(fn: Callable[..., Awaitable[object]], args: tuple[Any, ...]) -> Pid:
@@ -878,7 +878,7 @@ class TaskStream(Generic[R]):
         self._pending[self._spawned] = _Slot(pid, state, trio.current_time() + self._timeout)
         self._spawned += 1
         self._alive += 1
-        pid.add_exit_hook(self._task_exited)
+        pid._add_exit_hook(self._task_exited)
         owner = self._owner
         if owner is not None and self._watcher is None and pid.alive:
             nursery = self._nursery if self._nursery is not None else owner._nursery

@@ -104,7 +104,7 @@ class _Timers:
             timers = self.by_pid.get(dest_pid)
             if timers is None:
                 timers = self.by_pid[dest_pid] = {}
-                dest_pid.add_exit_hook(self._pid_exited)
+                dest_pid._add_exit_hook(self._pid_exited)
             timers[ref] = None
         if len(heap) > self.limit:
             self.compact()
@@ -149,7 +149,7 @@ class _Timers:
                 try:
                     if type(dest) is Pid:
                         if dest.alive:
-                            dest.deliver((INFO, message))
+                            dest._deliver((INFO, message))
                     else:
                         assert dest is not None
                         send(dest, message)  # a name is resolved now, at expiry

@@ -213,7 +213,7 @@ def tree(root: Server) -> TreeNode:
 
 def child_pids(pid: Pid) -> list[Pid]:
     """The live children of a supervisor, in start order (internal; empty for a worker)."""
-    server = pid.server
+    server = pid._server
     if isinstance(server, Supervisor):
         return [c.pid for c in list(getattr(server, "_children", ())) if isinstance(c.pid, Pid) and c.pid.alive]
     if isinstance(server, DynamicSupervisor):
@@ -234,7 +234,7 @@ def _kind(server: ServerBase | None, spec: ChildSpec | None) -> Kind:
 
 
 def _running_node(pid: Pid, child_id: Hashable, spec: ChildSpec | None, restarts: int, now: float) -> TreeNode:
-    server = pid.server
+    server = pid._server
     children: tuple[TreeNode, ...] = ()
     strategy: str | None = None
     if isinstance(server, Supervisor):

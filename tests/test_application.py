@@ -81,7 +81,7 @@ class TestServe:
             lambda task_status: otpy.serve([], name="app", signals=(), task_status=task_status)
         )
         assert otpy.whereis("app") is top
-        assert isinstance(top.server, otpy.Supervisor)
+        assert isinstance(await otpy.get_state(top), otpy.Supervisor)
         await otpy.stop(top)
 
     async def test_normal_stop_of_the_top_supervisor_returns(self, nursery: trio.Nursery) -> None:

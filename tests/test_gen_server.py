@@ -719,8 +719,7 @@ class TestInit:
         pid = await Starter.start_link("sleep", 3, nursery=nursery)
         assert trio.current_time() == 3.0
         assert pid.alive
-        assert pid.server is not None
-        assert pid.server.ready is True  # type: ignore[attr-defined]
+        assert (await otpy.get_state(pid)).ready is True
 
     async def test_init_receives_args_and_kwargs(self, nursery: trio.Nursery) -> None:
         """start_link passes positional and keyword arguments to init."""

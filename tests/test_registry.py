@@ -313,7 +313,7 @@ class TestResolve:
         pid = await start_registry(nursery)
         table = otpy.Registry.resolve("reg")
         assert isinstance(table, otpy.Registry)
-        assert table is pid.server is otpy.Registry.resolve(pid) is otpy.Registry.resolve(table)
+        assert table is await otpy.get_state(pid) is otpy.Registry.resolve(pid) is otpy.Registry.resolve(table)
         client = await Client.start_link(nursery=nursery)
         await run_in(client, otpy.Registry.register, pid, "k", 1)
         assert otpy.Registry.lookup("reg", "k") == otpy.Registry.lookup(pid, "k") == otpy.Registry.lookup(table, "k")
@@ -329,7 +329,7 @@ class TestResolve:
         """A registry registered under a via name is resolved through it."""
         await start_registry(nursery, name="names")
         pid = await otpy.Registry.start_link("unique", name=otpy.Registry.via("names", "inner"), nursery=nursery)
-        assert otpy.Registry.resolve(otpy.Registry.via("names", "inner")) is pid.server
+        assert otpy.Registry.resolve(otpy.Registry.via("names", "inner")) is await otpy.get_state(pid)
 
     async def test_unknown_registry_raises_no_process(self) -> None:
         """Using a registry name that nobody holds raises NoProcess."""
@@ -355,7 +355,7 @@ class TestResolve:
         sup = await otpy.Supervisor.start_link([spec], nursery=nursery)
         [info] = await otpy.Supervisor.which_children(sup)
         assert isinstance(info.child, otpy.Pid)
-        assert otpy.Registry.resolve("reg") is info.child.server
+        assert otpy.Registry.resolve("reg") is await otpy.get_state(info.child)
 
 
 # --- via -------------------------------------------------------------------------------------
@@ -371,7 +371,7 @@ class TestVia:
         assert otpy.Registry.lookup("reg", ("room", 42)) == [(pid, "lobby")]
         assert (await otpy.call(name, lambda: "hi")).unwrap() == "hi"
         otpy.send(name, "ping")
-        assert (await otpy.call(name, lambda: otpy.self().server.inbox)).unwrap() == ["ping"]  # type: ignore[union-attr]
+        assert (await otpy.get_state(name)).inbox == ["ping"]
 
     async def test_taken_via_name_raises_already_registered(self, nursery: trio.Nursery) -> None:
         """Starting a second process under a taken via name raises AlreadyRegistered with the holder."""
@@ -548,7 +548,7 @@ class TestQueries:
         otpy.Registry.dispatch("pubsub", "news", broadcast, "hello")
         assert seen == [3]
         for pid in [*subscribers, other]:
-            inbox = (await otpy.call(pid, lambda: otpy.self().server.inbox)).unwrap()  # type: ignore[union-attr]
+            inbox = (await otpy.get_state(pid)).inbox
             assert inbox == ([] if pid is other else [("broadcast", "hello")])
 
     async def test_dispatch_without_entries_does_not_call(self, nursery: trio.Nursery) -> None:

@@ -324,7 +324,7 @@ class Runner:
 
     def dead_pid(self) -> Pid:
         pid = Pid(None, None, False)
-        pid.finish("normal")
+        pid._finish("normal")
         return pid
 
     def child_ref(self, sup_id: str, step: dict[str, Any]) -> Any:
