@@ -195,3 +195,23 @@ def test_errors_render_their_data() -> None:
     assert "'c1'" in str(otpy.StartError("c1", "nope"))
     assert "'nope'" in str(otpy.StartError(None, "nope"))
     assert "3" in str(otpy.MaxChildren(3))
+
+
+# --- what a pid, a From and a MonitorRef let users touch (issue 8) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "public"),
+    [
+        (
+            otpy.Pid,
+            {"alive", "exit_reason", "mailbox_size", "name", "parent", "started_at", "trap_exit", "wait_exited"},
+        ),
+        (otpy.From, {"caller", "pid", "request", "waiting"}),
+        (otpy.MonitorRef, {"target", "wait"}),
+    ],
+    ids=lambda value: value.__name__ if isinstance(value, type) else None,
+)
+def test_handles_expose_only_what_users_may_call(cls: type, public: set[str]) -> None:
+    """Internals (delivering, finishing, killing, the live server object) are private names."""
+    assert {name for name in dir(cls) if not name.startswith("_")} == public
