@@ -198,6 +198,7 @@ class _TurnDone:
 
     result: Result
     records: tuple[Record, ...]
+    objects: dict[int, object]
 
 
 def _unwrap(reply: Any) -> Any:
@@ -281,6 +282,7 @@ class _TurnWork:
     next_seq: int
     provider_session_id: str | None
     records: list[Record] = attrs.field(factory=list)
+    objects: dict[int, object] = attrs.field(factory=dict)  # seq -> the Message or Result it holds
 
 
 @attrs.frozen
@@ -436,8 +438,12 @@ class _TurnTask:
 
     # --- one turn --------------------------------------------------------------------------
 
-    async def _append(self, work: _TurnWork, kind: str, data: dict[str, Any], *, durable: bool = False) -> None:
+    async def _append(
+        self, work: _TurnWork, kind: str, data: dict[str, Any], *, durable: bool = False, value: object = None
+    ) -> None:
         record = Record(session_id=self.session_id, seq=work.next_seq, kind=kind, data=data)
+        if value is not None:
+            work.objects[record.seq] = value
         # Shielded: a record half-written by a cancellation would leave the log's seq
         # unknown; the store bounds its own writes.
         with trio.CancelScope(shield=True):
@@ -515,7 +521,8 @@ class _TurnTask:
             case ToolCallRequested(call=call):
                 turn.tool_calls.append(call)
             case MessageAdded(message=message):
-                await self._append(work, "message", {"turn": turn.number, "message": message.to_dict()})
+                data = {"turn": turn.number, "message": message.to_dict()}
+                await self._append(work, "message", data, value=message)
                 turn.messages.append(message)
                 if message.role == "assistant":
                     turn.unsaid.clear()
@@ -573,12 +580,14 @@ class _TurnTask:
             # Text that streamed but never became a message (an interrupt, a failure)
             # still joins the transcript: the user saw it.
             message = Message(role="assistant", content="".join(turn.unsaid))
-            await self._append(work, "message", {"turn": turn.number, "message": message.to_dict()})
+            data = {"turn": turn.number, "message": message.to_dict()}
+            await self._append(work, "message", data, value=message)
             turn.unsaid.clear()
-        await self._append(work, "turn_finished", {"turn": turn.number, "result": result.to_dict()}, durable=True)
+        data = {"turn": turn.number, "result": result.to_dict()}
+        await self._append(work, "turn_finished", data, durable=True, value=result)
         # The server hears of the end before any subscriber does: a subscriber that
         # calls the server on TurnFinished finds the turn counted.
-        otpy.send(self.server, _TurnDone(result, tuple(work.records)))
+        otpy.send(self.server, _TurnDone(result, tuple(work.records), work.objects))
         self.fanout.publish(TurnFinished(result))
 
 
@@ -970,8 +979,8 @@ class SessionServer(otpy.GenServer):
 
     async def handle_info(self, message: Any) -> otpy.Stop | None:
         match message:
-            case _TurnDone(records=records, result=result):
-                folded = fold(self._sid, records, start=self._session, last_seq=self._last_seq)
+            case _TurnDone(records=records, result=result, objects=objects):
+                folded = fold(self._sid, records, start=self._session, last_seq=self._last_seq, known=objects)
                 self._session, self._last_seq = folded.session, folded.last_seq
                 turn, self._running = self._running, None
                 if turn is not None:

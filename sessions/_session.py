@@ -8,7 +8,7 @@ reloads cannot drift apart.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -133,14 +133,19 @@ class Folder:
     Record kinds and what they do are listed in `sessions._stores._base`.
     """
 
-    def __init__(self, session: Session, last_seq: int = 0) -> None:
+    def __init__(self, session: Session, last_seq: int = 0, known: Mapping[int, object] | None = None) -> None:
         self.session_id = session.session_id
-        self.messages = list(session.messages)
-        self.history = list(session.history)
+        # What ``session`` held, and what was added since: a turn's end copies the
+        # transcript once, not once per step.
+        self.base_messages = session.messages
+        self.base_history = session.history
+        self.messages: list[Message] = []
+        self.history: list[Result] = []
         self.provider_session_id = session.provider_session_id
         self.open: OpenTurn | None = None
         self.open_messages: list[Message] = []
         self.last_seq = last_seq
+        self.known = known or {}
 
     def apply(self, record: Record) -> None:
         """Fold one record in."""
@@ -155,22 +160,27 @@ class Folder:
                 self.open_messages = []
                 self.messages.append(Message(role="user", content=prompt))
             case "message":
-                message = Message.from_dict(data["message"])
+                message = self.known.get(record.seq)
+                if not isinstance(message, Message):
+                    message = Message.from_dict(data["message"])
                 self.messages.append(message)
                 if self.open is not None:
                     self.open_messages.append(message)
             case "provider_session":
                 self.provider_session_id = str(data["id"])
             case "turn_finished":
-                self.history.append(Result.from_dict(data["result"]))
+                result = self.known.get(record.seq)
+                if not isinstance(result, Result):
+                    result = Result.from_dict(data["result"])
+                self.history.append(result)
                 self.open = None
                 self.open_messages = []
             case "turn_interrupted":
                 self._interrupt(str(data.get("reason", "interrupted")))
             case "session_put":
                 session = Session.from_dict(data["session"])
-                self.messages = list(session.messages)
-                self.history = list(session.history)
+                self.base_messages, self.base_history = session.messages, session.history
+                self.messages, self.history = [], []
                 self.provider_session_id = session.provider_session_id
                 self.open = None
                 self.open_messages = []
@@ -195,25 +205,33 @@ class Folder:
             open_turn = attrs.evolve(self.open, messages=tuple(self.open_messages))
         session = Session(
             session_id=self.session_id,
-            messages=tuple(self.messages),
-            history=tuple(self.history),
+            messages=self.base_messages + tuple(self.messages) if self.messages else self.base_messages,
+            history=self.base_history + tuple(self.history) if self.history else self.base_history,
             provider_session_id=self.provider_session_id,
         )
         return Folded(session=session, open_turn=open_turn, last_seq=self.last_seq)
 
 
-def fold(session_id: str, records: Iterable[Record], start: Session | None = None, last_seq: int = 0) -> Folded:
+def fold(
+    session_id: str,
+    records: Iterable[Record],
+    start: Session | None = None,
+    last_seq: int = 0,
+    known: Mapping[int, object] | None = None,
+) -> Folded:
     """Fold ``records`` (in ``seq`` order) into a `Session`, from ``start`` or from nothing.
 
     A turn that started and has no ``turn_finished`` yet is returned as ``open_turn``;
-    a ``turn_interrupted`` record closes it as an interrupted `Result`.
+    a ``turn_interrupted`` record closes it as an interrupted `Result`. ``known`` maps
+    a record's ``seq`` to the `Message` or `Result` it was written from, which saves
+    reading it back (the live server passes what its turn task wrote).
 
     Example::
 
         folded = fold("s1", await store.load("s1"))
         print(folded.session.turn_count, folded.open_turn)
     """
-    folder = Folder(start if start is not None else Session(session_id=session_id), last_seq)
+    folder = Folder(start if start is not None else Session(session_id=session_id), last_seq, known)
     for record in records:
         folder.apply(record)
     return folder.folded()
