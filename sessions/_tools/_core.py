@@ -73,6 +73,8 @@ class Tool:
     edits_files: bool = False
     context_parameter: str | None = None
     """The parameter that receives the `ToolContext`, if any."""
+    enum_parameters: dict[str, type[enum.Enum]] = attrs.field(factory=dict, repr=False)
+    """Parameters whose JSON value is converted to an enum member before the call."""
 
     @property
     def spec(self) -> ToolSpec:
@@ -241,6 +243,7 @@ def _from_function(
         raise InvalidOption("tool", tool_name, f"cannot read its type hints: {exc}") from exc
     properties: dict[str, JSON] = {}
     required: list[str] = []
+    enums: dict[str, type[enum.Enum]] = {}
     context_parameter = None
     for parameter in inspect.signature(function).parameters.values():
         hint = hints.get(parameter.name, Any)
@@ -252,6 +255,9 @@ def _from_function(
         if parameter.kind is inspect.Parameter.POSITIONAL_ONLY:
             raise InvalidOption("tool", tool_name, f"{parameter.name} is positional-only; tools are called by name")
         schema = _schema(hint, f"{tool_name}.{parameter.name}")
+        enum_type = _enum_of(hint)
+        if enum_type is not None:
+            enums[parameter.name] = enum_type
         if parameter.name in documented:
             schema["description"] = documented[parameter.name]
         if parameter.default is inspect.Parameter.empty:
@@ -261,7 +267,16 @@ def _from_function(
         properties[parameter.name] = schema
     parameters: dict[str, JSON] = {"type": "object", "properties": properties, "required": required}
     parameters["additionalProperties"] = False
-    return Tool(tool_name, text, parameters, function, read_only, edits_files, context_parameter)
+    return Tool(tool_name, text, parameters, function, read_only, edits_files, context_parameter, enums)
+
+
+def _enum_of(hint: Any) -> type[enum.Enum] | None:
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found = [a for a in typing.get_args(hint) if isinstance(a, type) and issubclass(a, enum.Enum)]
+        return found[0] if len(found) == 1 else None
+    return None
 
 
 # --- checking the model's arguments ------------------------------------------------------
@@ -311,9 +326,7 @@ def _check_arguments(tool: Tool, arguments: dict[str, Any]) -> dict[str, Any]:
             expected = schema.get("type") or schema.get("enum") or "a valid value"
             raise ToolError(f"invalid arguments for {tool.name}: {name}={value!r} is not {expected}")
     kwargs = dict(arguments)
-    hints = typing.get_type_hints(tool.function) if tool.function.__annotations__ else {}
-    for name, value in arguments.items():
-        hint = hints.get(name)
-        if isinstance(hint, type) and issubclass(hint, enum.Enum):
-            kwargs[name] = hint(value)
+    for name, kind in tool.enum_parameters.items():
+        if name in kwargs and kwargs[name] is not None:
+            kwargs[name] = kind(kwargs[name])
     return kwargs

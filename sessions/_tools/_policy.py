@@ -244,6 +244,8 @@ class Hooks:
         `Allow` if a hook allowed, else None) and the event with every `Transform` applied."""
         allowed = False
         entries: Sequence[Hook | HookMatcher] = getattr(self, point)
+        if not entries:
+            return None, event
         for entry in entries:
             if isinstance(entry, HookMatcher):
                 if tool_name is None or not re.fullmatch(entry.matcher, tool_name):
