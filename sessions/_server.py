@@ -246,6 +246,7 @@ class _Turn:
 
     __slots__ = (
         "begun",
+        "ended",
         "from_",
         "helper_scope",
         "interrupting",
@@ -271,6 +272,7 @@ class _Turn:
         self.scope = trio.CancelScope()
         self.helper_scope: trio.CancelScope | None = None
         self.begun = False
+        self.ended = False
         self.interrupting = False
 
 
@@ -283,6 +285,7 @@ class _TurnWork:
     provider_session_id: str | None
     records: list[Record] = attrs.field(factory=list)
     objects: dict[int, object] = attrs.field(factory=dict)  # seq -> the Message or Result it holds
+    finished: bool = False
 
 
 @attrs.frozen
@@ -378,7 +381,7 @@ class _TurnTask:
                     _log.warning(
                         "provider_failed", session_id=self.session_id, provider=self.provider.name, error=str(exc)
                     )
-                    if isinstance(work, _TurnWork):
+                    if isinstance(work, _TurnWork) and not work.finished:
                         await self._fail_before_provider(work, exc)
                     work = None
         finally:
@@ -424,8 +427,11 @@ class _TurnTask:
         self.helpers.start_soon(self._interrupt, self.conn, turn)
 
     async def _interrupt(self, conn: ProviderSession, turn: _Turn) -> None:
+        if turn.ended:
+            return
         if turn is not self.current:
-            return  # the turn ended before this helper ran
+            turn.scope.cancel()  # the provider has not seen it yet: it ends as soon as it starts
+            return
         with trio.CancelScope() as scope:
             turn.helper_scope = scope
             with trio.move_on_after(self.config.interrupt_grace):
@@ -486,6 +492,7 @@ class _TurnTask:
                         closing.shield = True
                         await aclose()
         self.current = None
+        turn.ended = True
         if turn.helper_scope is not None:
             turn.helper_scope.cancel()
         broke = False
@@ -587,6 +594,7 @@ class _TurnTask:
         await self._append(work, "turn_finished", data, durable=True, value=result)
         # The server hears of the end before any subscriber does: a subscriber that
         # calls the server on TurnFinished finds the turn counted.
+        work.finished = True
         otpy.send(self.server, _TurnDone(result, tuple(work.records), work.objects))
         self.fanout.publish(TurnFinished(result))
 

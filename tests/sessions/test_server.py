@@ -286,6 +286,28 @@ class TestInterrupt:
         assert results[0].text == "a b c d "
         assert [m.content for m in await SessionServer.messages("a")] == ["one", "a b c d "]
 
+    async def test_an_interrupt_before_the_turn_reaches_the_provider(
+        self, supervised: Start, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Interrupted while its turn_started record is being written: the turn ends as soon as it starts."""
+        gate = trio.Event()
+
+        class GatedStore(sessions.InMemoryStore):
+            async def append(self, session_id: str, records: Any, *, durable: bool = False) -> None:
+                if records[0].kind == "turn_started":
+                    await gate.wait()
+                await super().append(session_id, records, durable=durable)
+
+        provider = ScriptedProvider([ScriptedReply("slow", delay=100, ignore_interrupt=True)])
+        await supervised(name="a", provider=provider, store=GatedStore(), interrupt_grace=50)
+        results: list[Any] = []
+        await send_in_background(nursery, "a", "one", results)
+        assert await SessionServer.interrupt("a")
+        gate.set()
+        await wait_until(lambda: bool(results))
+        assert results[0].finish_reason is FinishReason.INTERRUPTED
+        assert results[0].duration_s < 1
+
     async def test_interrupt_when_idle_is_false(self, supervised: Start) -> None:
         """Nothing to interrupt: False."""
         await supervised(name="a", provider=ScriptedProvider())
