@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -326,3 +327,22 @@ def test_it_is_a_provider() -> None:
     assert isinstance(loop, sessions.Provider)
     assert loop.runs_own_tools is False
     assert loop.name == "ollama"
+
+
+async def test_the_loop_session_is_a_provider_session(tmp_path: Path) -> None:
+    loop = sessions.AgentLoop(sessions.Ollama("m"))
+    async with loop.connect(SessionContext("s1", cwd=str(tmp_path))) as conn:
+        assert isinstance(conn, sessions.ProviderSession)
+        assert conn.cwd == os.path.realpath(tmp_path)
+
+
+def test_public_names_of_this_part_claim_sessions_and_have_examples() -> None:
+    names = [
+        "AgentLoop", "LoopSession", "Ollama", "OpenAICompatible", "Price", "PriceTable", "RetryPolicy", "Tool",
+        "ToolContext", "ToolError", "Allow", "Deny", "Halt", "Transform", "Hooks", "HookMatcher", "HookEvent",
+        "PermissionRequest", "builtin_tools", "tool",
+    ]  # fmt: skip
+    for name in names:
+        obj = getattr(sessions, name)
+        assert obj.__module__ == "sessions", name
+        assert "Example::" in (obj.__doc__ or ""), name

@@ -1,0 +1,25 @@
+"""bench/sessions_loop.py --quick runs and prints its tables (no timing is checked)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_the_loop_bench_runs() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "sessions_loop.py"), "--quick", "--out", "none"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "| ollama | " in done.stdout
+    assert "| openai | wall ratio loop/client |" in done.stdout
+    assert "50 concurrent sessions" in done.stdout
