@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -333,7 +332,7 @@ async def test_the_loop_session_is_a_provider_session(tmp_path: Path) -> None:
     loop = sessions.AgentLoop(sessions.Ollama("m"))
     async with loop.connect(SessionContext("s1", cwd=str(tmp_path))) as conn:
         assert isinstance(conn, sessions.ProviderSession)
-        assert conn.cwd == os.path.realpath(tmp_path)
+        assert conn.cwd == str(await trio.Path(tmp_path).resolve())
 
 
 def test_public_names_of_this_part_claim_sessions_and_have_examples() -> None:
