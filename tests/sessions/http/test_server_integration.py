@@ -144,3 +144,31 @@ async def test_killed_while_a_tool_runs_leaves_no_process_and_carries_on(
     assert [m.role for m in messages][:3] == ["user", "assistant", "system"]
     assert messages[1].tool_calls[0].name == "bash"
     await store.aclose()
+
+
+async def test_interrupt_mid_loop_through_the_server(
+    tmp_path: Path, supervised: Start, nursery: trio.Nursery, autojump_clock: Any
+) -> None:
+    def script(seen: Seen) -> Reply:
+        prompt, step = turn_of(seen)
+        if prompt == "slow":
+            return ollama_tools(("list", {"path": "."})) if step == 0 else Reply(hang_before_headers=True)
+        return ollama_text("quick answer")
+
+    async with serve(script) as server:
+        model = sessions.Ollama("llama3.1", host=server.url)
+        await supervised(name="agent", provider=model, store=sessions.InMemoryStore(), cwd=str(tmp_path))
+        outcomes: list[Any] = []
+        await send_in_background(nursery, "agent", "slow", outcomes)
+        await wait_until(lambda: server.in_flight == 1 and len(server.requests) == 2)
+        assert await SessionServer.interrupt("agent")
+        await wait_until(lambda: bool(outcomes))
+        interrupted = outcomes[0]
+        assert interrupted.finish_reason is FinishReason.INTERRUPTED
+        assert interrupted.num_turns == 2
+        assert [c.name for c in interrupted.tool_calls] == ["list"]
+        after = await SessionServer.send_message("agent", "next")
+        assert after.text == "quick answer"
+        await model.aclose()
+    sent = server.requests[-1].body["messages"]
+    assert [m["role"] for m in sent][:3] == ["user", "assistant", "tool"]
