@@ -6,9 +6,10 @@
 Row a, **turn overhead**: the same `ScriptedProvider` turn (ten text deltas, one tool
 call, a cost; no delays) run ``--turns`` times directly on a connected provider
 session, and ``--turns`` times through ``SessionServer.send_message`` (the turn task,
-the write-ahead records in an `InMemoryStore`, the fold, the deferred reply). The two
-alternate, ``--rounds`` times; the ratio of each round's per-turn times is reported as
-median and min-max.
+the write-ahead records in an `InMemoryStore`, the fold, the deferred reply), in
+sessions of ``--session-length`` turns (a session copies its transcript once a turn,
+so a turn costs a little more as a session grows). The two alternate, ``--rounds``
+times; the ratio of each round's per-turn times is reported as median and min-max.
 
 Row b, **idle sessions**: ``--sessions`` SessionServers started under one
 DynamicSupervisor, each with its turn task connected (a scripted provider) and its
@@ -50,42 +51,48 @@ REPLY = ScriptedReply(
 # --- row a: turn overhead -------------------------------------------------------------------------
 
 
-async def direct_turns(provider: ScriptedProvider, turns: int) -> float:
-    """Seconds per turn, calling the provider directly."""
+async def direct_turns(provider: ScriptedProvider, turns: int, length: int) -> float:
+    """Seconds per turn, calling the provider directly (turn numbers as in sessions of ``length`` turns)."""
     ctx = sessions.SessionContext(session_id="direct")
     async with provider.connect(ctx) as conn:
         start = time.perf_counter()
-        for n in range(1, turns + 1):
-            request = sessions.TurnRequest(turn=n, prompt="hi", messages=())
+        for n in range(turns):
+            request = sessions.TurnRequest(turn=n % length + 1, prompt="hi", messages=())
             async for _event in conn.run_turn(request):
                 pass
         return (time.perf_counter() - start) / turns
 
 
-async def server_turns(provider: ScriptedProvider, turns: int, nursery: trio.Nursery) -> float:
-    """Seconds per turn, through a SessionServer (a fresh session each round)."""
-    pid = await SessionServer.start_link(provider=provider, store=sessions.InMemoryStore(), nursery=nursery)
+async def server_turns(provider: ScriptedProvider, turns: int, length: int, nursery: trio.Nursery) -> float:
+    """Seconds per turn, through SessionServers of ``length`` turns each (started beforehand)."""
+    store = sessions.InMemoryStore()
+    pids = [
+        await SessionServer.start_link(provider=provider, store=store, nursery=nursery)
+        for _ in range(-(-turns // length))
+    ]
     start = time.perf_counter()
-    for _ in range(turns):
-        await SessionServer.send_message(pid, "hi")
+    for n in range(turns):
+        await SessionServer.send_message(pids[n // length], "hi")
     elapsed = (time.perf_counter() - start) / turns
-    await SessionServer.stop(pid)
+    for pid in pids:
+        await SessionServer.stop(pid)
     return elapsed
 
 
-async def row_a(turns: int, rounds: int) -> dict[str, Any]:
+async def row_a(turns: int, rounds: int, length: int) -> dict[str, Any]:
     provider = ScriptedProvider(default=REPLY)
     direct: list[float] = []
     server: list[float] = []
     async with trio.open_nursery() as nursery:
-        await direct_turns(provider, max(10, turns // 10))  # warm-up
-        await server_turns(provider, max(10, turns // 10), nursery)
+        await direct_turns(provider, max(10, turns // 10), length)  # warm-up
+        await server_turns(provider, max(10, turns // 10), length, nursery)
         for _ in range(rounds):
-            direct.append(await direct_turns(provider, turns))
-            server.append(await server_turns(provider, turns, nursery))
+            direct.append(await direct_turns(provider, turns, length))
+            server.append(await server_turns(provider, turns, length, nursery))
     ratios = [s / d for s, d in zip(server, direct, strict=True)]
     return {
         "turns_per_round": turns,
+        "turns_per_session": length,
         "rounds": rounds,
         "direct_us_per_turn": _spread([d * 1e6 for d in direct]),
         "server_us_per_turn": _spread([s * 1e6 for s in server]),
@@ -177,7 +184,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "trio": trio.__version__,
         }
     }
-    results["a"] = await row_a(args.turns, args.rounds)
+    results["a"] = await row_a(args.turns, args.rounds, args.session_length)
     results["b"] = await row_b(args.sessions)
     return results
 
@@ -190,7 +197,7 @@ def report(results: dict[str, Any]) -> str:
         f"| a | direct provider turn | {_fmt(a['direct_us_per_turn'])} µs |",
         f"| a | SessionServer turn | {_fmt(a['server_us_per_turn'])} µs |",
         f"| a | ratio server / direct | {_fmt(a['ratio'], 2)} x "
-        f"({a['rounds']} rounds of {a['turns_per_round']} turns) |",
+        f"({a['rounds']} rounds of {a['turns_per_round']} turns, {a['turns_per_session']} per session) |",
         f"| b | start, per idle session ({b['sessions']:,} sessions) | {b['start_us_per_session']:.0f} µs |",
         f"| b | stop, per idle session | {b['stop_us_per_session']:.0f} µs |",
         f"| b | memory per idle session, RSS growth | {b['rss_bytes_per_session'] / 1024:.1f} KiB |",
@@ -204,6 +211,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--session-length", type=int, default=50, help="turns per session in row a")
     parser.add_argument("--sessions", type=int, default=10_000)
     parser.add_argument("--quick", action="store_true", help="200 turns, 2 rounds, 500 sessions")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sessions_server.json"))
