@@ -248,3 +248,18 @@ def test_options_are_checked() -> None:
 
 def test_it_is_a_model_provider() -> None:
     assert isinstance(sessions.Ollama("m"), sessions.ModelProvider)
+
+
+async def test_timeouts_are_retried_only_when_asked(autojump_clock: Any) -> None:
+    policy = sessions.RetryPolicy(max_attempts=2, retry_on=frozenset({"timeout"}))
+    async with serve([Reply(hang_before_headers=True), ollama_text("late but fine")]) as server:
+        events = await collect(sessions.Ollama("m", host=server.url, timeout=5.0, retry=policy))
+    assert events[-1].text == "late but fine"
+
+
+def test_retry_policy_is_checked_and_bounded() -> None:
+    with pytest.raises(sessions.InvalidOption):
+        sessions.RetryPolicy(max_attempts=0)
+    policy = sessions.RetryPolicy(base_delay=1.0, max_delay=4.0)
+    assert all(0 <= policy.delay(attempt) <= 4.0 for attempt in range(20))
+    assert policy.delay(0, retry_after=100.0) == 4.0

@@ -336,3 +336,14 @@ def test_builtin_tools_by_name() -> None:
         sessions.builtin_tools(["rm"])
     read_only = {t.name for t in sessions.builtin_tools() if t.read_only}
     assert read_only == {"read", "list", "glob", "grep"}
+
+
+async def test_optional_enum_arguments_are_converted(tmp_path: Path) -> None:
+    @sessions.tool
+    async def shade(color: Color | None = None) -> str:
+        """Say the shade."""
+        return repr(color)
+
+    context = ToolContext(cwd=str(tmp_path))
+    assert await shade.run({"color": "blue"}, context) == repr(Color.BLUE)
+    assert await shade.run({}, context) == "None"
