@@ -395,6 +395,19 @@ class TestSubscribers:
         assert got[0] == got[1]
         assert isinstance(got[0][-1], TurnFinished)
 
+    async def test_a_killed_server_ends_its_subscriptions(
+        self, supervised: Start, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A subscription of a server that was killed (no terminate) ends: its turn task closes it."""
+        await supervised(name="a", provider=ScriptedProvider(), restart="temporary")
+        events = await SessionServer.subscribe("a")
+        pid = otpy.whereis("a")
+        assert pid is not None
+        otpy.exit(pid, "kill")
+        with trio.fail_after(1):
+            assert [event async for event in events] == []
+        assert events.closed
+
     async def test_a_late_subscriber_gets_a_snapshot_first(
         self, supervised: Start, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
     ) -> None:
@@ -502,6 +515,21 @@ class TestSessionValue:
         assert [kind for kind, _ in provider.log] == ["enter", "exit", "enter"]
         records = await store.load("s")
         assert "session_put" in [r.kind for r in records]
+
+    async def test_put_session_waits_for_the_running_turn(
+        self, supervised: Start, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """A put_session sent mid-turn is applied after the turn (and the turns queued before it)."""
+        provider = ScriptedProvider(default=ScriptedReply("x", delay=10))
+        await supervised(name="a", provider=provider, session_id="s")
+        results: list[Any] = []
+        await send_in_background(nursery, "a", "one", results)
+        empty = sessions.Session(session_id="s")
+        await SessionServer.put_session("a", empty)
+        assert trio.current_time() == pytest.approx(10, abs=0.1)
+        assert [r.turn for r in results] == [1]
+        assert await SessionServer.get_session("a") == empty
+        assert (await SessionServer.send_message("a", "two")).turn == 1  # a fresh history numbers from 1
 
     async def test_put_session_of_another_id_is_refused(self, supervised: Start) -> None:
         """A Session of another session id is an InvalidOption."""
