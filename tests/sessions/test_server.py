@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -47,21 +48,28 @@ async def send_in_background(nursery: trio.Nursery, server: Any, prompt: str, re
 
 
 class TestUsedBy:
-    async def test_the_issue_snippet_runs_as_written(self, nursery: trio.Nursery) -> None:
-        """The issue's snippet: a supervised session, messages by name, exact cost and turn count."""
+    async def test_the_issue_snippet_runs_as_written(
+        self, nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The issue's snippet, with a SqliteStore("agents.db"): messages by name, exact cost and turn count."""
+        monkeypatch.chdir(tmp_path)
         provider = ScriptedProvider([ScriptedReply("Two files: a and b.", cost_usd=0.0123)])
-        store = sessions.InMemoryStore()
+        SqliteStore = sessions.SqliteStore
         children = [
-            SessionServer.child_spec(
-                name="my_agent", provider=provider, store=store, query_opts={"model": "sonnet", "max_turns": 5}
-            ),
-        ]
-        await otpy.Supervisor.start_link(children, strategy="one_for_one", nursery=nursery)
+            SessionServer.child_spec(name="my_agent", provider=provider, store=SqliteStore("agents.db"),
+                                     query_opts={"model": "sonnet", "max_turns": 5}),
+        ]  # fmt: skip
+        sup = await otpy.Supervisor.start_link(children, strategy="one_for_one", nursery=nursery)
         result = await SessionServer.send_message("my_agent", "What files are here?")
-        assert await SessionServer.total_cost("my_agent") == 0.0123
+        assert await SessionServer.total_cost("my_agent") == 0.0123  # exact, in USD
         assert await SessionServer.turn_count("my_agent") == 1
         assert result.text == "Two files: a and b."
         assert provider.requests[0].options == {"model": "sonnet", "max_turns": 5}
+        await otpy.stop(sup)
+        store = children[0].start.keywords["store"]  # type: ignore[attr-defined]
+        assert [r.kind for r in await store.load(result.session_id)][-1] == "turn_finished"
+        await store.aclose()
+        assert (tmp_path / "agents.db").exists()
 
 
 class TestTurns:
