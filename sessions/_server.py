@@ -654,12 +654,12 @@ class SessionServer(otpy.GenServer):
     # --- client API: runs in the caller's task ----------------------------------------------
 
     @classmethod
-    def child_spec(  # type: ignore[override]
+    def child_spec(
         cls,
         *args: Any,
         id: Any = None,  # noqa: A002 (Elixir's :id)
         restart: Literal["permanent", "transient", "temporary"] = "permanent",
-        shutdown: float | Literal["brutal_kill"] | None = None,
+        shutdown: float | Literal["brutal_kill", "infinity"] | None = None,
         significant: bool = False,
         name: otpy.Pid | str | otpy.Via | None = None,
         **options: Any,
