@@ -8,6 +8,7 @@ reloads cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -47,13 +48,13 @@ class Session:
         """How many turns the session has had (``len(history)``)."""
         return len(self.history)
 
-    @property
+    @functools.cached_property
     def total_cost(self) -> float:
         """The session's cost in USD: the sum of the turns' costs, added as the decimals
         they were reported as (0.1 + 0.2 is 0.3 here), then made a float."""
         return float(sum((Decimal(repr(result.cost_usd)) for result in self.history), Decimal(0)))
 
-    @property
+    @functools.cached_property
     def usage(self) -> Usage:
         """The session's tokens: the sum of the turns' usage."""
         total = Usage()
