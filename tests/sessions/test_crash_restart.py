@@ -209,40 +209,40 @@ class TestTurnTaskLifetime:
         (its close takes 0.5 s here) before anyone sees the server exit; nothing is left running."""
         provider = script()
         seen: list[int] = []
-        async with trio.open_nursery() as watchers:
-            async with trio.open_nursery() as nursery:
-                if how == "supervisor_shutdown":
-                    sup = await otpy.Supervisor.start_link(
-                        [SessionServer.child_spec(name="a", provider=provider)], nursery=nursery
-                    )
-                elif how == "crash":  # unlinked: a crash of a process linked to plain trio code fails its nursery
-                    await SessionServer.start(name="a", provider=provider, nursery=nursery)
-                else:
-                    await SessionServer.start_link(name="a", provider=provider, nursery=nursery)
-                pid = otpy.whereis("a")
-                assert pid is not None
-                outcomes: list[Any] = []
-                await send_soon(nursery, "a", "one", outcomes)
-                await trio.sleep(1.1)  # mid-turn
-                assert provider.open_connections == 1
-                ref = otpy.monitor(pid)
+        async with trio.open_nursery() as watchers, trio.open_nursery() as nursery:
+            if how == "supervisor_shutdown":
+                sup = await otpy.Supervisor.start_link(
+                    [SessionServer.child_spec(name="a", provider=provider)], nursery=nursery
+                )
+            elif how == "crash":  # unlinked: a crash of a process linked to plain trio code fails its nursery
+                await SessionServer.start(name="a", provider=provider, nursery=nursery)
+            else:
+                await SessionServer.start_link(name="a", provider=provider, nursery=nursery)
+            pid = otpy.whereis("a")
+            assert pid is not None
+            outcomes: list[Any] = []
+            await send_soon(nursery, "a", "one", outcomes)
+            await trio.sleep(1.1)  # mid-turn
+            assert provider.open_connections == 1
+            ref = otpy.monitor(pid)
 
-                async def watch() -> None:
-                    await ref.wait()
-                    seen.append(provider.open_connections)
+            async def watch() -> None:
+                await ref.wait()
+                seen.append(provider.open_connections)
 
-                watchers.start_soon(watch)
-                await trio.sleep(0.001)
-                if how == "stop":
-                    await SessionServer.stop("a")
-                elif how == "crash":
-                    with pytest.raises(otpy.ServerExited):
-                        await otpy.call("a", "not a request")
-                elif how == "supervisor_shutdown":
-                    await otpy.stop(sup)
-                else:
-                    nursery.cancel_scope.cancel()
-            assert not nursery.child_tasks
+            watchers.start_soon(watch)
+            await trio.sleep(0.001)
+            if how == "stop":
+                await SessionServer.stop("a")
+            elif how == "crash":
+                with pytest.raises(otpy.ServerExited):
+                    await otpy.call("a", "not a request")
+            elif how == "supervisor_shutdown":
+                await otpy.stop(sup)
+            else:
+                nursery.cancel_scope.cancel()
+            await trio.sleep(0.1)
+            assert not nursery.child_tasks  # the server, its turn task and the caller are all gone
         assert seen == [0]
         assert provider.log == [("enter", provider.log[0][1]), ("exit", provider.log[0][1])]
 
@@ -321,7 +321,8 @@ async def _scenario(ops: list[Op], crash_turns: frozenset[int]) -> None:
         records = await store.load(sid)
         folded = fold(sid, records)
         await otpy.stop(sup)
-    assert not nursery.child_tasks
+        await trio.sleep(0.1)
+        assert not nursery.child_tasks  # nothing of the tree is left running
     assert provider.open_connections == 0
 
     # the live server and the store agree
