@@ -18,7 +18,7 @@ turn of two model calls, all at once against one fake server that answers after
 beside the same with the client alone and a `trio.CapacityLimiter`. Reports the wall
 time, turns per second, the most requests the server saw in flight, and turn latency.
 
-Rounds are interleaved (loop, client, loop, client...); each figure is the median over
+Rounds are interleaved, and alternate which of the two goes first; each figure is the median over
 rounds with the min-max spread, and each ratio is the median of the per-round ratios.
 The machine shares its cores with other work: read ratios, not absolute numbers.
 """
@@ -202,9 +202,12 @@ async def part1(kind: str, rounds: int, turns: int, iterations: int) -> dict[str
             for _ in range(2):  # warm up: connections, imports, caches
                 await loop_turn(conn, "warm")
                 await by_hand(client, "warm")
-            for _ in range(rounds):
+            for index in range(rounds):  # alternate which goes first
+                if index % 2:
+                    client_s.append(await timed(turns, lambda: by_hand(client, "go")))
                 loop_s.append(await timed(turns, lambda: loop_turn(conn, "go")))
-                client_s.append(await timed(turns, lambda: by_hand(client, "go")))
+                if not index % 2:
+                    client_s.append(await timed(turns, lambda: by_hand(client, "go")))
         await model.aclose()
         await client.close()
     ratios = [a / b for a, b in zip(loop_s, client_s, strict=True)]
@@ -264,9 +267,11 @@ async def many(kind: str, n: int, limit: int, latency: float, *, by_loop: bool) 
 async def part2(kind: str, rounds: int, n: int, limit: int, latency: float) -> dict[str, Any]:
     loop_runs: list[dict[str, Any]] = []
     client_runs: list[dict[str, Any]] = []
-    for _ in range(rounds):
-        loop_runs.append(await many(kind, n, limit, latency, by_loop=True))
-        client_runs.append(await many(kind, n, limit, latency, by_loop=False))
+    await many(kind, min(n, 50), limit, latency, by_loop=True)  # warm up both
+    await many(kind, min(n, 50), limit, latency, by_loop=False)
+    for index in range(rounds):  # alternate which goes first, so neither always gets the fresher machine
+        for by_loop in (True, False) if index % 2 == 0 else (False, True):
+            (loop_runs if by_loop else client_runs).append(await many(kind, n, limit, latency, by_loop=by_loop))
     return {"kind": kind, "loop": loop_runs, "client": client_runs}
 
 
