@@ -1020,6 +1020,8 @@ class SessionServer(otpy.GenServer):
 
             print(otpy.tree("sessions"))   # ... agent  worker  SessionServer  running ...  idle, 3 turns, $0.0120
         """
+        if not hasattr(self, "_runner"):
+            return "starting"  # init is still loading the log
         status = self._status()
         parts = [status.state if status.turn is None else f"{status.state} turn {status.turn}"]
         parts.append(f"{status.turn_count} turns")
