@@ -49,7 +49,7 @@ def cost(turn: int) -> float:
     return round(0.01 * turn, 2)
 
 
-def script(crash_turns: frozenset[int] = frozenset(), delay: float = 1.0) -> ScriptedProvider:
+def script(crash_turns: frozenset[int] = frozenset(), delay: float = 1.0, pace: float = 0.25) -> ScriptedProvider:
     """Turn n answers "answer n", costs 0.01 * n, and crashes the provider mid-stream if n is in crash_turns."""
 
     def reply(request: sessions.TurnRequest) -> ScriptedReply:
@@ -57,13 +57,13 @@ def script(crash_turns: frozenset[int] = frozenset(), delay: float = 1.0) -> Scr
         return ScriptedReply(
             f"answer {n} in words",
             delay=delay,
-            delta_delay=0.25,
+            delta_delay=pace,
             cost_usd=cost(n),
             tools=(ScriptedTool("note", {"n": n}, result=f"noted {n}"),),
             crash_after=1 if n in crash_turns else None,
         )
 
-    return ScriptedProvider(default=reply, close_delay=0.5)
+    return ScriptedProvider(default=reply, close_delay=2 * pace)
 
 
 async def send_soon(nursery: trio.Nursery, name: str, prompt: str, outcomes: list[Any]) -> None:
@@ -140,7 +140,7 @@ class TestCarriesOn:
             return sessions.JsonlStore(tmp_path / "logs")
 
         store = open_store()
-        provider = script(delay=0)
+        provider = script(delay=0, pace=0.01)
         pid = await SessionServer.start_link(provider=provider, store=store, session_id="s1", nursery=nursery)
         await SessionServer.send_message(pid, "one")
         await SessionServer.send_message(pid, "two")
@@ -156,6 +156,40 @@ class TestCarriesOn:
             assert third.turn == 3
             assert await SessionServer.total_cost(pid) == cost(1) + cost(2) + cost(3)
             await SessionServer.stop(pid)
+        finally:
+            await store.aclose()
+
+    @pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+    async def test_killed_mid_turn_on_a_durable_store(
+        self, kind: str, tmp_path: Path, supervised: Start, nursery: trio.Nursery
+    ) -> None:
+        """Killed mid-turn with a durable store: restarted, the turn reported interrupted, history kept."""
+        if kind == "sqlite":
+            store: sessions.Store = sessions.SqliteStore(tmp_path / "agents.db")
+        else:
+            store = sessions.JsonlStore(tmp_path / "logs")
+        try:
+            await supervised(name="a", provider=script(delay=0.3, pace=0.1), store=store)
+            await SessionServer.send_message("a", "one")
+            outcomes: list[Any] = []
+            await send_soon(nursery, "a", "two", outcomes)
+            await trio.sleep(0.4)  # in turn 2's text
+            old = otpy.whereis("a")
+            assert old is not None
+            otpy.exit(old, "kill")
+            await restarted("a", old)
+            third = await SessionServer.send_message("a", "three")
+            assert third.turn == 3
+            history = await SessionServer.history("a")
+            assert [r.finish_reason for r in history] == [
+                FinishReason.STOP,
+                FinishReason.INTERRUPTED,
+                FinishReason.STOP,
+            ]
+            assert await SessionServer.total_cost("a") == cost(1) + cost(3)
+            sid = await SessionServer.session_id("a")
+            assert fold(sid, await store.load(sid)).session == await SessionServer.get_session("a")
+            await otpy.stop("sup")
         finally:
             await store.aclose()
 
@@ -262,7 +296,9 @@ class TestTurnTaskLifetime:
         kinds = [kind for kind, _ in provider.log]
         assert kinds == ["enter", "exit"] * 3 + ["enter"]  # never two connections at once
 
-    async def test_the_turn_task_crashing_crashes_the_server(self, supervised: Start) -> None:
+    async def test_the_turn_task_crashing_crashes_the_server(
+        self, supervised: Start, autojump_clock: trio.testing.MockClock
+    ) -> None:
         """A provider bug (not a ProviderError) takes the server down with it: the supervisor restarts it."""
         provider = script(crash_turns=frozenset({1}), delay=0)
         await supervised(name="a", provider=provider)
