@@ -928,9 +928,9 @@ class SessionServer(otpy.GenServer):
             data = {"options": _jsonable(config.query_opts), "provider": self._provider.name, "cwd": config.cwd}
             added.append(Record(session_id, seq, "session_started", data))
         await self._store.append(session_id, added, durable=True)
-        if added[0].kind == "turn_interrupted":
-            self._recovered = fold(session_id, [*records, *added]).session.last_result
         folded = fold(session_id, [*records, *added])
+        if added[0].kind == "turn_interrupted":
+            self._recovered = folded.session.last_result  # reported to the next subscribers
         self._session = folded.session
         self._last_seq = folded.last_seq
 
@@ -1100,6 +1100,10 @@ class SessionServer(otpy.GenServer):
         elif turn is None and self._recovered is not None:
             inner.push(TurnFinished(self._recovered))
         subscription = Subscription(inner)
+        for ref, old in list(self._watchers.items()):
+            if old.closed:
+                otpy.demonitor(ref, flush=True)
+                del self._watchers[ref]
         if caller is not None and caller.alive:
             self._watchers[otpy.monitor(caller)] = inner
         return subscription
