@@ -125,6 +125,9 @@ async def ask(clock: Clock, name: str, prompt: str) -> None:
     except otpy.ServerExited as exc:
         clock.say(f"-> {name}: the call failed at once, the server exited: {exc.reason!r}")
         return
+    if result.is_error:
+        clock.say(f"-> {name} turn {result.turn} failed ({result.finish_reason.value}): {result.error}")
+        return
     text = result.text if len(result.text) <= 70 else result.text[:67] + "..."
     clock.say(f"-> {name} turn {result.turn} (${result.cost_usd:.4f}): {text}")
 
@@ -161,13 +164,16 @@ async def main(fast: bool, offline: bool) -> None:
                 for name in NAMES:
                     round_2.start_soon(ask, clock, name, PROMPTS[name][1])
                 async for event in events:  # kill writer once its answer is streaming
-                    if isinstance(event, sessions.TextDelta):
+                    if isinstance(event, (sessions.TextDelta, sessions.TurnFinished)):
                         break
                 await trio.sleep(1.0 * speed)
                 status = await SessionServer.status("writer")
                 victim = otpy.whereis("writer")
                 assert victim is not None
-                clock.say(f"writer is {status.state} turn {status.turn}: killing it mid-turn ({victim!r})")
+                if status.state == "idle":
+                    clock.say(f"writer's turn ended before it streamed: killing it between turns ({victim!r})")
+                else:
+                    clock.say(f"writer is {status.state} turn {status.turn}: killing it mid-turn ({victim!r})")
                 otpy.exit(victim, "kill")
 
             events.close()
