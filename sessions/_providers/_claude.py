@@ -339,7 +339,10 @@ class ClaudeSession:
         if cli is not None and not (os.path.isfile(cli) and os.access(cli, os.X_OK)):  # noqa: ASYNC240 - one stat
             raise self._unavailable(f"Claude Code CLI not found or not executable at {str(cli)!r}", "not_found")
         resume = options.resume
-        materialized = await materialize_resume_session(options) if options.session_store is not None else None
+        try:
+            materialized = await materialize_resume_session(options) if options.session_store is not None else None
+        except RuntimeError as exc:  # the SDK's wrapper of a failed or slow SessionStore.load
+            raise self._unavailable(f"could not load the mirrored transcript: {exc}", "mirror") from exc
         if materialized is not None:
             options = apply_materialized_options(options, materialized)
         try:
@@ -517,8 +520,8 @@ class ClaudeSession:
                 while True:
                     idle_deadline = (
                         trio.current_time() + self.provider.idle_timeout
-                        if self.provider.idle_timeout is not None
-                        else float("inf")
+                        if self.provider.idle_timeout is not None and not mapper.tools_running
+                        else float("inf")  # a tool may run quietly for long: only turn_timeout bounds it
                     )
                     message: Any = None
                     with trio.CancelScope(deadline=min(idle_deadline, turn_deadline, self._interrupt_deadline)) as wait:
@@ -643,6 +646,12 @@ class _TurnMapper:
         self._message_id: str | None = None
         self._pending_text: list[str] = []
         self._pending_calls: list[ToolCall] = []
+        self._running_tools: set[str] = set()
+
+    @property
+    def tools_running(self) -> bool:
+        """Whether a tool call was requested and has not finished yet."""
+        return bool(self._running_tools)
 
     def _session_id(self, message: Any) -> list[ProviderEvent]:
         sid = (
@@ -689,6 +698,7 @@ class _TurnMapper:
                 elif isinstance(block, ToolUseBlock):
                     call = ToolCall(id=block.id, name=block.name, arguments=dict(block.input))
                     self.tool_names[block.id] = block.name
+                    self._running_tools.add(block.id)
                     self.calls.append(call)
                     self._pending_calls.append(call)
                     events.append(ToolCallRequested(call))
@@ -697,6 +707,7 @@ class _TurnMapper:
             if isinstance(message.content, list):
                 for block in message.content:
                     if isinstance(block, ToolResultBlock):
+                        self._running_tools.discard(block.tool_use_id)
                         result = ToolResult(
                             tool_call_id=block.tool_use_id,
                             name=self.tool_names.get(block.tool_use_id, ""),
@@ -706,6 +717,7 @@ class _TurnMapper:
                         events.append(ToolCallFinished(result))
                         events.append(MessageAdded(Message(role="tool", content=result.content, tool_result=result)))
         elif isinstance(message, ResultMessage):
+            self._running_tools.clear()
             events += self._flush()
         return events
 

@@ -3,13 +3,15 @@
 
 It speaks just enough of the stream-json control protocol for claude-agent-sdk
 (initialize, interrupt, user messages). Behaviour comes from the environment
-(FAKE_CLAUDE_VERSION, FAKE_CLAUDE_IGNORE_TERM=1, FAKE_CLAUDE_PIDFILE) and from the prompt:
+(FAKE_CLAUDE_VERSION, FAKE_CLAUDE_IGNORE_TERM=1, FAKE_CLAUDE_NO_INIT=1: never answer
+initialize, FAKE_CLAUDE_PIDFILE) and from the prompt:
 
 - ``big:N``: an assistant message whose text is N MiB, on one line;
 - ``garbage``: a line that starts like JSON and is not;
 - ``grandchild``: start ``sleep 600`` (writing its pid to FAKE_CLAUDE_PIDFILE), then hang;
 - ``hang``: never answer;
 - ``die``: exit 3 mid-turn;
+- ``quiet-tool:S``: a tool call that runs S seconds with no output, then its result;
 - anything else: answer ``fake: <prompt>`` at a cost of $1 (cumulative per process).
 """
 
@@ -97,6 +99,34 @@ def turn(prompt: str, interrupted: threading.Event) -> None:
         while not interrupted.wait(0.05):
             pass
         result("", subtype="error_during_execution", is_error=True, cost=0.0)
+    elif prompt.startswith("quiet-tool:"):
+        emit(
+            {
+                "type": "assistant",
+                "message": {
+                    "id": "msg_tool",
+                    "model": "fake",
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "sleep"}}],
+                },
+                "session_id": SESSION,
+                "parent_tool_use_id": None,
+            }
+        )
+        time.sleep(float(prompt.split(":")[1]))  # a tool that runs without a word
+        emit(
+            {
+                "type": "user",
+                "message": {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "ok"}],
+                },
+                "session_id": SESSION,
+                "parent_tool_use_id": None,
+            }
+        )
+        assistant("the tool is done")
+        result("the tool is done")
     elif prompt == "die":
         os._exit(3)
     else:
@@ -116,6 +146,8 @@ def main() -> None:
         if message.get("type") == "control_request":
             request = message["request"]
             response: dict = {}
+            if request.get("subtype") == "initialize" and os.environ.get("FAKE_CLAUDE_NO_INIT"):
+                continue
             if request.get("subtype") == "initialize":
                 response = {"claude_code_version": os.environ.get("FAKE_CLAUDE_VERSION", "2.1.337"), "pid": os.getpid()}
             elif request.get("subtype") == "interrupt":

@@ -143,3 +143,23 @@ async def test_a_cli_that_dies_mid_turn(fake_claude: str, fake_claude_env: dict[
         assert "3" in str(info.value)
         done = await turn(conn, "again")
     assert done.finish_reason is FinishReason.STOP
+
+
+async def test_a_cli_that_never_finishes_its_handshake_hits_the_startup_timeout(
+    fake_claude: str, fake_claude_env: dict[str, str]
+):
+    provider = fake(fake_claude, {**fake_claude_env, "FAKE_CLAUDE_NO_INIT": "1"}, startup_timeout=1.0, close_grace=0.2)
+    with pytest.raises(sessions.ProviderTimeout) as info:
+        async with provider.connect(SessionContext("s1")):
+            pass
+    assert info.value.phase == "startup"
+
+
+async def test_a_quiet_tool_does_not_trip_the_idle_timeout(fake_claude: str, fake_claude_env: dict[str, str]):
+    provider = fake(fake_claude, fake_claude_env, idle_timeout=0.5)
+    async with provider.connect(SessionContext("s1")) as conn:
+        done = await turn(conn, "quiet-tool:1.5")
+        assert done.text == "the tool is done"
+        with pytest.raises(sessions.ProviderTimeout) as info:
+            await turn(conn, "hang")  # silence with no tool running is a stall
+    assert info.value.phase == "idle"
