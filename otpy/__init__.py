@@ -77,6 +77,7 @@ from ._timers import send_after as send_after
 from ._application import ApplicationExited as ApplicationExited
 from ._application import run as run
 from ._application import serve as serve
+from ._log import get_logger as get_logger
 from ._slow import SlowCallbacks as SlowCallbacks
 from ._task import Task as Task
 from ._task import TaskExit as TaskExit

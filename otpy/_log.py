@@ -91,5 +91,19 @@ class Logger:
 
 
 def get_logger(name: str) -> Logger:
-    """The logger for one otpy module: ``get_logger("otpy.supervisor")``."""
+    """A logger that reports the way otpy does, for libraries built on otpy.
+
+    Events go to structlog as event dicts when the application configured structlog,
+    and otherwise to the standard `logging` logger ``name``, one readable line each
+    (see the module docs of `docs/logging.md`). It never configures either. The
+    ``sessions`` package logs through it; a library of yours can too, so that its
+    reports obey the same application settings as otpy's.
+
+    Example::
+
+        log = otpy.get_logger("mylib.worker")
+        log.warning("queue_full", queue="jobs", size=1000)
+        # unconfigured: a WARNING record on logging.getLogger("mylib.worker"):
+        #   queue_full queue=jobs size=1000
+    """
     return Logger(name)

@@ -6,13 +6,13 @@ import math
 import time
 from typing import Final
 
-import structlog
 import trio
 
+from ._log import get_logger
 from ._process import _CURRENT, CAST, EXIT, INFO, From
 from ._util import check_timeout
 
-_log = structlog.get_logger("otpy.slow")
+_log = get_logger("otpy.slow")
 
 _CALLBACKS: Final = frozenset(
     {"init", "handle_call", "handle_cast", "handle_info", "handle_continue", "terminate", "_otp_init"}
@@ -64,7 +64,7 @@ class SlowCallbacks(trio.abc.Instrument):
         callback, message_type = _where(task)
         _log.warning(
             "slow_callback",
-            process=repr(pid) if pid is not None else None,
+            process=pid,
             task=task.name,
             callback=callback,
             message_type=message_type,
