@@ -62,3 +62,28 @@ async def test_the_pool_runs_against_an_endpoint_from_the_environment(kind: str,
 async def test_without_an_endpoint_it_says_how_to_configure_one() -> None:
     lines = await run_example({})
     assert lines == ["no endpoint configured: set OLLAMA_HOST or OPENAI_BASE_URL (see the docstring)"]
+
+
+async def test_the_sessions_demo_uses_an_ollama_endpoint_when_configured() -> None:
+    def reply(seen: Seen) -> Reply:
+        messages = seen.body["messages"]
+        last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+        if not any(m["role"] == "tool" for m in messages[last_user:]):
+            return ollama_tools(("list", {"path": "."}), text="Let me look.")
+        return ollama_text("Here is ", "my answer.", delay=0.2)
+
+    async with serve(reply) as server:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "OPENAI_", "ANTHROPIC_"))}
+        with trio.fail_after(60):
+            result = await trio.run_process(
+                [sys.executable, str(ROOT / "examples" / "sessions_demo.py"), "--fast"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env={**clean, "PYTHONPATH": str(ROOT), "OLLAMA_HOST": server.url},
+            )
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert "Here is my answer." in out
+    assert len(server.requests) >= 6  # each of three sessions ran the tool loop
+    assert any(m["role"] == "tool" for m in server.requests[-1].body["messages"])
