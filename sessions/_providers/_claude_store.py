@@ -68,7 +68,9 @@ class ClaudeTranscriptStore:
         """Add one batch of transcript lines as one durable ``provider_data`` record."""
         if not entries:
             return
-        data = {"key": _key_string(key), "value": {"session_key": dict(key), "entries": list(entries)}}
+        await self._write({"key": _key_string(key), "value": {"session_key": dict(key), "entries": list(entries)}})
+
+    async def _write(self, data: dict[str, Any]) -> None:
         async with self._lock:
             for attempt in range(2):
                 if self._seq is None or attempt:
@@ -84,46 +86,82 @@ class ClaudeTranscriptStore:
                 self._seq += 1
                 return
 
-    async def _batches(self) -> list[dict[str, Any]]:
+    async def _fold(self) -> dict[str, tuple[dict[str, Any], list[SessionStoreEntry], int]]:
+        return (await self._fold_all())[0]
+
+    async def _fold_all(self) -> tuple[dict[str, tuple[dict[str, Any], list[SessionStoreEntry], int]], set[str]]:
+        """Every transcript in the log: key string -> (session key, entries, mtime in ms).
+
+        A ``delete`` is a tombstone record: the key's entries (and, for a main
+        transcript, its subagents') before it are gone. Entries with a ``uuid`` already
+        seen for their key are dropped (the SDK retries batches)."""
+        transcripts: dict[str, tuple[dict[str, Any], list[SessionStoreEntry], int]] = {}
+        seen: dict[str, set[str]] = {}
+        deleted: set[str] = set()
         records = await self.store.load(self.key)
         if records:
             self._seq = max(self._seq or 0, records[-1].seq)
-        return [r.data["value"] for r in records if r.kind == KIND and isinstance(r.data.get("value"), dict)]
-
-    async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
-        """Every line of the transcript ``key`` names (by session id and subpath), or None."""
-        entries: list[SessionStoreEntry] = []
-        seen: set[str] = set()
-        found = False
-        for batch in await self._batches():
-            session_key = batch.get("session_key") or {}
-            if session_key.get("session_id") != key["session_id"] or session_key.get("subpath") != key.get("subpath"):
+        for record in records:
+            value = record.data.get("value")
+            if record.kind != KIND or not isinstance(value, dict) or not isinstance(value.get("session_key"), dict):
                 continue
-            found = True
-            for entry in batch.get("entries") or ():
+            session_key = value["session_key"]
+            key = _key_string(session_key)
+            if value.get("deleted"):
+                deleted.add(key)
+                for other in [
+                    k for k in transcripts if k == key or (not session_key.get("subpath") and k.startswith(key + "/"))
+                ]:
+                    del transcripts[other]
+                    seen.pop(other, None)
+                continue
+            _, entries, _ = transcripts.setdefault(key, (session_key, [], 0))
+            uuids = seen.setdefault(key, set())
+            for entry in value.get("entries") or ():
                 uuid = entry.get("uuid") if isinstance(entry, dict) else None
                 if isinstance(uuid, str):
-                    if uuid in seen:
+                    if uuid in uuids:
                         continue
-                    seen.add(uuid)
+                    uuids.add(uuid)
                 entries.append(entry)
-        return entries if found else None
+            transcripts[key] = (session_key, entries, int(record.ts * 1000))
+        return transcripts, deleted
+
+    async def load(self, key: SessionKey) -> list[SessionStoreEntry] | None:
+        """The transcript ``key`` names, or None. When the project has no such session, the
+        same session (and subpath) under another project is returned: a session mirrored
+        from one working directory resumes from another."""
+        transcripts, deleted = await self._fold_all()
+        exact = transcripts.get(_key_string(key))
+        if exact is not None:
+            return list(exact[1])
+        main = _key_string({"project_key": key["project_key"], "session_id": key["session_id"]})
+        if _key_string(key) in deleted or main in deleted:
+            return None
+        for session_key, entries, _ in transcripts.values():
+            if session_key.get("session_id") == key["session_id"] and session_key.get("subpath") == key.get("subpath"):
+                return list(entries)
+        return None
 
     async def list_sessions(self, project_key: str) -> list[SessionStoreListEntry]:
-        """The CLI sessions mirrored here (any project: the log is this session's own)."""
-        mtimes: dict[str, int] = {}
-        for record in await self.store.load(self.key):
-            session_key = (record.data.get("value") or {}).get("session_key") or {}
-            if record.kind == KIND and session_key.get("session_id") and not session_key.get("subpath"):
-                mtimes[session_key["session_id"]] = int(record.ts * 1000)
-        return [{"session_id": sid, "mtime": mtime} for sid, mtime in mtimes.items()]
+        """The main transcripts of ``project_key`` mirrored here, with their last write time."""
+        return [
+            {"session_id": session_key["session_id"], "mtime": mtime}
+            for session_key, _, mtime in (await self._fold()).values()
+            if session_key.get("project_key") == project_key and not session_key.get("subpath")
+        ]
 
     async def list_subkeys(self, key: SessionListSubkeysKey) -> list[str]:
         """The subagent transcripts (subpaths) mirrored for ``key``'s session."""
-        subpaths: list[str] = []
-        for batch in await self._batches():
-            session_key = batch.get("session_key") or {}
-            subpath = session_key.get("subpath")
-            if session_key.get("session_id") == key["session_id"] and subpath and subpath not in subpaths:
-                subpaths.append(subpath)
-        return subpaths
+        return [
+            str(session_key["subpath"])
+            for session_key, _, _ in (await self._fold()).values()
+            if session_key.get("subpath")
+            and session_key.get("session_id") == key["session_id"]
+            and session_key.get("project_key") == key["project_key"]
+        ]
+
+    async def delete(self, key: SessionKey) -> None:
+        """Forget a transcript (a main one with its subagents'): a tombstone record, since the
+        log is append-only."""
+        await self._write({"key": _key_string(key), "value": {"session_key": dict(key), "deleted": True}})
