@@ -39,7 +39,7 @@ class SessionContext:
     ``messages`` is the transcript restored from the store (empty for a new session);
     ``provider_session_id`` the provider's own id from the last run, for resume;
     ``store`` the session's store, for providers that mirror their own transcript
-    into it (the Claude provider's `SessionStore` bridge).
+    into it (the Claude provider's ``SessionStore`` bridge).
 
     Example::
 
