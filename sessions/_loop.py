@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import structlog
@@ -55,6 +55,7 @@ from ._tools._policy import (
     Deny,
     Halt,
     HookEvent,
+    HookEventName,
     Hooks,
     PermissionMode,
     check_mode,
@@ -217,6 +218,18 @@ class _Batch:
     calls: list[ToolCall]
     halt: str | None = None
     interrupted: bool = False
+    failure: str | None = None
+
+
+class _CallbackFailed(Exception):
+    """A hook or ``can_use_tool`` raised: the turn ends with ``DURING_EXECUTION``."""
+
+
+async def _hook(hooks: Hooks, point: HookEventName, event: HookEvent, tool_name: str | None = None) -> Any:
+    try:
+        return await hooks.run(point, event, tool_name=tool_name)
+    except Exception as exc:
+        raise _CallbackFailed(f"a {point} hook failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _error(call: ToolCall, text: str) -> ToolResult:
@@ -316,9 +329,13 @@ class LoopSession:
                 extra={"tool_calls": [c.to_dict() for c in calls_made], "stop_reason": stop_reason},
             )
 
-        outcome, event = await loop.hooks.run(
-            "user_prompt_submit", HookEvent("user_prompt_submit", sid, turn, prompt=request.prompt)
-        )
+        try:
+            outcome, event = await _hook(
+                loop.hooks, "user_prompt_submit", HookEvent("user_prompt_submit", sid, turn, prompt=request.prompt)
+            )
+        except _CallbackFailed as exc:
+            yield finish(FinishReason.DURING_EXECUTION, str(exc))
+            return
         if isinstance(outcome, Deny | Halt):
             yield finish(FinishReason.HALTED, f"the prompt was refused by a hook: {outcome.reason}")
             return
@@ -409,7 +426,11 @@ class LoopSession:
                 return
 
             if not calls:
-                outcome, event = await loop.hooks.run("stop", HookEvent("stop", sid, turn, text=text))
+                try:
+                    outcome, event = await _hook(loop.hooks, "stop", HookEvent("stop", sid, turn, text=text))
+                except _CallbackFailed as exc:
+                    yield finish(FinishReason.DURING_EXECUTION, str(exc))
+                    return
                 if isinstance(outcome, Halt):
                     yield finish(FinishReason.HALTED, f"halted by a stop hook: {outcome.reason}")
                     return
@@ -432,6 +453,9 @@ class LoopSession:
             if batch.interrupted or self._stop_requested():
                 yield finish(FinishReason.INTERRUPTED, "interrupted")
                 return
+            if batch.failure is not None:
+                yield finish(FinishReason.DURING_EXECUTION, batch.failure)
+                return
             if batch.halt is not None:
                 yield finish(FinishReason.HALTED, batch.halt)
                 return
@@ -449,42 +473,55 @@ class LoopSession:
                     return
 
     async def _run_tools(self, calls: list[ToolCall], turn: int, denials: list[str]) -> _Batch:
-        loop = self.loop
-        sid = self.ctx.session_id
         results: list[ToolResult | None] = [None] * len(calls)
-        final_calls = list(calls)
-        halt: str | None = None
-        runnable: list[tuple[int, ToolCall, Tool]] = []
+        batch = _Batch([], list(calls))
         with trio.CancelScope() as scope:
             self._scope = scope
             if self._stop_requested():
                 scope.cancel()
-            for index, call in enumerate(calls):
-                if halt is not None:
-                    results[index] = _error(call, f"not run: the turn was halted ({halt})")
-                    continue
-                found = loop.tools.get(call.name)
-                if found is None:
-                    known = ", ".join(loop.tools) or "none"
-                    results[index] = _error(call, f"no tool named {call.name!r} (tools: {known})")
-                    continue
-                outcome, event = await loop.hooks.run(
-                    "pre_tool_use", HookEvent("pre_tool_use", sid, turn, call=call), tool_name=call.name
-                )
-                if isinstance(outcome, Halt):
-                    halt = f"halted by a hook before {call.name!r}: {outcome.reason}"
-                    results[index] = _error(call, halt)
-                    continue
-                if isinstance(outcome, Deny):
-                    denials.append(call.name)
-                    results[index] = _error(call, f"denied by a hook: {outcome.reason}")
-                    if outcome.interrupt:
-                        halt = f"a hook denied {call.name!r} and stopped the turn: {outcome.reason}"
-                    continue
-                call = final_calls[index] = event.call if event.call is not None else call
-                if isinstance(outcome, Allow) and call.name not in loop.disallowed_tools:
-                    decision: Allow | Deny = Allow()
-                else:
+            try:
+                await self._check_and_run(batch, results, turn, denials)
+            except _CallbackFailed as exc:
+                batch.failure = str(exc)
+        self._scope = None
+        batch.interrupted = scope.cancelled_caught or self._stop_requested()
+        why = f"not run: {batch.failure}" if batch.failure else "not run: the turn was interrupted"
+        batch.results = [r if r is not None else _error(c, why) for r, c in zip(results, batch.calls, strict=True)]
+        return batch
+
+    async def _check_and_run(
+        self, batch: _Batch, results: list[ToolResult | None], turn: int, denials: list[str]
+    ) -> None:
+        loop = self.loop
+        sid = self.ctx.session_id
+        runnable: list[tuple[int, ToolCall, Tool]] = []
+        for index, call in enumerate(batch.calls):
+            if batch.halt is not None:
+                results[index] = _error(call, f"not run: the turn was halted ({batch.halt})")
+                continue
+            found = loop.tools.get(call.name)
+            if found is None:
+                known = ", ".join(loop.tools) or "none"
+                results[index] = _error(call, f"no tool named {call.name!r} (tools: {known})")
+                continue
+            outcome, event = await _hook(
+                loop.hooks, "pre_tool_use", HookEvent("pre_tool_use", sid, turn, call=call), call.name
+            )
+            if isinstance(outcome, Halt):
+                batch.halt = f"halted by a hook before {call.name!r}: {outcome.reason}"
+                results[index] = _error(call, batch.halt)
+                continue
+            if isinstance(outcome, Deny):
+                denials.append(call.name)
+                results[index] = _error(call, f"denied by a hook: {outcome.reason}")
+                if outcome.interrupt:
+                    batch.halt = f"a hook denied {call.name!r} and stopped the turn: {outcome.reason}"
+                continue
+            call = batch.calls[index] = event.call if event.call is not None else call
+            if isinstance(outcome, Allow) and call.name not in loop.disallowed_tools:
+                decision: Allow | Deny = Allow()
+            else:
+                try:
                     decision = await check_permission(
                         found,
                         call,
@@ -495,39 +532,34 @@ class LoopSession:
                         session_id=sid,
                         turn=turn,
                     )
-                if isinstance(decision, Deny):
-                    denials.append(call.name)
-                    results[index] = _error(call, f"permission denied: {decision.reason}")
-                    if decision.interrupt:
-                        halt = f"permission denied for {call.name!r} and the turn stopped: {decision.reason}"
-                    continue
-                if decision.arguments is not None:
-                    call = final_calls[index] = attrs.evolve(call, arguments=dict(decision.arguments))
-                runnable.append((index, call, found))
+                except Exception as exc:
+                    raise _CallbackFailed(f"can_use_tool failed: {type(exc).__name__}: {exc}") from exc
+            if isinstance(decision, Deny):
+                denials.append(call.name)
+                results[index] = _error(call, f"permission denied: {decision.reason}")
+                if decision.interrupt:
+                    batch.halt = f"permission denied for {call.name!r} and the turn stopped: {decision.reason}"
+                continue
+            if decision.arguments is not None:
+                call = batch.calls[index] = attrs.evolve(call, arguments=dict(decision.arguments))
+            runnable.append((index, call, found))
 
-            limiter = trio.CapacityLimiter(loop.max_parallel_tools)
-            async with trio.open_nursery() as nursery:
-                for index, call, found in runnable:
-                    nursery.start_soon(self._run_one, index, call, found, turn, results, limiter)
+        limiter = trio.CapacityLimiter(loop.max_parallel_tools)
+        async with trio.open_nursery() as nursery:
+            for index, call, found in runnable:
+                nursery.start_soon(self._run_one, index, call, found, turn, results, limiter)
 
-            for index, call, _tool in runnable:
-                done = results[index]
-                if done is None or halt is not None:
-                    continue
-                outcome, event = await loop.hooks.run(
-                    "post_tool_use", HookEvent("post_tool_use", sid, turn, call=call, result=done), tool_name=call.name
-                )
-                if isinstance(outcome, Halt | Deny):
-                    halt = f"halted by a hook after {call.name!r}: {outcome.reason}"
-                elif event.result is not None:
-                    results[index] = event.result
-        self._scope = None
-        interrupted = scope.cancelled_caught or self._stop_requested()
-        final = [
-            r if r is not None else _error(c, "not run: the turn was interrupted")
-            for r, c in zip(results, final_calls, strict=True)
-        ]
-        return _Batch(final, final_calls, halt, interrupted)
+        for index, call, _tool in runnable:
+            done = results[index]
+            if done is None or batch.halt is not None:
+                continue
+            outcome, event = await _hook(
+                loop.hooks, "post_tool_use", HookEvent("post_tool_use", sid, turn, call=call, result=done), call.name
+            )
+            if isinstance(outcome, Halt | Deny):
+                batch.halt = f"halted by a hook after {call.name!r}: {outcome.reason}"
+            elif event.result is not None:
+                results[index] = event.result
 
     async def _run_one(
         self,

@@ -276,9 +276,32 @@ async def test_a_stop_hook_can_halt(cwd: Path) -> None:
     assert done.finish_reason is FinishReason.HALTED
 
 
-async def test_a_hook_returning_garbage_is_an_error(cwd: Path) -> None:
-    with pytest.raises(sessions.InvalidOption):
-        await turn(sessions.AgentLoop(Model(), hooks=Hooks(stop=[lambda e: "yes"])), cwd)
+async def test_a_hook_returning_garbage_ends_the_turn_as_an_error(cwd: Path) -> None:
+    _, done = await turn(sessions.AgentLoop(Model(), hooks=Hooks(stop=[lambda e: "yes"])), cwd)
+    assert done.finish_reason is FinishReason.DURING_EXECUTION
+    assert "a stop hook failed: InvalidOption" in (done.error or "")
+
+
+@pytest.mark.parametrize("point", ["user_prompt_submit", "pre_tool_use", "post_tool_use", "stop"])
+async def test_a_hook_that_raises_ends_the_turn_as_an_error(cwd: Path, point: str) -> None:
+    def broken(event: HookEvent) -> None:
+        raise RuntimeError("bug in my hook")
+
+    model = Model([READ, READ])
+    _results, done = await turn(sessions.AgentLoop(model, hooks=Hooks(**{point: [broken]})), cwd)
+    assert done.finish_reason is FinishReason.DURING_EXECUTION
+    assert done.error == f"a {point} hook failed: RuntimeError: bug in my hook"
+
+
+async def test_a_can_use_tool_that_raises_ends_the_turn_and_answers_every_call(cwd: Path) -> None:
+    def broken(name: str, arguments: dict[str, Any], request: sessions.PermissionRequest) -> bool:
+        raise KeyError(name)
+
+    results, done = await turn(sessions.AgentLoop(Model([WRITE, BASH]), can_use_tool=broken), cwd)
+    assert done.finish_reason is FinishReason.DURING_EXECUTION
+    assert done.error == "can_use_tool failed: KeyError: 'write'"
+    assert [r.is_error for r in results] == [True, True]
+    assert results[1].content == "not run: can_use_tool failed: KeyError: 'write'"
 
 
 async def test_interrupt_from_another_task_during_a_slow_model_call(cwd: Path) -> None:
