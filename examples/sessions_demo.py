@@ -175,6 +175,7 @@ async def main(fast: bool, offline: bool) -> None:
                 else:
                     clock.say(f"writer is {status.state} turn {status.turn}: killing it mid-turn ({victim!r})")
                 otpy.exit(victim, "kill")
+                await victim.wait_exited()
 
             events.close()
             await otpy.Supervisor.which_children(sup)  # answered once the supervisor has restarted it
