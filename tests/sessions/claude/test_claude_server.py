@@ -116,3 +116,31 @@ async def test_restart_on_a_fresh_home_resumes_through_the_mirrored_store(
     assert await SessionServer.total_cost("agent") == 12.0
     await otpy.stop(sup)
     await wait_for(lambda: not claude_pids())
+
+
+async def test_interrupt_through_the_server_keeps_the_cli(
+    supervised: Start, nursery: trio.Nursery, fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]
+) -> None:
+    await supervised(name="agent", provider=sessions.ClaudeCode(**claude_kwargs))
+    await SessionServer.send_message("agent", "warm up")
+    cli = claude_pids()
+    words = " ".join(f"w{i}" for i in range(300))
+    outcome: list[Result] = []
+
+    async def long_turn() -> None:
+        outcome.append(await SessionServer.send_message("agent", f"[[slow:0.05]] {words}"))
+
+    events = await SessionServer.subscribe("agent")
+    nursery.start_soon(long_turn)
+    deltas = 0
+    async for event in events:
+        deltas += isinstance(event, sessions.TextDelta)
+        if deltas == 3:
+            break
+    events.close()
+    assert await SessionServer.interrupt("agent")
+    await wait_for(lambda: bool(outcome))
+    assert outcome[0].finish_reason is FinishReason.INTERRUPTED
+    after = await SessionServer.send_message("agent", "still there?")
+    assert after.text == "echo: still there?"
+    assert claude_pids() == cli  # the same CLI process served all three turns
