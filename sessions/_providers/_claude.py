@@ -142,6 +142,10 @@ def _restored_costs(path: Path, session_id: str) -> tuple[float, dict[str, dict[
     return total, model_usage
 
 
+def _sum(a: float, b: float) -> float:
+    return float(round(Decimal(repr(a)) + Decimal(repr(b)), 12))
+
+
 def apply_query_opts(base: ClaudeAgentOptions, query_opts: Mapping[str, Any]) -> ClaudeAgentOptions:
     """``base`` with the seed's ``query_opts`` names (or any `ClaudeAgentOptions` field) applied.
 
@@ -296,6 +300,8 @@ class ClaudeSession:
         self._materialized: MaterializedResume | None = None
         self._signature: str | None = None
         self._cost_base = 0.0
+        self._carried_cost = 0.0
+        self._started_once = False
         self._model_usage_base: dict[str, dict[str, float]] = {}
         self._turn_active = False
         self._interrupt_requested = False
@@ -329,12 +335,19 @@ class ClaudeSession:
     async def start(self, query_opts: Mapping[str, Any]) -> None:
         """Start a CLI process (resuming the session if it has a CLI session id).
 
+        The first start also picks up the cost that an earlier run of the session (a
+        server that was killed mid-turn) could not report.
+
         Raises:
             ProviderUnavailable: no CLI, a wrong version, or it failed to start.
             ProviderTimeout: the start-up (spawn and handshake) took too long.
             ResumeRejected: the CLI does not know the session to resume.
         """
         options = self._options(query_opts)
+        if not self._started_once:
+            self._started_once = True
+            if self.mirror is not None:
+                self._carried_cost = await self.mirror.unreported_cost()
         cli = options.cli_path
         if cli is not None and not (os.path.isfile(cli) and os.access(cli, os.X_OK)):  # noqa: ASYNC240 - one stat
             raise self._unavailable(f"Claude Code CLI not found or not executable at {str(cli)!r}", "not_found")
@@ -571,7 +584,12 @@ class ClaudeSession:
                         yield event
                     if isinstance(message, ResultMessage):
                         completed = True
-                        yield mapper.finish(message)
+                        final = mapper.finish(message)
+                        carried = final.extra.get("carried_cost_usd")
+                        if carried and self.mirror is not None:
+                            with trio.CancelScope(shield=True):
+                                await self.mirror.add_unreported_cost(-carried)
+                        yield final
                         return
             finally:
                 with trio.CancelScope(shield=True):
@@ -624,7 +642,11 @@ class ClaudeSession:
                     async with contextlib.aclosing(_receive(client)) as messages:
                         async for message in messages:
                             if isinstance(message, ResultMessage):
-                                self._cost(message.total_cost_usd)
+                                # the turn was already reported (failed or cancelled): its cost goes on the next one
+                                unreported = self._cost(message.total_cost_usd)[0]
+                                self._carried_cost = _sum(self._carried_cost, unreported)
+                                if self.mirror is not None:
+                                    await self.mirror.add_unreported_cost(unreported)
                                 self._model_usage(message.model_usage)
                                 self._log.info("claude_turn_settled", pid=transport.pid)
                                 return
@@ -734,6 +756,8 @@ class _TurnMapper:
     def finish(self, result: ResultMessage) -> TurnCompleted:
         session = self.session
         cost, process_total = session._cost(result.total_cost_usd)
+        carried, session._carried_cost = session._carried_cost, 0.0
+        cost = _sum(cost, carried)
         model_usage = session._model_usage(result.model_usage)
         raw = result.usage or {}
         usage = Usage(
@@ -765,6 +789,8 @@ class _TurnMapper:
             "process_total_cost_usd": process_total,
             "session_id": result.session_id,
         }
+        if carried:
+            extra["carried_cost_usd"] = carried
         if denials:
             extra["permission_denials"] = [dict(d) for d in denials]
         if result.structured_output is not None:

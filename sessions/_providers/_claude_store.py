@@ -9,11 +9,13 @@ Records go to their own log, ``f"{session_id}.claude"``, beside the session's lo
 the SessionServer numbers its records itself, and two writers cannot share one gap-free
 ``seq``. Each `append` call becomes one ``provider_data`` record whose ``data`` is
 ``{"key": "<project>/<session>[/<subpath>]", "value": {"session_key": {...},
-"entries": [...]}}``.
+"entries": [...]}}``; the provider's cost carry-over is ``{"key": "cost", "value":
+{"unreported_cost_usd": x}}``.
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import trio
@@ -23,6 +25,7 @@ from .._errors import StoreError
 from .._stores._base import Record, Store
 
 KIND = "provider_data"
+COST_KEY = "cost"
 
 
 def mirror_key(session_id: str) -> str:
@@ -160,6 +163,22 @@ class ClaudeTranscriptStore:
             and session_key.get("session_id") == key["session_id"]
             and session_key.get("project_key") == key["project_key"]
         ]
+
+    async def unreported_cost(self) -> float:
+        """Cost the CLI charged for turns that had already ended (abandoned, timed out,
+        cancelled) and that no later turn has reported yet (see `add_unreported_cost`)."""
+        total = Decimal(0)
+        for record in await self.store.load(self.key):
+            value = record.data.get("value")
+            if record.kind == KIND and record.data.get("key") == COST_KEY and isinstance(value, dict):
+                total += Decimal(repr(float(value.get("unreported_cost_usd", 0.0))))
+        return float(round(total, 12))
+
+    async def add_unreported_cost(self, amount: float) -> None:
+        """Record ``amount`` of unreported cost (negative once a turn reported it), so that a
+        restarted session still reports it: the session's total stays exact."""
+        if amount:
+            await self._write({"key": COST_KEY, "value": {"unreported_cost_usd": amount}})
 
     async def delete(self, key: SessionKey) -> None:
         """Forget a transcript (a main one with its subagents'): a tombstone record, since the

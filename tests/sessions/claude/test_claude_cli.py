@@ -166,6 +166,11 @@ async def test_stalled_stream_hits_the_idle_timeout_and_the_session_survives(
         fake_api.release.set()
         _, done = await turn(conn, "are you there", n=2)
     assert done.text == "echo: are you there"
+    # the stalled call was charged (its input tokens) when the CLI ended it: that cost was
+    # not reported with the failed turn, so it comes with this one, and nothing is lost
+    carried = done.extra.get("carried_cost_usd", 0.0)
+    assert done.cost_usd == 6.0 + carried
+    assert done.cost_usd == done.extra["process_total_cost_usd"]
 
 
 async def test_whole_turn_timeout(fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]):
