@@ -369,7 +369,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 2 rounds, few turns, 50 sessions")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.turns, args.iterations, args.rounds2, args.sessions = 2, 3, 3, 1, 50
+        args.rounds, args.turns, args.iterations, args.rounds2 = 2, 3, 3, 1
+        args.sessions = min(args.sessions, 50)
         if args.out == str(ROOT / "bench/results/sessions_loop.json"):
             args.out = "none"
     return args

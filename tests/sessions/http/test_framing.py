@@ -37,7 +37,7 @@ def normalized(found: list[Any]) -> list[Any]:
     ]
 
 
-SETTINGS = hypothesis.settings(max_examples=40, deadline=None)
+SETTINGS = hypothesis.settings(max_examples=25, deadline=None)
 CUTS = st.lists(st.integers(min_value=0, max_value=10_000), max_size=30)
 TEXT = st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=5)
 
