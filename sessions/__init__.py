@@ -72,14 +72,11 @@ try:
     from ._providers._claude import ClaudeCode as ClaudeCode
     from ._providers._claude import ClaudeSession as ClaudeSession
     from ._providers._claude_store import ClaudeTranscriptStore as ClaudeTranscriptStore
-    from ._providers._claude_store import mirror_key as claude_mirror_key
-except ImportError as _claude_missing:  # the claude extra (claude-agent-sdk) is not installed
-    if getattr(_claude_missing, "name", None) != "claude_agent_sdk" and "claude_agent_sdk" not in str(
-        _claude_missing
-    ):
+    from ._providers._claude_store import claude_mirror_key as claude_mirror_key
+except ImportError as _no_sdk:  # the claude extra (claude-agent-sdk) is not installed
+    if not (_no_sdk.name or "").startswith("claude_agent_sdk"):
         raise
     from ._providers._claude_missing import ClaudeCode as ClaudeCode  # type: ignore[assignment]
-    del _claude_missing
 
 # --- model providers, the agent loop, tools ---------------------------------------------
 # isort: split

@@ -28,7 +28,7 @@ KIND = "provider_data"
 COST_KEY = "cost"
 
 
-def mirror_key(session_id: str) -> str:
+def claude_mirror_key(session_id: str) -> str:
     """The store key of a session's Claude transcript mirror.
 
     Example::
@@ -63,7 +63,7 @@ class ClaudeTranscriptStore:
 
     def __init__(self, store: Store, session_id: str) -> None:
         self.store = store
-        self.key = mirror_key(session_id)
+        self.key = claude_mirror_key(session_id)
         self._seq: int | None = None
         self._lock = trio.Lock()
 
