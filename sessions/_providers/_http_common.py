@@ -117,7 +117,9 @@ class RetryPolicy:
     max_attempts: int = 3
     base_delay: float = 0.5
     max_delay: float = 8.0
-    retry_on: frozenset[str] = frozenset({"rate_limited", "server_error", "connect"})
+    retry_on: frozenset[str] = attrs.field(
+        default=frozenset({"rate_limited", "server_error", "connect"}), converter=frozenset
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -274,8 +276,11 @@ def retry_after_of(exc: BaseException) -> float | None:
             try:
                 return float(value)
             except ValueError:
-                when = email.utils.parsedate_to_datetime(value) if value else None
-                return max(0.0, when.timestamp() - time.time()) if when is not None else None
+                pass
+            try:  # an HTTP date
+                return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+            except (TypeError, ValueError, IndexError):
+                return None
         current = current.__cause__
     return None
 

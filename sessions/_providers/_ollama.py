@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
@@ -220,8 +221,16 @@ async def _close(client: httpx.AsyncClient) -> None:
 
 
 def _base_url(host: str) -> str:
-    # OLLAMA_HOST may be "host:port" without a scheme, as the ollama CLI accepts it
-    return (host if "://" in host else f"http://{host}").rstrip("/")
+    """``host`` as a base URL, read as the ollama CLI and package read ``OLLAMA_HOST``:
+    without a scheme it is ``http`` on port 11434 (``"example.com"``, ``":8080"``)."""
+    host = host.strip()
+    if "://" in host:
+        return host.rstrip("/")
+    parts = urllib.parse.urlsplit(f"//{host}")
+    name = parts.hostname or "127.0.0.1"
+    if ":" in name:
+        name = f"[{name}]"
+    return f"http://{name}:{parts.port or 11434}{parts.path.rstrip('/')}"
 
 
 def attrs_spec(tool: ToolSpec) -> dict[str, Any]:

@@ -263,3 +263,36 @@ def test_retry_policy_is_checked_and_bounded() -> None:
     policy = sessions.RetryPolicy(base_delay=1.0, max_delay=4.0)
     assert all(0 <= policy.delay(attempt) <= 4.0 for attempt in range(20))
     assert policy.delay(0, retry_after=100.0) == 4.0
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("", "http://127.0.0.1:11434"),
+        ("example.com", "http://example.com:11434"),
+        ("example.com:8080/", "http://example.com:8080"),
+        (":9999", "http://127.0.0.1:9999"),
+        ("[::1]:7000", "http://[::1]:7000"),
+        ("https://ollama.example.com/", "https://ollama.example.com"),
+    ],
+)
+def test_host_is_read_as_ollama_reads_it(host: str, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    assert sessions.Ollama("m").host == url
+
+
+def test_retry_after_may_be_an_http_date_or_garbage() -> None:
+    from sessions._providers._http_common import retry_after_of
+
+    class Response:
+        def __init__(self, value: str) -> None:
+            self.headers = {"retry-after": value}
+
+    class Failed(Exception):
+        def __init__(self, value: str) -> None:
+            self.response = Response(value)
+
+    assert retry_after_of(Failed("Wed, 21 Oct 2015 07:28:00 GMT")) == 0.0  # in the past
+    assert retry_after_of(Failed("soon")) is None
+    assert retry_after_of(Failed("2.5")) == 2.5
+    assert sessions.RetryPolicy(retry_on={"timeout"}).retry_on == frozenset({"timeout"})  # type: ignore[arg-type]
