@@ -31,7 +31,6 @@ import secrets
 from typing import Any, Literal
 
 import attrs
-import structlog
 import trio
 
 import otpy
@@ -62,7 +61,7 @@ from ._stores._base import Record, Store
 from ._stores._memory import InMemoryStore
 from ._subscribers import Fanout, SubscriberBuffer, Subscription
 
-_log = structlog.get_logger("sessions.server")
+_log = otpy.get_logger("sessions.server")
 
 ServerRef = otpy.Pid | str | otpy.Via
 """What the client functions take: a pid, a registered name, or ``otpy.via(...)``."""

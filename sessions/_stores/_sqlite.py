@@ -9,15 +9,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-import structlog
 import trio
+
+import otpy
 
 from .._errors import CorruptRecord, InvalidOption, StoreError
 from ._base import Record
 from ._common import check_loaded, check_records, dumps, gap_error
 from ._writer import BatchWorker, Handler, Job
 
-_log = structlog.get_logger("sessions.stores")
+_log = otpy.get_logger("sessions.stores")
 
 SCHEMA_VERSION: Final = 1
 """The table layout this release writes, kept in ``PRAGMA user_version``."""

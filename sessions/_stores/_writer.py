@@ -26,12 +26,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import attrs
-import structlog
 import trio
+
+import otpy
 
 from .._errors import StoreError
 
-_log = structlog.get_logger("sessions.stores")
+_log = otpy.get_logger("sessions.stores")
 
 MAX_BATCH: Final = 4096
 """Most jobs handled in one batch (one transaction, one round of fsyncs)."""
