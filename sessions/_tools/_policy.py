@@ -220,7 +220,7 @@ class Hooks:
       reason goes to the model as a user message and the loop goes on; `Transform` (a
       str) replaces the final text; `Halt` ends the turn as an error.
 
-    Hooks run in order; the first `Deny`/`Halt` wins; `Transform`s chain. Entries of
+    Hooks run in order; the first `Deny`/`Halt` wins; each `Transform` feeds the next hook. Entries of
     the tool lists may be `HookMatcher` values.
 
     Example::
