@@ -21,11 +21,14 @@ Start = Callable[..., Any]
 
 
 def claude_pids() -> set[int]:
-    """Live CLI processes among this process's descendants (the bundled binary is named claude)."""
+    """Live CLI processes among this process's descendants (the bundled binary is named claude),
+    not counting helpers a CLI started itself."""
     pids = set()
     for pid in live_children():
         try:
-            if "claude" in psutil.Process(pid).name():
+            process = psutil.Process(pid)
+            parent = process.parent()
+            if "claude" in process.name() and (parent is None or "claude" not in parent.name()):
                 pids.add(pid)
         except psutil.NoSuchProcess:
             continue
