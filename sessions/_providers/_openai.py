@@ -175,6 +175,7 @@ class OpenAICompatible:
         usage = Usage()
         finish: str | None = None
         served_model = model
+        seen_events = 0
         async with client.chat.completions.with_streaming_response.create(**request) as response:
             events = _sse_data(response.http_response)
             async with aclosing(events):
@@ -184,9 +185,8 @@ class OpenAICompatible:
                         error = raw["error"]
                         message = error.get("message") if isinstance(error, dict) else error
                         raise ProviderError(self.name, str(message), kind="api_error")
-                    if isinstance(raw, dict) and raw.get("choices") is None:
-                        raw["choices"] = []  # some servers send null or nothing in the usage chunk
-                    chunk = ChatCompletionChunk.model_validate(raw)
+                    seen_events += 1
+                    chunk = ChatCompletionChunk.model_validate(_lenient(raw))
                     served_model = chunk.model or served_model
                     if chunk.usage is not None:
                         details = chunk.usage.prompt_tokens_details
@@ -214,6 +214,10 @@ class OpenAICompatible:
                             if fragment.function is not None:
                                 acc.name += fragment.function.name or ""
                                 acc.arguments.append(fragment.function.arguments or "")
+        if not seen_events:
+            raise ProviderProtocolError(
+                self.name, "the response has no chunks: is this a streaming chat completions endpoint?", kind="protocol"
+            )
         for index in sorted(calls):
             yield ToolCallRequested(self._assemble(calls[index]))
         # the prompt's cached part is included in prompt_tokens: keep `input_tokens` new tokens only
@@ -291,6 +295,23 @@ async def _sse_data(response: httpx2.Response) -> AsyncGenerator[str, None]:
                 data.append(value[1:] if value.startswith(" ") else value)
     if data and "\n".join(data).strip() != "[DONE]":
         yield "\n".join(data)
+
+
+def _lenient(raw: Any) -> Any:
+    """Fill in what some OpenAI-compatible servers leave out before the chunk is validated:
+    ``choices`` (null or absent in the usage chunk) and a tool call's ``index`` (older
+    llama.cpp builds: one call per position)."""
+    if not isinstance(raw, dict):
+        return raw
+    if raw.get("choices") is None:
+        raw["choices"] = []
+    for choice in raw["choices"]:
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        calls = delta.get("tool_calls") if isinstance(delta, dict) else None
+        for position, call in enumerate(calls if isinstance(calls, list) else ()):
+            if isinstance(call, dict) and call.get("index") is None:
+                call["index"] = position
+    return raw
 
 
 def to_openai_message(message: Message) -> dict[str, Any]:

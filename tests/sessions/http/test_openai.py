@@ -243,3 +243,20 @@ def test_price_table_lookup_by_prefix() -> None:
 
 def test_usage_chunk_helper_is_well_formed() -> None:
     assert json.loads(openai_usage(1, 2)[len(b"data: ") :])["usage"]["total_tokens"] == 3
+
+
+async def test_tool_calls_without_an_index_are_read_by_position() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "read", "arguments": '{"path": "a"}'}}
+    script = [openai_events(sse(_chunk({"tool_calls": [call]})), sse(_chunk({}, "tool_calls")), sse("[DONE]"))]
+    async with serve(script) as server:
+        events = await collect(provider(server))
+    assert [e.call for e in events if isinstance(e, ToolCallRequested)] == [
+        sessions.ToolCall("c1", "read", {"path": "a"})
+    ]
+
+
+async def test_a_response_that_is_not_a_stream_is_a_protocol_error() -> None:
+    body = {"id": "x", "object": "chat.completion", "choices": [{"message": {"role": "assistant", "content": "hi"}}]}
+    async with serve([Reply(chunks=(json.dumps(body).encode(),))]) as server:
+        with pytest.raises(sessions.ProviderProtocolError, match="no chunks"):
+            await collect(provider(server))
