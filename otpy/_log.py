@@ -94,8 +94,8 @@ def get_logger(name: str) -> Logger:
     """A logger that reports the way otpy does, for libraries built on otpy.
 
     Events go to structlog as event dicts when the application configured structlog,
-    and otherwise to the standard `logging` logger ``name``, one readable line each
-    (see the module docs of `docs/logging.md`). It never configures either. The
+    and otherwise to the standard ``logging`` logger ``name``, one readable line each
+    (see ``docs/logging.md``). It never configures either. The
     ``sessions`` package logs through it; a library of yours can too, so that its
     reports obey the same application settings as otpy's.
 

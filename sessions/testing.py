@@ -373,41 +373,41 @@ class StoreConformance:
         trio.run(CHECKS[name], store_factory)
 
     def test_round_trip(self, store_factory: StoreFactory) -> None:
-        """See `check_round_trip`."""
+        """See ``check_round_trip``."""
         self._run("round_trip", store_factory)
 
     def test_seq_order(self, store_factory: StoreFactory) -> None:
-        """See `check_seq_order`."""
+        """See ``check_seq_order``."""
         self._run("seq_order", store_factory)
 
     def test_seq_rejected(self, store_factory: StoreFactory) -> None:
-        """See `check_seq_rejected`."""
+        """See ``check_seq_rejected``."""
         self._run("seq_rejected", store_factory)
 
     def test_unknown_session(self, store_factory: StoreFactory) -> None:
-        """See `check_unknown_session`."""
+        """See ``check_unknown_session``."""
         self._run("unknown_session", store_factory)
 
     def test_list_and_delete(self, store_factory: StoreFactory) -> None:
-        """See `check_list_and_delete`."""
+        """See ``check_list_and_delete``."""
         self._run("list_and_delete", store_factory)
 
     def test_concurrent_sessions(self, store_factory: StoreFactory) -> None:
-        """See `check_concurrent_sessions`."""
+        """See ``check_concurrent_sessions``."""
         self._run("concurrent_sessions", store_factory)
 
     def test_durable_flag(self, store_factory: StoreFactory) -> None:
-        """See `check_durable_flag`."""
+        """See ``check_durable_flag``."""
         self._run("durable_flag", store_factory)
 
     def test_reopen(self, store_factory: StoreFactory) -> None:
-        """See `check_reopen` (skipped when ``reopens`` is False)."""
+        """See ``check_reopen`` (skipped when ``reopens`` is False)."""
         self._run("reopen", store_factory)
 
     def test_aclose_then_reuse(self, store_factory: StoreFactory) -> None:
-        """See `check_aclose_then_reuse`."""
+        """See ``check_aclose_then_reuse``."""
         self._run("aclose_then_reuse", store_factory)
 
     def test_cancelled_load(self, store_factory: StoreFactory) -> None:
-        """See `check_cancelled_load`."""
+        """See ``check_cancelled_load``."""
         self._run("cancelled_load", store_factory)
