@@ -15,7 +15,9 @@ events, hooks, the permission check, the tool runner, the retry and limit wrappe
 Part 2, **many concurrent sessions**: ``--sessions`` sessions (default 1,000), each one
 turn of two model calls, all at once against one fake server that answers after
 ``--latency`` seconds, through one provider whose concurrency limit is ``--limit``;
-beside the same with the client alone and a `trio.CapacityLimiter`. Reports the wall
+beside the same with the client alone and a `trio.CapacityLimiter`, and the same again
+through ``--sessions`` `sessions.SessionServer` processes (each started before the clock
+runs, writing to one `InMemoryStore`). Reports the wall
 time, turns per second, the most requests the server saw in flight, and turn latency.
 
 Rounds are interleaved, and alternate which of the two goes first; each figure is the median over
@@ -217,7 +219,11 @@ async def part1(kind: str, rounds: int, turns: int, iterations: int) -> dict[str
 # --- part 2 ----------------------------------------------------------------------------------
 
 
-async def many(kind: str, n: int, limit: int, latency: float, *, by_loop: bool) -> dict[str, Any]:
+DRIVERS = ("loop", "client", "server")
+DRIVER_NAMES = {"loop": "AgentLoop", "client": "client + CapacityLimiter", "server": "SessionServer + AgentLoop"}
+
+
+async def many(kind: str, n: int, limit: int, latency: float, *, driver: str) -> dict[str, Any]:
     openai = kind == "openai"
     async with fakes.serve(script(2, openai=openai, latency=latency)) as server:
         latencies: list[float] = []
@@ -238,19 +244,34 @@ async def many(kind: str, n: int, limit: int, latency: float, *, by_loop: bool) 
 
         async def session(index: int) -> None:
             start = time.perf_counter()
-            if by_loop:
+            if driver == "loop":
                 async with loop.connect(SessionContext(f"s{index}", cwd=str(ROOT))) as conn:
                     assert await loop_turn(conn, f"go {index}") == 2
+            elif driver == "server":
+                result = await sessions.SessionServer.send_message(servers[index], f"go {index}")
+                assert result.num_turns == 2, result
             else:
                 assert await by_hand(client, f"go {index}", limiter) == 2
             latencies.append(time.perf_counter() - start)
 
-        gc.collect()
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for index in range(n):
-                nursery.start_soon(session, index)
-        wall = time.perf_counter() - start
+        async with trio.open_nursery() as servers_nursery:
+            servers: list[Any] = []
+            if driver == "server":  # started before the clock runs: the turns are measured, not the starts
+                store = sessions.InMemoryStore()
+                for _ in range(n):
+                    servers.append(
+                        await sessions.SessionServer.start_link(
+                            provider=loop, store=store, cwd=str(ROOT), nursery=servers_nursery
+                        )
+                    )
+            gc.collect()
+            start = time.perf_counter()
+            async with trio.open_nursery() as nursery:
+                for index in range(n):
+                    nursery.start_soon(session, index)
+            wall = time.perf_counter() - start
+            for pid in servers:
+                await sessions.SessionServer.stop(pid)
         await model.aclose()
         await client.close()
         latencies.sort()
@@ -265,14 +286,14 @@ async def many(kind: str, n: int, limit: int, latency: float, *, by_loop: bool) 
 
 
 async def part2(kind: str, rounds: int, n: int, limit: int, latency: float) -> dict[str, Any]:
-    loop_runs: list[dict[str, Any]] = []
-    client_runs: list[dict[str, Any]] = []
-    await many(kind, min(n, 50), limit, latency, by_loop=True)  # warm up both
-    await many(kind, min(n, 50), limit, latency, by_loop=False)
-    for index in range(rounds):  # alternate which goes first, so neither always gets the fresher machine
-        for by_loop in (True, False) if index % 2 == 0 else (False, True):
-            (loop_runs if by_loop else client_runs).append(await many(kind, n, limit, latency, by_loop=by_loop))
-    return {"kind": kind, "loop": loop_runs, "client": client_runs}
+    runs: dict[str, list[dict[str, Any]]] = {driver: [] for driver in DRIVERS}
+    for driver in DRIVERS:  # warm up each
+        await many(kind, min(n, 50), limit, latency, driver=driver)
+    for index in range(rounds):  # rotate which goes first, so none always gets the fresher machine
+        order = DRIVERS[index % len(DRIVERS) :] + DRIVERS[: index % len(DRIVERS)]
+        for driver in order:
+            runs[driver].append(await many(kind, n, limit, latency, driver=driver))
+    return {"kind": kind, **runs}
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -323,16 +344,17 @@ def report(one: list[dict[str, Any]], two: list[dict[str, Any]], args: argparse.
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in two:
-        for driver in ("loop", "client"):
+        for driver in DRIVERS:
             runs = row[driver]
             lines.append(
-                f"| {row['kind']} | {'AgentLoop' if driver == 'loop' else 'client + CapacityLimiter'} | "
+                f"| {row['kind']} | {DRIVER_NAMES[driver]} | "
                 f"{spread([r['wall_s'] for r in runs], 1, 2)} | {spread([r['turns_per_s'] for r in runs], 1, 0)} | "
                 f"{max(r['max_in_flight'] for r in runs)} | {spread([r['p50_s'] for r in runs], 1, 2)} | "
                 f"{spread([r['p99_s'] for r in runs], 1, 2)} |"
             )
-        ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(row["loop"], row["client"], strict=True)]
-        lines.append(f"| {row['kind']} | wall ratio loop/client | {spread(ratios, 1, 2)} | | | | |")
+        for driver in ("loop", "server"):
+            ratios = [a["wall_s"] / b["wall_s"] for a, b in zip(row[driver], row["client"], strict=True)]
+            lines.append(f"| {row['kind']} | wall ratio {driver}/client | {spread(ratios, 1, 2)} | | | | |")
     return "\n".join(lines)
 
 
@@ -346,7 +368,8 @@ async def main(args: argparse.Namespace) -> None:
     one = [await part1(kind, args.rounds, args.turns, args.iterations) for kind in kinds]
     two = [await part2(kind, args.rounds2, args.sessions, args.limit, args.latency) for kind in kinds]
     for row in two:
-        assert all(r["max_in_flight"] <= args.limit for r in row["loop"]), "the concurrency limit was not kept"
+        for driver in ("loop", "server"):
+            assert all(r["max_in_flight"] <= args.limit for r in row[driver]), "the concurrency limit was not kept"
     info = machine()
     print(json.dumps(info))
     print(report(one, two, args))

@@ -22,4 +22,5 @@ def test_the_loop_bench_runs() -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "| ollama | " in done.stdout
     assert "| openai | wall ratio loop/client |" in done.stdout
+    assert "| ollama | SessionServer + AgentLoop |" in done.stdout
     assert "20 concurrent sessions" in done.stdout
