@@ -17,6 +17,7 @@ not have, and nothing else:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -96,6 +97,27 @@ Transport = Literal["duplex", "per_turn"]
 _OPTION_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(ClaudeAgentOptions))
 _ALIASES: Final = {"mcp_config": "mcp_servers", "add_dir": "add_dirs", "fallback": "fallback_model"}
 _NOT_FROM_QUERY_OPTS: Final = frozenset({"resume", "session_store", "continue_conversation", "fork_session"})
+_RESERVED_FLAGS: Final = frozenset(
+    {
+        "print",
+        "p",
+        "verbose",
+        "input-format",
+        "output-format",
+        "include-partial-messages",
+        "resume",
+        "r",
+        "continue",
+        "c",
+        "session-id",
+        "fork-session",
+        "session-mirror",
+        "permission-prompt-tool",
+        "no-session-persistence",
+    }
+)
+"""CLI flags the provider relies on: ``extra_args`` may not set them."""
+_STDERR_LINES: Final = 40
 _FINISH: Final = {
     "success": FinishReason.STOP,
     "error_max_turns": FinishReason.MAX_TURNS,
@@ -179,6 +201,9 @@ def apply_query_opts(base: ClaudeAgentOptions, query_opts: Mapping[str, Any]) ->
         else:
             raise InvalidOption(raw_name, value, "not a Claude Code option (see docs/providers/claude.md)")
     options = dataclasses.replace(base, **changes)
+    reserved = sorted(_RESERVED_FLAGS.intersection(flag.lstrip("-") for flag in options.extra_args))
+    if reserved:
+        raise InvalidOption("extra_args", reserved, "the provider sets these CLI flags itself")
     env = dict(options.env)
     if "HOME" in env and "CLAUDE_CONFIG_DIR" not in env:
         env["CLAUDE_CONFIG_DIR"] = str(Path(env["HOME"]) / ".claude")
@@ -308,6 +333,7 @@ class ClaudeSession:
         self._interrupt_deadline = float("inf")
         self._wait_scope: trio.CancelScope | None = None
         self._log = log.bind(session=ctx.session_id)
+        self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
 
     # --- the process -------------------------------------------------------------------
 
@@ -327,7 +353,19 @@ class ClaudeSession:
             changes["cwd"] = self.ctx.cwd
         if self.mirror is not None and options.session_store is None:
             changes["session_store"] = self.mirror
+        user_stderr = options.stderr
+
+        def stderr(line: str) -> None:
+            self._stderr.append(line)
+            if user_stderr is not None:
+                user_stderr(line)
+
+        changes["stderr"] = stderr
         return dataclasses.replace(options, **changes)
+
+    def _stderr_tail(self) -> str:
+        """The CLI's last lines of stderr, for an error message ('' when it said nothing)."""
+        return ("; stderr: " + " | ".join(self._stderr)) if self._stderr else ""
 
     def _unavailable(self, message: str, kind: str) -> ProviderUnavailable:
         return ProviderUnavailable(provider=self.provider.name, message=message, kind=kind)
@@ -403,7 +441,7 @@ class ClaudeSession:
                 raise ResumeRejected(
                     provider=self.provider.name, message=f"the CLI has no session {resume!r}: {text}", kind="resume"
                 ) from exc
-            raise self._unavailable(f"the CLI failed to start: {text}", "startup") from exc
+            raise self._unavailable(f"the CLI failed to start: {text}{self._stderr_tail()}", "startup") from exc
         version = info.get("claude_code_version")
         self.version = _version_tuple(version) if version is not None else None
         minimum = _version_tuple(self.provider.min_version)
@@ -570,13 +608,14 @@ class ClaudeSession:
                         )
                     if message is None:
                         returncode = await self._reap()
+                        tail = self._stderr_tail()
                         if self._interrupt_requested:
                             completed = True
                             yield mapper.interrupted(f"the CLI exited ({returncode}) after the interrupt")
                             return
                         raise ProviderError(
                             provider=self.provider.name,
-                            message=f"the CLI exited mid-turn (exit code {returncode})",
+                            message=f"the CLI exited mid-turn (exit code {returncode}){tail}",
                             kind="process_exited",
                             retryable=True,
                         )
@@ -619,7 +658,8 @@ class ClaudeSession:
         return ProviderError(
             provider=self.provider.name,
             message=f"the CLI failed mid-turn: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            + (f" (exit code {code})" if code is not None else ""),
+            + (f" (exit code {code})" if code is not None else "")
+            + self._stderr_tail(),
             kind="process_exited",
             retryable=True,
         )

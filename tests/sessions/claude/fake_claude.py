@@ -128,6 +128,8 @@ def turn(prompt: str, interrupted: threading.Event) -> None:
         assistant("the tool is done")
         result("the tool is done")
     elif prompt == "die":
+        sys.stderr.write("fake claude: dying on purpose\n")
+        sys.stderr.flush()
         os._exit(3)
     else:
         assistant(f"fake: {prompt}")

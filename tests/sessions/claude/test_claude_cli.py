@@ -379,3 +379,26 @@ async def test_no_api_key_is_an_auth_error(fake_api: FakeAnthropic, claude_kwarg
             await turn(conn, "hello")
     assert "Not logged in" in str(info.value)
     assert fake_api.message_requests() == []
+
+
+async def test_a_bad_flag_fails_the_start_with_the_clis_own_words(claude_kwargs: dict[str, Any]):
+    provider = sessions.ClaudeCode(extra_args={"bogus-flag": None}, **claude_kwargs)
+    with pytest.raises(sessions.ProviderUnavailable) as info:
+        async with provider.connect(ctx()):
+            pass
+    assert info.value.kind == "startup"
+    assert "bogus-flag" in str(info.value)
+
+
+def test_options_are_checked_when_the_provider_is_made():
+    with pytest.raises(sessions.InvalidOption):
+        sessions.ClaudeCode(extra_args={"resume": "x"})
+    with pytest.raises(sessions.InvalidOption):
+        sessions.ClaudeCode(no_such_option=1)
+    with pytest.raises(sessions.InvalidOption):
+        sessions.ClaudeCode(transport="smoke-signals")
+    with pytest.raises(sessions.InvalidOption):
+        sessions.ClaudeCode(idle_timeout=-1)
+    provider = sessions.ClaudeCode(append_system_prompt="be brief", env={"HOME": "/h"}, mcp_config={})
+    assert provider.options.system_prompt == {"type": "preset", "preset": "claude_code", "append": "be brief"}
+    assert provider.options.env["CLAUDE_CONFIG_DIR"] == "/h/.claude"

@@ -140,7 +140,8 @@ async def test_a_cli_that_dies_mid_turn(fake_claude: str, fake_claude_env: dict[
         with pytest.raises(sessions.ProviderError) as info:
             await turn(conn, "die")
         assert info.value.kind == "process_exited"
-        assert "3" in str(info.value)
+        assert "exit code 3" in str(info.value)
+        assert "dying on purpose" in str(info.value)  # the stderr tail
         done = await turn(conn, "again")
     assert done.finish_reason is FinishReason.STOP
 
