@@ -17,6 +17,7 @@ The flags, the environment, the line framing and the parsing stay the SDK's.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -33,6 +34,16 @@ log = structlog.get_logger("sessions.claude")
 
 _LAUNCHER = "import os,sys\nos.setsid()\nos.execv(sys.argv[1],sys.argv[1:])"
 _USE_GROUPS = os.name == "posix"
+_LIVE_GROUPS: set[int] = set()
+"""Process groups of CLIs not closed yet: killed at interpreter exit (the SDK's own hook
+SIGTERMs the CLI alone)."""
+
+
+@atexit.register
+def _kill_live_groups() -> None:
+    for pgid in list(_LIVE_GROUPS):
+        _signal_group(pgid, signal.SIGKILL)
+    _LIVE_GROUPS.clear()
 
 
 async def _no_prompt() -> AsyncIterator[dict[str, Any]]:
@@ -95,6 +106,7 @@ class GroupTransport(SubprocessCLITransport):
         await super().connect()
         if _USE_GROUPS and self._process is not None:
             self.pgid = self._process.pid
+            _LIVE_GROUPS.add(self.pgid)
             trio.lowlevel.spawn_system_task(self._watch, self._process, self.pgid, name="claude-cli-watcher")
 
     async def _watch(self, process: Any, pgid: int) -> None:
@@ -157,6 +169,8 @@ class GroupTransport(SubprocessCLITransport):
         self.returncode = process.returncode
         if self.pgid is not None:
             await self._sweep(self.pgid)
+            if not group_members(self.pgid):
+                _LIVE_GROUPS.discard(self.pgid)
 
     def _signal(self, process: Any, sig: int) -> None:
         if self.pgid is not None:

@@ -4,7 +4,7 @@
 It speaks just enough of the stream-json control protocol for claude-agent-sdk
 (initialize, interrupt, user messages). Behaviour comes from the environment
 (FAKE_CLAUDE_VERSION, FAKE_CLAUDE_IGNORE_TERM=1, FAKE_CLAUDE_NO_INIT=1: never answer
-initialize, FAKE_CLAUDE_PIDFILE) and from the prompt:
+initialize, FAKE_CLAUDE_SPAWN_AT_START=1: start the grandchild at once, FAKE_CLAUDE_PIDFILE) and from the prompt:
 
 - ``big:N``: an assistant message whose text is N MiB, on one line;
 - ``garbage``: a line that starts like JSON and is not;
@@ -139,6 +139,10 @@ def turn(prompt: str, interrupted: threading.Event) -> None:
 def main() -> None:
     if os.environ.get("FAKE_CLAUDE_IGNORE_TERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if os.environ.get("FAKE_CLAUDE_SPAWN_AT_START"):
+        child = subprocess.Popen(["sleep", "600"])
+        with open(os.environ["FAKE_CLAUDE_PIDFILE"], "w") as fh:
+            fh.write(str(child.pid))
     interrupted = threading.Event()
     worker: threading.Thread | None = None
     for line in sys.stdin:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -164,3 +166,34 @@ async def test_a_quiet_tool_does_not_trip_the_idle_timeout(fake_claude: str, fak
         with pytest.raises(sessions.ProviderTimeout) as info:
             await turn(conn, "hang")  # silence with no tool running is a stall
     assert info.value.phase == "idle"
+
+
+def test_a_program_that_exits_without_leaving_the_context_leaves_no_process(
+    fake_claude: str, fake_claude_env: dict[str, str], tmp_path: Path
+):
+    """A program that never exits the provider's context: trio finalizes the context's
+    generator at the end of the run, which closes the CLI's whole group (the SDK's own exit
+    hook would SIGTERM the CLI alone and leave the grandchild)."""
+    env = {**fake_claude_env, "FAKE_CLAUDE_SPAWN_AT_START": "1"}
+    pidfile = tmp_path / "grandchild.pid"
+    script = tmp_path / "leaky.py"
+    script.write_text(
+        f"""
+import os, sys, trio, sessions
+
+async def main():
+    provider = sessions.ClaudeCode(cli_path={fake_claude!r}, env={env!r})
+    conn = await provider.connect(sessions.SessionContext("s1")).__aenter__()
+    while not os.path.exists({str(pidfile)!r}):
+        await trio.sleep(0.02)
+    print("CLI", conn.pid, flush=True)
+    sys.exit(0)  # no __aexit__: only the interpreter's exit hooks are left
+
+trio.run(main)
+"""
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cli = int(next(line for line in done.stdout.splitlines() if line.startswith("CLI ")).split()[1])
+    grandchild = int(pidfile.read_text())
+    assert not wait_gone({cli, grandchild}, seconds=3)
