@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -402,3 +404,17 @@ def test_options_are_checked_when_the_provider_is_made():
     provider = sessions.ClaudeCode(append_system_prompt="be brief", env={"HOME": "/h"}, mcp_config={})
     assert provider.options.system_prompt == {"type": "preset", "preset": "claude_code", "append": "be brief"}
     assert provider.options.env["CLAUDE_CONFIG_DIR"] == "/h/.claude"
+
+
+def test_without_the_sdk_the_provider_says_how_to_install_it():
+    code = (
+        "import sys; sys.modules['claude_agent_sdk'] = None\n"
+        "import sessions\n"
+        "try:\n"
+        "    sessions.ClaudeCode(model='haiku')\n"
+        "except sessions.ProviderUnavailable as exc:\n"
+        "    print(exc.kind, exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.startswith("not_installed ")
+    assert "otpy[claude]" in done.stdout
