@@ -20,7 +20,7 @@ count), before and after the churn; the line also says how many objects the coll
 tracks and how many exited processes are still reachable (``dead pids``).
 
 With ``--callgrind`` each mode runs under ``valgrind --tool=callgrind`` instead, which
-counts the instructions of the same calls before and after: a count does not depend
+counts the instructions of the same calls before and after, sample by sample: a count does not depend
 on what else the machine is doing, so a difference of a few tenths of a percent is
 real. (It dumps a profile part whenever the process calls ``getppid``, which this
 script does at the edges of each measured phase.) Slow: a few minutes per mode.
@@ -101,16 +101,20 @@ async def _measure(mode: str, n: int, calls: int, reps: int, marks: bool) -> Non
         await _calls(echo, 2000)  # warm-up: imports, caches, the specialising interpreter
         gc.collect()
         mark()
-        before = [await _calls(echo, calls) for _ in range(reps)]
-        mark()
+        before = []
+        for _ in range(reps):
+            before.append(await _calls(echo, calls))
+            mark()
         census_before = _census()
         t0 = time.process_time()
         await _churn(mode, n, nursery)
         churn_s = time.process_time() - t0
         census_after = _census()
         mark()
-        after = [await _calls(echo, calls) for _ in range(reps)]
-        mark()
+        after = []
+        for _ in range(reps):
+            after.append(await _calls(echo, calls))
+            mark()
         await otpy.stop(echo)
     b, a = statistics.median(before), statistics.median(after)
     print(
@@ -162,12 +166,17 @@ def _callgrind(args: argparse.Namespace, mode: str) -> None:
                     return int(line.split()[1])
             raise SystemExit(f"no totals in callgrind part {part}")
 
-        # Parts: 1 setup, 2 calls before, 3 census and churn, 4 calls after.
-        per_call = args.calls * args.reps
-        before, after = total(2) / per_call, total(4) / per_call
+        # Parts: 1 setup; then one per sample before; then the census and the churn;
+        # then one per sample after.
+        reps = args.reps
+        before = [total(2 + k) / args.calls for k in range(reps)]
+        churn = total(2 + reps)
+        after = [total(3 + reps + k) / args.calls for k in range(reps)]
+        b, a = statistics.median(before), statistics.median(after)
         print(
-            f"{mode:7s} n={args.n}: {before:,.0f} -> {after:,.0f} instructions per call "
-            f"(after/before {after / before:.4f}); churn {total(3) / max(args.n, 1):,.0f} instructions per server",
+            f"{mode:7s} n={args.n}: {b:,.0f} -> {a:,.0f} instructions per call (after/before {a / b:.4f}; "
+            f"samples before {', '.join(f'{x:,.0f}' for x in before)}; after {', '.join(f'{x:,.0f}' for x in after)}); "
+            f"churn {churn / max(args.n, 1):,.0f} instructions per server",
             flush=True,
         )
 
@@ -176,7 +185,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=20_000, help="servers started and stopped (default 20,000)")
     parser.add_argument("--calls", type=int, default=5_000, help="calls per sample (default 5,000)")
-    parser.add_argument("--reps", type=int, default=11, help="samples before and after (default 11)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="samples before and after (default 11; 3 with --callgrind)"
+    )
     parser.add_argument("--modes", default="none,seq,batch,dynsup", help="comma-separated: " + ",".join(MODES))
     parser.add_argument("--rounds", type=int, default=1, help="run every mode this many times, interleaved")
     parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind instead")
@@ -184,6 +195,8 @@ def main() -> None:
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--marks", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reps is None:
+        args.reps = 3 if args.callgrind else 11
     if args.child is not None:
         trio.run(_measure, args.child, args.n, args.calls, args.reps, args.marks)
         return
@@ -192,7 +205,6 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown modes: {', '.join(sorted(unknown))}")
     if args.callgrind:
-        args.reps = 1
         for mode in modes:
             _callgrind(args, mode)
         return
