@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -306,7 +307,6 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def machine() -> dict[str, Any]:
     import httpx
-    import ollama
     import openai
 
     return {
@@ -317,7 +317,7 @@ def machine() -> dict[str, Any]:
         "trio": trio.__version__,
         "httpx": httpx.__version__,
         "openai": openai.__version__,
-        "ollama": getattr(ollama, "__version__", "?"),
+        "ollama": importlib.metadata.version("ollama"),
     }
 
 

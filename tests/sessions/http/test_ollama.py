@@ -296,3 +296,25 @@ def test_retry_after_may_be_an_http_date_or_garbage() -> None:
     assert retry_after_of(Failed("soon")) is None
     assert retry_after_of(Failed("2.5")) == 2.5
     assert sessions.RetryPolicy(retry_on={"timeout"}).retry_on == frozenset({"timeout"})  # type: ignore[arg-type]
+
+
+def test_the_client_of_a_run_is_closed_when_the_run_ends() -> None:
+    clients: list[Any] = []
+
+    async def one_run() -> None:
+        async with serve([ollama_text("hi")]) as server:
+            model = sessions.Ollama("m", host=server.url)
+            await collect(model)
+            clients.append(model._client.get())  # the client this run made
+            assert not clients[0].is_closed
+        # no aclose(): the end of the run closes it
+
+    trio.run(one_run)
+    assert clients[0].is_closed
+    trio.run(sessions.Ollama("m").aclose)  # nothing made in this run: nothing to close
+
+
+def test_aclose_outside_a_run_is_harmless() -> None:
+    import asyncio
+
+    asyncio.run(sessions.OpenAICompatible("m").aclose())
