@@ -230,7 +230,9 @@ async def _registry(registry_type: Any, names: list[str], pids: list[otpy.Pid]) 
     """otpy.Registry through the ViaRegistry protocol it implements (register_name / whereis_name)."""
     async with trio.open_nursery() as nursery:
         started = await registry_type.start_link(keys="unique", nursery=nursery)
-        registry = started if isinstance(started, otpy.ViaRegistry) else getattr(started, "server", None)
+        # The registry's server object, which implements ViaRegistry (otpy.get_state
+        # is the public way to reach it from outside the process).
+        registry = started if isinstance(started, otpy.ViaRegistry) else await otpy.get_state(started)
         if not isinstance(registry, otpy.ViaRegistry):
             nursery.cancel_scope.cancel()
             return {}
