@@ -95,6 +95,10 @@ class AgentLoop:
       ``tool_timeout``: seconds per call (None: no limit); ``max_tool_output``:
       characters of a result passed to the model.
     - ``system_prompt``: sent first (a turn's ``options["system_prompt"]`` overrides it).
+    - ``max_context_chars``: when the messages sent to the model exceed this many
+      characters, the oldest tool results (all but the last ``keep_tool_results``) are
+      sent elided, oldest first, until they fit (ExAthena's observation masking). The
+      transcript itself keeps them whole. None (the default): send everything.
 
     A turn's ``options`` also carry ``max_budget_usd`` (the turn stops once its cost
     reaches it) and model options (``model``, ``temperature``...) passed to the model.
@@ -132,6 +136,8 @@ class AgentLoop:
         tool_timeout: float | None = 600.0,
         max_tool_output: int = 100_000,
         system_prompt: str | None = None,
+        max_context_chars: int | None = None,
+        keep_tool_results: int = 4,
     ) -> None:
         check_mode(permission_mode)
         for option, value in (
@@ -142,6 +148,10 @@ class AgentLoop:
         ):
             if value < 1:
                 raise InvalidOption(option, value, "must be a positive integer")
+        if max_context_chars is not None and max_context_chars < 1:
+            raise InvalidOption("max_context_chars", max_context_chars, "must be positive or None")
+        if keep_tool_results < 0:
+            raise InvalidOption("keep_tool_results", keep_tool_results, "must be 0 or more")
         if tool_timeout is not None and tool_timeout <= 0:
             raise InvalidOption("tool_timeout", tool_timeout, "must be positive or None")
         for option, names in (("allowed_tools", allowed_tools), ("disallowed_tools", disallowed_tools)):
@@ -162,6 +172,8 @@ class AgentLoop:
         self.tool_timeout = tool_timeout
         self.max_tool_output = max_tool_output
         self.system_prompt = system_prompt
+        self.max_context_chars = max_context_chars
+        self.keep_tool_results = keep_tool_results
 
     def __repr__(self) -> str:
         return f"AgentLoop({self.model!r}, tools={list(self.tools)}, permission_mode={self.permission_mode!r})"
@@ -264,6 +276,32 @@ def repair(messages: Sequence[Message]) -> list[Message]:
     return out
 
 
+def compact(messages: list[Message], max_chars: int | None, keep: int) -> list[Message]:
+    """``messages`` with the oldest tool results elided until their text fits ``max_chars``.
+
+    The last ``keep`` tool results are never elided; nothing else is changed, so the
+    result may still be over the limit.
+    """
+    if max_chars is None:
+        return messages
+    size = sum(len(m.content) + (len(m.tool_result.content) if m.tool_result else 0) for m in messages)
+    if size <= max_chars:
+        return messages
+    results = [i for i, m in enumerate(messages) if m.tool_result is not None]
+    out = list(messages)
+    for index in results[: max(len(results) - keep, 0)]:
+        result = out[index].tool_result
+        assert result is not None
+        note = f"[{result.name} output elided to save context: {len(result.content)} characters]"
+        if len(note) >= len(result.content):
+            continue
+        size -= len(result.content) - len(note)
+        out[index] = attrs.evolve(out[index], tool_result=attrs.evolve(result, content=note))
+        if size <= max_chars:
+            break
+    return out
+
+
 class LoopSession:
     """The agent loop connected to one session (a `ProviderSession`); see `AgentLoop`.
 
@@ -362,7 +400,8 @@ class LoopSession:
             pieces: list[str] = []
             calls: list[ToolCall] = []
             completed: TurnCompleted | None = None
-            stream = loop.model.chat(history, specs, options)
+            sent = compact(history, loop.max_context_chars, loop.keep_tool_results)
+            stream = loop.model.chat(sent, specs, options)
             try:
                 while True:
                     with trio.CancelScope() as scope:

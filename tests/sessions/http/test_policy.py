@@ -338,3 +338,20 @@ async def test_interrupt_from_another_task_during_a_slow_model_call(cwd: Path) -
 def test_hook_matcher_needs_a_regex() -> None:
     with pytest.raises(sessions.InvalidOption):
         HookMatcher("(", [])
+
+
+async def test_old_tool_results_are_elided_to_fit_max_context_chars(cwd: Path) -> None:
+    (cwd / "big.txt").write_text("x" * 1000)
+    big = ("read", {"path": "big.txt"})
+    model = Model([big], [big], [big])
+    loop = sessions.AgentLoop(model, max_context_chars=2500, keep_tool_results=1)
+    results, done = await turn(loop, cwd)
+    assert done.finish_reason is FinishReason.STOP
+    assert all(len(r.content) > 1000 for r in results)  # the transcript keeps them whole
+    last_call = [m.tool_result.content for m in model.seen[-1] if m.tool_result is not None]
+    assert last_call[0] == "[read output elided to save context: 1007 characters]"
+    assert len(last_call[2]) > 1000  # the most recent is kept
+    assert sum(len(c) for c in last_call) <= 2500
+    unlimited = Model([big], [big], [big])
+    await turn(sessions.AgentLoop(unlimited), cwd)
+    assert all(len(m.tool_result.content) > 1000 for m in unlimited.seen[-1] if m.tool_result is not None)
