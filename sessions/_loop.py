@@ -28,8 +28,9 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcon
 from typing import Any, Literal
 
 import attrs
-import structlog
 import trio
+
+import otpy
 
 from ._errors import InvalidOption, ProviderError, ToolError
 from ._events import (
@@ -62,7 +63,7 @@ from ._tools._policy import (
     check_permission,
 )
 
-log = structlog.get_logger("sessions.loop")
+log = otpy.get_logger("sessions.loop")
 
 ToolsOption = Sequence[Tool | ToolFunction] | Literal["all"] | None
 

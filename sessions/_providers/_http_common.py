@@ -20,8 +20,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any, Generic, TypeVar
 
 import attrs
-import structlog
 import trio
+
+import otpy
 
 from .._errors import (
     InvalidOption,
@@ -34,7 +35,7 @@ from .._errors import (
 )
 from .._events import Usage
 
-log = structlog.get_logger("sessions.providers")
+log = otpy.get_logger("sessions.providers")
 
 T = TypeVar("T")
 
