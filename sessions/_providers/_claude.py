@@ -27,7 +27,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast, get_args
 
 import structlog
 import trio
@@ -57,7 +57,7 @@ from claude_agent_sdk._internal.session_resume import (
     materialize_resume_session,
 )
 from claude_agent_sdk._internal.sessions import _get_projects_dir
-from claude_agent_sdk.types import _configure_can_use_tool
+from claude_agent_sdk.types import PermissionMode, _configure_can_use_tool
 
 from .._errors import (
     InvalidOption,
@@ -162,6 +162,13 @@ def _restored_costs(path: Path, session_id: str) -> tuple[float, dict[str, dict[
     except OSError:
         pass
     return total, model_usage
+
+
+_MISSING: Final = object()
+
+
+def _signature(query_opts: Mapping[str, Any]) -> str:
+    return json.dumps(dict(query_opts), sort_keys=True, default=repr)
 
 
 def _sum(a: float, b: float) -> float:
@@ -324,6 +331,7 @@ class ClaudeSession:
         self._transport: GroupTransport | None = None
         self._materialized: MaterializedResume | None = None
         self._signature: str | None = None
+        self._query_opts: dict[str, Any] = {}
         self._cost_base = 0.0
         self._carried_cost = 0.0
         self._started_once = False
@@ -408,7 +416,8 @@ class ClaudeSession:
                 await materialized.cleanup()
             raise InvalidOption("options", str(options), str(exc)) from None
         self._transport, self._client, self._materialized = transport, client, materialized
-        self._signature = json.dumps(dict(query_opts), sort_keys=True, default=repr)
+        self._signature = _signature(query_opts)
+        self._query_opts = dict(query_opts)
         self._cost_base, self._model_usage_base = 0.0, {}
         if options.resume:
             projects = (
@@ -474,18 +483,41 @@ class ClaudeSession:
         """Stop everything: no CLI process nor any of its children survives this."""
         await self.stop()
 
+    async def _switch(self, client: ClaudeSDKClient, query_opts: Mapping[str, Any]) -> bool:
+        """Apply new options to the running CLI when only the model or the permission mode
+        changed (the CLI's control requests); False when a restart is needed."""
+        keys = set(query_opts) | set(self._query_opts)
+        changed = {k for k in keys if query_opts.get(k, _MISSING) != self._query_opts.get(k, _MISSING)}
+        if not changed or not changed <= {"model", "permission_mode"}:
+            return False
+        try:
+            with trio.fail_after(self.provider.startup_timeout):
+                if "model" in changed:
+                    model = query_opts.get("model", self.provider.options.model)
+                    await client.set_model(str(model) if model is not None else None)
+                if "permission_mode" in changed:
+                    mode = query_opts.get("permission_mode", self.provider.options.permission_mode) or "default"
+                    if mode not in get_args(PermissionMode):
+                        return False
+                    await client.set_permission_mode(cast("PermissionMode", mode))
+        except Exception as exc:  # noqa: BLE001 - any failure: restart the CLI with the new options instead
+            self._log.info("claude_switch_failed", error=repr(exc))
+            return False
+        self._log.info("claude_options_switched", changed=sorted(changed))
+        self._query_opts = dict(query_opts)
+        return True
+
     async def _ensure(self, query_opts: Mapping[str, Any]) -> ClaudeSDKClient:
-        signature = json.dumps(dict(query_opts), sort_keys=True, default=repr)
-        transport = self._transport
-        if (
-            self.provider.transport == "per_turn"
-            or self._client is None
-            or transport is None
-            or not transport.alive
-            or signature != self._signature
-        ):
-            await self.stop()
-            await self.start(query_opts)
+        signature = _signature(query_opts)
+        transport, client = self._transport, self._client
+        if self.provider.transport == "duplex" and client is not None and transport is not None and transport.alive:
+            if signature == self._signature:
+                return client
+            if await self._switch(client, query_opts):
+                self._signature = signature
+                return client
+        await self.stop()
+        await self.start(query_opts)
         assert self._client is not None
         return self._client
 

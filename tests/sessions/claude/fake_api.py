@@ -193,6 +193,24 @@ class FakeAnthropic:
                 text = f"echo: {prompt}"
             blocks = [{"type": "text", "text": text, "big": "big" in directives}]
             stop_reason = "end_turn"
+        if not body.get("stream"):
+            # a non-streaming call (the CLI's model check on set_model, its fallback after a
+            # broken stream): one JSON message, with a token's worth of usage
+            text = "".join(b.get("text", "") for b in blocks if b["type"] == "text")
+            handler._json(
+                200,
+                {
+                    "id": f"msg_fake_{n}",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": "end_turn",
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 1, "output_tokens": 1},
+                },
+            )
+            return
         slow = float(directives.get("slow") or 0)
         self._stream(handler, model, n, blocks, stop_reason, stall="stall" in directives, slow=slow)
 

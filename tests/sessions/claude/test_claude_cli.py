@@ -418,3 +418,17 @@ def test_without_the_sdk_the_provider_says_how_to_install_it():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.startswith("not_installed ")
     assert "otpy[claude]" in done.stdout
+
+
+async def test_a_model_override_switches_the_running_cli(fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]):
+    provider = sessions.ClaudeCode(**claude_kwargs)
+    async with provider.connect(ctx()) as conn:
+        pid = conn.pid
+        _, first = await turn(conn, "on haiku")
+        _, second = await turn(conn, "on sonnet", n=2, model="claude-sonnet-4-5")
+        _, third = await turn(conn, "back on haiku", n=3)
+        assert conn.pid == pid  # set_model, not a restart
+    models = [body["model"] for body in fake_api.message_requests() if body.get("stream")]
+    assert models == ["claude-haiku-4-5", "claude-sonnet-4-5", "claude-haiku-4-5"]
+    assert (first.cost_usd, second.cost_usd, third.cost_usd) == (6.0, 18.0, 6.0)  # sonnet: $3 + $15
+    assert "on haiku" in all_user_texts(fake_api.message_requests()[-1])
