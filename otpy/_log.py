@@ -48,11 +48,16 @@ def render(event: str, fields: dict[str, Any]) -> str:
 class Logger:
     """A logger that defers to structlog once the application has configured it."""
 
-    __slots__ = ("_stdlib", "_structlog")
+    __slots__ = ("_bound", "_stdlib", "_structlog")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, bound: dict[str, Any] | None = None) -> None:
         self._stdlib = logging.getLogger(name)
         self._structlog = structlog.get_logger(name)
+        self._bound = bound or {}
+
+    def bind(self, **fields: Any) -> Logger:
+        """A logger that adds ``fields`` to every event (structlog's ``bind``)."""
+        return Logger(self._stdlib.name, {**self._bound, **fields})
 
     @property
     def name(self) -> str:
@@ -71,6 +76,8 @@ class Logger:
         self._emit(logging.ERROR, "error", event, fields)
 
     def _emit(self, level: int, method: str, event: str, fields: dict[str, Any]) -> None:
+        if self._bound:
+            fields = {**self._bound, **fields}
         exc_info = fields.pop("exc_info", None)
         if structlog.is_configured():
             if exc_info is not None:

@@ -216,3 +216,11 @@ def test_an_unconfigured_program_keeps_stdout_clean() -> None:
     assert "Traceback" in done.stderr
     assert "ValueError: boom" in done.stderr
     assert "child_started" not in done.stderr  # debug level: hidden by default
+
+
+def test_bound_fields_ride_on_every_event() -> None:
+    """get_logger(...).bind(k=v) adds k=v to each event, under structlog as under logging."""
+    log = otpy.get_logger("otpy.test_bind").bind(session="s1")
+    with structlog.testing.capture_logs() as logs:
+        log.warning("turn_slow", turn=3)
+    assert logs == [{"event": "turn_slow", "session": "s1", "turn": 3, "log_level": "warning"}]

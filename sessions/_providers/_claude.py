@@ -29,7 +29,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final, Literal, cast, get_args
 
-import structlog
 import trio
 from claude_agent_sdk import (
     AssistantMessage,
@@ -59,6 +58,8 @@ from claude_agent_sdk._internal.session_resume import (
 from claude_agent_sdk._internal.sessions import _get_projects_dir
 from claude_agent_sdk.types import PermissionMode, _configure_can_use_tool
 
+import otpy
+
 from .._errors import (
     InvalidOption,
     ProviderAuthError,
@@ -87,7 +88,7 @@ from ._base import ProviderSession, SessionContext, TurnRequest
 from ._claude_process import GroupTransport
 from ._claude_store import ClaudeTranscriptStore
 
-log = structlog.get_logger("sessions.claude")
+log = otpy.get_logger("sessions.claude")
 
 DEFAULT_MAX_BUFFER_SIZE: Final = 32 * 1024 * 1024
 """The largest single stdout line (JSON message) accepted: 32 MiB (the SDK's is 1 MiB)."""

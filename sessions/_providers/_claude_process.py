@@ -25,12 +25,13 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-import structlog
 import trio
 from claude_agent_sdk import ClaudeAgentOptions
 from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
 
-log = structlog.get_logger("sessions.claude")
+import otpy
+
+log = otpy.get_logger("sessions.claude")
 
 _LAUNCHER = "import os,sys\nos.setsid()\nos.execv(sys.argv[1],sys.argv[1:])"
 _USE_GROUPS = os.name == "posix"
