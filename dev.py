@@ -86,8 +86,17 @@ def make_venv() -> None:
         run([sys.executable, "-m", "pip", "--python", str(PYTHON), "install", "--quiet", "pip"])
 
 
+def demo_extras() -> str:
+    """The demo runs offline; with a provider configured, it needs that provider's extra."""
+    providers = (("ANTHROPIC_API_KEY", "claude"), ("OLLAMA_HOST", "ollama"), ("OPENAI_BASE_URL", "openai"))
+    wanted = [extra for variable, extra in providers if os.environ.get(variable)]
+    return f"-e .[{','.join(wanted)}]" if wanted else "-e ."
+
+
 def ensure_installed(task: str) -> None:
     project, groups, _ = TASKS[task]
+    if task == "demo":
+        project = demo_extras()
     pyproject_text = (ROOT / "pyproject.toml").read_text()
     stamp = VENV / f".installed-{task}"
     wanted = hashlib.sha256(f"{project}|{groups}|{pyproject_text}".encode()).hexdigest()

@@ -18,7 +18,7 @@ What it shows, in about ten seconds (two with ``--fast``):
 
 Offline by default: the sessions run on `sessions.ScriptedProvider`. One small
 function, `pick_provider`, chooses a real provider instead when one is configured
-*and* its class exists in this install: ``ANTHROPIC_API_KEY`` -> ``sessions.ClaudeCode``,
+(``python3 dev.py demo`` then installs its extra): ``ANTHROPIC_API_KEY`` -> ``sessions.ClaudeCode``,
 ``OLLAMA_HOST`` -> ``sessions.Ollama`` (``$OLLAMA_MODEL``, default ``llama3.1``),
 ``OPENAI_BASE_URL`` -> ``sessions.OpenAICompatible`` (``$OPENAI_MODEL``). Pass
 ``--offline`` to ignore them.
@@ -81,12 +81,12 @@ def pick_provider(speed: float, offline: bool) -> tuple[Any, str]:
     """The provider every session uses, and a line saying which. The only place that looks at the environment."""
     if not offline:
         try:
-            if os.environ.get("ANTHROPIC_API_KEY") and hasattr(sessions, "ClaudeCode"):
+            if os.environ.get("ANTHROPIC_API_KEY"):
                 return sessions.ClaudeCode(), "Claude Code (ANTHROPIC_API_KEY is set)"
-            if os.environ.get("OLLAMA_HOST") and hasattr(sessions, "Ollama"):
+            if os.environ.get("OLLAMA_HOST"):
                 model = os.environ.get("OLLAMA_MODEL", "llama3.1")
                 return sessions.Ollama(model), f"Ollama {model} at $OLLAMA_HOST"
-            if os.environ.get("OPENAI_BASE_URL") and hasattr(sessions, "OpenAICompatible"):
+            if os.environ.get("OPENAI_BASE_URL"):
                 model = os.environ.get("OPENAI_MODEL", "gpt-4o-mini")
                 return sessions.OpenAICompatible(model), f"{model} at $OPENAI_BASE_URL"
         except sessions.SessionError as exc:
@@ -95,12 +95,8 @@ def pick_provider(speed: float, offline: bool) -> tuple[Any, str]:
 
 
 def open_store(directory: Path) -> tuple[sessions.Store, str]:
-    """SqliteStore when this install has it; else JsonlStore; else InMemoryStore."""
-    if hasattr(sessions, "SqliteStore"):
-        return sessions.SqliteStore(directory / "agents.db"), "SqliteStore agents.db"
-    if hasattr(sessions, "JsonlStore"):
-        return sessions.JsonlStore(directory / "logs"), "JsonlStore logs/"
-    return sessions.InMemoryStore(), "InMemoryStore"
+    """The durable store every session writes ahead to: one SQLite file."""
+    return sessions.SqliteStore(directory / "agents.db"), "SqliteStore agents.db"
 
 
 class Clock:
