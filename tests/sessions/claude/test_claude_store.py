@@ -14,12 +14,17 @@ async def test_conformance_on_the_in_memory_store():
 
 
 async def test_conformance_on_the_sqlite_store(tmp_path: Path):
-    counter = iter(range(1000))
+    opened: list[sessions.SqliteStore] = []
 
     def make() -> sessions.ClaudeTranscriptStore:
-        return sessions.ClaudeTranscriptStore(sessions.SqliteStore(tmp_path / f"{next(counter)}.db"), "s1")
+        opened.append(sessions.SqliteStore(tmp_path / f"{len(opened)}.db"))
+        return sessions.ClaudeTranscriptStore(opened[-1], "s1")
 
-    await run_session_store_conformance(make)
+    try:
+        await run_session_store_conformance(make)
+    finally:
+        for store in opened:  # no writer thread may outlive the test (later tests check)
+            await store.aclose()
 
 
 async def test_records_go_to_their_own_log_with_consecutive_seq():
