@@ -177,6 +177,7 @@ def test_page_code_blocks_run(path: Path, monkeypatch: pytest.MonkeyPatch, tmp_p
     in it must pass. No process the examples start may outlive them.
     """
     before = {child.pid for child in psutil.Process().children(recursive=True)}
+    monkeypatch.chdir(tmp_path)  # what the examples write (agents.db, say) stays out of the repository
     namespace = run_page(path, monkeypatch)
     tests = sorted(name for name, obj in namespace.items() if name.startswith("test_") and callable(obj))
     if tests:
