@@ -826,6 +826,9 @@ class _CallDeadlines:
             if not fifo:
                 self.last = -math.inf
             next_deadline = min(fifo[0]._deadline if fifo else math.inf, heap[0][0] if heap else math.inf)
+            # Not held while asleep: add() may replace the queues with compacted ones, and
+            # the old ones would otherwise keep answered calls (and their servers) alive.
+            del fifo, heap
             with trio.CancelScope(deadline=next_deadline) as self.scope:
                 await trio.sleep_forever()
 
