@@ -530,3 +530,16 @@ class TestUnhandled:
         [event] = [e for e in logs if e["event"] == "unexpected_message"]
         assert event["log_level"] == "error"
         assert event["message_type"] == "tuple"
+
+
+async def test_the_deadline_task_holds_no_queue_while_asleep(nursery: trio.Nursery) -> None:
+    """A queue that add() replaced (compacted) is not kept alive by the sleeping deadline task."""
+    pid = await Recorder.start_link(nursery=nursery)
+    for _ in range(3000):  # past the FIFO's limit: it gets compacted and replaced
+        await otpy.call(pid, None, timeout=5)
+    await trio.testing.wait_all_tasks_blocked()
+    root = trio.lowlevel.current_root_task()
+    [task] = [t for n in root.child_nurseries for t in n.child_tasks if t.name == "otpy call deadlines"]
+    frame = task.coro.cr_frame
+    assert frame is not None
+    assert {"fifo", "heap"} & frame.f_locals.keys() == set()
