@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -73,11 +74,23 @@ class _SqliteHandler(Handler):
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode.lower() != "wal" and str(self.path) != ":memory:":
-                raise StoreError(f"{self.path}: SQLite refused WAL mode (journal_mode is {mode})")
-            self._set_synchronous(db, "FULL")
-            _migrate(db, self.path)
+            # Two stores opening one new file at once (two processes, say): switching to
+            # WAL and creating the tables take locks for which SQLite may report "database
+            # is locked" at once instead of waiting out busy_timeout. Opening is rare and
+            # runs on the writer thread, so wait and try again, within busy_timeout.
+            deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+            while True:
+                try:
+                    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if mode.lower() != "wal" and str(self.path) != ":memory:":
+                        raise StoreError(f"{self.path}: SQLite refused WAL mode (journal_mode is {mode})")
+                    self._set_synchronous(db, "FULL")
+                    _migrate(db, self.path)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.01)
         except BaseException:
             db.close()
             raise

@@ -300,3 +300,17 @@ async def test_two_store_objects_share_one_database(tmp_path: Path) -> None:
     assert all([await first.load(f"s{i}") == _recs(f"s{i}", 1, 10) for i in range(40)])
     await first.aclose()
     await second.aclose()
+
+
+async def test_stores_opening_one_new_file_at_once_never_see_locked(tmp_path: Path) -> None:
+    """Three stores that open the same new database together all open it: switching to WAL
+    and creating the tables may be refused with "database is locked" at once (SQLite does
+    not always wait for busy_timeout there), and the store waits and tries again."""
+    for attempt in range(60):  # the race is narrow: before the fix about one attempt in 15 failed
+        stores = [SqliteStore(tmp_path / f"{attempt}.db") for _ in range(3)]
+        async with trio.open_nursery() as nursery:
+            for n, store in enumerate(stores):
+                nursery.start_soon(store.append, f"s{n}", _recs(f"s{n}", 1, 1))
+        assert sorted(await stores[0].list_sessions()) == ["s0", "s1", "s2"]
+        for store in stores:
+            await store.aclose()
