@@ -44,27 +44,13 @@ sys.path.insert(0, str(ROOT / "tests" / "sessions" / "claude"))  # the fake Mess
 
 import claude_agent_sdk  # noqa: E402
 from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKClient, ResultMessage  # noqa: E402
-from fake_api import FakeAnthropic  # noqa: E402
+from fake_api import FakeAnthropic, make_env  # noqa: E402
 
 import otpy  # noqa: E402
 import sessions  # noqa: E402
 from sessions import SessionServer, TurnCompleted, TurnRequest  # noqa: E402
 
 Turns = Callable[[list[str]], Awaitable[list[float]]]
-
-
-def environment(home: Path, url: str) -> dict[str, str]:
-    (home / "tmp").mkdir(parents=True, exist_ok=True)
-    return {
-        "HOME": str(home),
-        "CLAUDE_CONFIG_DIR": str(home / ".claude"),
-        "TMPDIR": str(home / "tmp"),
-        "CLAUDE_CODE_TMPDIR": str(home / "tmp"),
-        "ANTHROPIC_BASE_URL": url,
-        "ANTHROPIC_API_KEY": "bench",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-    }
 
 
 async def timed(prompts: list[str], one: Callable[[str], Awaitable[None]]) -> list[float]:
@@ -148,7 +134,7 @@ async def main(rounds: int, turns: int) -> dict[str, Any]:
                     cwd = home / "work"
                     cwd.mkdir(parents=True)
                     prompts = [f"{name} round {r} turn {t}" for t in range(turns)]
-                    samples[name] += await systems[name](prompts, environment(home, fake.url), str(cwd))
+                    samples[name] += await systems[name](prompts, make_env(home, fake.url), str(cwd))
                 print(f"round {r + 1}/{rounds} done", file=sys.stderr)
     finally:
         fake.close()

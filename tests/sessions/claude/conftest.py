@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 import pytest
 
-from .fake_api import FakeAnthropic
+from .fake_api import FakeAnthropic, make_env
 
 HERE = Path(__file__).parent
 
@@ -87,24 +87,6 @@ def fake_api(fake_api_server: FakeAnthropic) -> Iterator[FakeAnthropic]:
     fake_api_server.reset()
     yield fake_api_server
     fake_api_server.release.set()
-
-
-def make_env(home: Path, url: str) -> dict[str, str]:
-    """The CLI's environment for a temporary ``home``."""
-    (home / "tmp").mkdir(parents=True, exist_ok=True)
-    return {
-        "HOME": str(home),
-        "CLAUDE_CONFIG_DIR": str(home / ".claude"),
-        "TMPDIR": str(home / "tmp"),
-        "CLAUDE_CODE_TMPDIR": str(home / "tmp"),
-        "ANTHROPIC_BASE_URL": url,
-        "ANTHROPIC_API_KEY": "test-key",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "CLAUDE_CODE_MAX_RETRIES": "0",
-        "DISABLE_TELEMETRY": "1",
-        "DISABLE_ERROR_REPORTING": "1",
-        "DISABLE_AUTOUPDATER": "1",
-    }
 
 
 @pytest.fixture

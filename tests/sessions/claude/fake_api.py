@@ -24,6 +24,7 @@ import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 _DIRECTIVE = re.compile(r"\[\[(\w+)(?::(.*?))?\]\]", re.S)
@@ -328,3 +329,21 @@ def _pieces(text: str, *, big: bool) -> Iterator[str]:
     words = text.split(" ")
     for i, word in enumerate(words):
         yield word if i == len(words) - 1 else word + " "
+
+
+def make_env(home: Path, url: str) -> dict[str, str]:
+    """The CLI's environment for a temporary ``home``."""
+    (home / "tmp").mkdir(parents=True, exist_ok=True)
+    return {
+        "HOME": str(home),
+        "CLAUDE_CONFIG_DIR": str(home / ".claude"),
+        "TMPDIR": str(home / "tmp"),
+        "CLAUDE_CODE_TMPDIR": str(home / "tmp"),
+        "ANTHROPIC_BASE_URL": url,
+        "ANTHROPIC_API_KEY": "test-key",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "CLAUDE_CODE_MAX_RETRIES": "0",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "DISABLE_AUTOUPDATER": "1",
+    }
