@@ -24,8 +24,6 @@ started in, so a supervisor that stops has no task left behind.
 from __future__ import annotations
 
 import collections
-import importlib
-import json
 import math
 import secrets
 from typing import Any, Literal
@@ -35,31 +33,21 @@ import trio
 
 import otpy
 
-from ._errors import BudgetExceeded, InvalidOption, ProviderError, SessionBusy, SessionError
+from ._config import _as_provider, _Config, _jsonable
+from ._errors import BudgetExceeded, InvalidOption, SessionBusy, SessionError
 from ._events import (
-    JSON,
-    FinishReason,
     Message,
-    MessageAdded,
-    ProviderEvent,
-    ProviderSessionId,
     Result,
-    TextDelta,
-    ThinkingDelta,
-    ToolCall,
-    ToolCallFinished,
-    ToolCallRequested,
-    TurnCompleted,
     TurnFinished,
     TurnSnapshot,
-    TurnStarted,
     Usage,
 )
-from ._providers._base import Provider, ProviderSession, SessionContext, TurnRequest
+from ._providers._base import SessionContext, TurnRequest
 from ._session import Session, fold
 from ._stores._base import Record, Store
 from ._stores._memory import InMemoryStore
 from ._subscribers import Fanout, SubscriberBuffer, Subscription
+from ._turn import _Reconnect, _Turn, _TurnDone, _TurnTask, _TurnWork
 
 _log = otpy.get_logger("sessions.server")
 
@@ -79,80 +67,6 @@ def new_session_id() -> str:
 
 
 # --- configuration ---------------------------------------------------------------------------
-
-
-def _non_negative(option: str) -> Any:
-    def check(_instance: Any, _attribute: Any, value: Any) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise InvalidOption(option, value, "expected a number >= 0")
-
-    return check
-
-
-def _check_provider(_instance: Any, _attribute: Any, value: Any) -> None:
-    if not (callable(getattr(value, "connect", None)) or callable(getattr(value, "chat", None))):
-        raise InvalidOption("provider", value, "expected a Provider (with connect) or a ModelProvider (with chat)")
-
-
-def _check_store(_instance: Any, _attribute: Any, value: Any) -> None:
-    if value is not None and not isinstance(value, Store):
-        raise InvalidOption("store", value, "expected a sessions.Store (append, load, list_sessions, delete, aclose)")
-
-
-def _check_opts(_instance: Any, _attribute: Any, value: Any) -> None:
-    if not isinstance(value, dict):
-        raise InvalidOption("query_opts", value, "expected a dict")
-
-
-def _check_session_id(_instance: Any, _attribute: Any, value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or not value):
-        raise InvalidOption("session_id", value, "expected a non-empty str")
-
-
-@attrs.frozen(kw_only=True)
-class _Config:
-    """A SessionServer's options, checked once (in `child_spec` and in ``init``)."""
-
-    provider: Any = attrs.field(validator=_check_provider)
-    store: Store | None = attrs.field(default=None, validator=_check_store)
-    query_opts: dict[str, Any] = attrs.field(factory=dict, validator=_check_opts)
-    session_id: str | None = attrs.field(default=None, validator=_check_session_id)
-    cwd: str | None = None
-    max_cost_usd: float | None = attrs.field(default=None, validator=_non_negative("max_cost_usd"))
-    max_turns: int | None = attrs.field(default=None, validator=_non_negative("max_turns"))
-    max_queued_turns: int = attrs.field(default=8, validator=_non_negative("max_queued_turns"))
-    interrupt_grace: float = attrs.field(default=5.0, validator=_non_negative("interrupt_grace"))
-    turn_timeout: float | None = attrs.field(default=None, validator=_non_negative("turn_timeout"))
-    close_timeout: float = attrs.field(default=10.0, validator=_non_negative("close_timeout"))
-    subscriber_buffer: int = attrs.field(default=256, validator=_non_negative("subscriber_buffer"))
-
-
-def _as_provider(provider: Any) -> Provider:
-    """``provider`` itself, or a `ModelProvider` wrapped in the agent loop (``sessions.AgentLoop``)."""
-    if callable(getattr(provider, "connect", None)):
-        return provider  # type: ignore[no-any-return]
-    try:
-        loop = importlib.import_module("sessions._loop")
-        agent_loop = loop.AgentLoop
-    except (ImportError, AttributeError) as exc:
-        raise InvalidOption(
-            "provider",
-            provider,
-            "is a ModelProvider (it has chat, no connect): it needs sessions.AgentLoop, which is not available",
-        ) from exc
-    return agent_loop(provider)  # type: ignore[no-any-return]
-
-
-def _jsonable(options: dict[str, Any]) -> dict[str, JSON]:
-    """The entries of ``options`` that JSON can hold (callbacks and permissions are not stored)."""
-    kept: dict[str, JSON] = {}
-    for key, value in options.items():
-        try:
-            json.dumps(value)
-        except (TypeError, ValueError):
-            continue
-        kept[str(key)] = value
-    return kept
 
 
 # --- requests (calls) and what the turn task tells the server ------------------------------------
@@ -191,15 +105,6 @@ class _Refused:
     error: SessionError
 
 
-@attrs.frozen
-class _TurnDone:
-    """From the turn task: the turn ended; ``records`` are what it appended to the store."""
-
-    result: Result
-    records: tuple[Record, ...]
-    objects: dict[int, object]
-
-
 def _unwrap(reply: Any) -> Any:
     if isinstance(reply, _Refused):
         raise reply.error
@@ -236,62 +141,6 @@ class SessionStatus:
     provider_session_id: str | None = None
 
 
-# --- the running turn, shared by the server and its turn task -----------------------------------
-
-
-class _Turn:
-    """One running turn (internal). The turn task fills it in; the server reads it for
-    snapshots and status. Both run on the one trio thread, so each update is atomic."""
-
-    __slots__ = (
-        "begun",
-        "ended",
-        "from_",
-        "helper_scope",
-        "interrupting",
-        "messages",
-        "number",
-        "prompt",
-        "scope",
-        "started_at",
-        "text",
-        "tool_calls",
-        "unsaid",
-    )
-
-    def __init__(self, number: int, prompt: str, from_: otpy.From) -> None:
-        self.number = number
-        self.prompt = prompt
-        self.from_ = from_
-        self.started_at = trio.current_time()
-        self.text: list[str] = []
-        self.unsaid: list[str] = []  # text deltas not yet part of a MessageAdded
-        self.messages: list[Message] = []
-        self.tool_calls: list[ToolCall] = []
-        self.scope = trio.CancelScope()
-        self.helper_scope: trio.CancelScope | None = None
-        self.begun = False
-        self.ended = False
-        self.interrupting = False
-
-
-@attrs.define
-class _TurnWork:
-    turn: _Turn
-    request: TurnRequest
-    ctx: SessionContext
-    next_seq: int
-    provider_session_id: str | None
-    records: list[Record] = attrs.field(factory=list)
-    objects: dict[int, object] = attrs.field(factory=dict)  # seq -> the Message or Result it holds
-    finished: bool = False
-
-
-@attrs.frozen
-class _Reconnect:
-    ctx: SessionContext
-
-
 @attrs.frozen
 class _QueuedPut:
     from_: otpy.From
@@ -303,299 +152,6 @@ class _QueuedTurn:
     from_: otpy.From
     prompt: str
     overrides: dict[str, Any]
-
-
-_CONNECTIONS: trio.lowlevel.RunVar[dict[str, otpy.Pid]] = trio.lowlevel.RunVar("sessions_connections")
-
-
-def _connections() -> dict[str, otpy.Pid]:
-    """The turn task of each session id in this trio run: a restart waits for the old one."""
-    try:
-        return _CONNECTIONS.get()
-    except LookupError:
-        table: dict[str, otpy.Pid] = {}
-        _CONNECTIONS.set(table)
-        return table
-
-
-class _TurnTask:
-    """The body of a session's turn task: the provider's connection and every turn (internal)."""
-
-    def __init__(
-        self,
-        server: otpy.Pid,
-        provider: Provider,
-        store: Store,
-        session_id: str,
-        fanout: Fanout,
-        inbox: trio.MemoryReceiveChannel[_TurnWork | _Reconnect],
-        config: _Config,
-        ctx: SessionContext,
-    ) -> None:
-        self.server = server
-        self.provider = provider
-        self.store = store
-        self.session_id = session_id
-        self.fanout = fanout
-        self.inbox = inbox
-        self.config = config
-        self.ctx = ctx
-        self.helpers: trio.Nursery | None = None
-        self.conn: ProviderSession | None = None
-        self.current: _Turn | None = None
-
-    # --- the connection ------------------------------------------------------------------
-
-    async def run(self) -> None:
-        """Connect, serve turns, reconnect after a provider failure; until cancelled."""
-        table = _connections()
-        me = otpy.self()
-        previous = table.get(self.session_id)
-        table[self.session_id] = me
-        try:
-            if previous is not None and previous is not me and previous.alive:
-                with trio.move_on_after(self.config.close_timeout):
-                    await previous.wait_exited()
-            ctx = self.ctx
-            work: _TurnWork | _Reconnect | None = None
-            broken = False
-            while True:
-                if broken and work is None:
-                    work = await self.inbox.receive()  # after a failure, connect again for the next turn
-                if isinstance(work, _Reconnect):
-                    ctx, work = work.ctx, None
-                elif isinstance(work, _TurnWork):
-                    ctx = work.ctx
-                try:
-                    async with self.provider.connect(ctx) as conn:
-                        broken = False
-                        outcome = await self._serve(conn, work)
-                        work = None
-                    if isinstance(outcome, _Reconnect):
-                        work = outcome
-                    else:
-                        broken = True
-                except ProviderError as exc:
-                    broken = True
-                    _log.warning(
-                        "provider_failed", session_id=self.session_id, provider=self.provider.name, error=str(exc)
-                    )
-                    if isinstance(work, _TurnWork) and not work.finished:
-                        await self._fail_before_provider(work, exc)
-                    work = None
-        finally:
-            self.fanout.close_all()
-            if table.get(self.session_id) is me:
-                if previous is not None and previous.alive:
-                    # Stopped while still waiting for it: the next task must wait for it too.
-                    table[self.session_id] = previous
-                else:
-                    del table[self.session_id]
-
-    async def _serve(self, conn: ProviderSession, work: _TurnWork | _Reconnect | None) -> _Reconnect | None:
-        """Run turns on ``conn`` until a reconnect is asked for (returned) or a turn broke it (None)."""
-        crash: Exception | None = None
-        outcome: _Reconnect | None = None
-        async with trio.open_nursery() as helpers:
-            self.helpers, self.conn = helpers, conn
-            try:
-                while True:
-                    if work is None:
-                        work = await self.inbox.receive()
-                    if isinstance(work, _Reconnect):
-                        outcome = work
-                        break
-                    broke = await self._turn(conn, work)
-                    work = None
-                    if broke:
-                        break
-            except Exception as exc:  # noqa: BLE001 (re-raised below, outside the helpers' nursery)
-                crash = exc
-            finally:
-                self.helpers = self.conn = None
-                helpers.cancel_scope.cancel()
-        if crash is not None:
-            raise crash
-        return outcome
-
-    def interrupt(self, turn: _Turn) -> None:
-        """Ask the provider to stop ``turn``; cancel it after the grace period (from the server)."""
-        if self.helpers is None or self.conn is None:
-            turn.scope.cancel()
-            return
-        self.helpers.start_soon(self._interrupt, self.conn, turn)
-
-    async def _interrupt(self, conn: ProviderSession, turn: _Turn) -> None:
-        if turn.ended:
-            return
-        if turn is not self.current:
-            turn.scope.cancel()  # the provider has not seen it yet: it ends as soon as it starts
-            return
-        with trio.CancelScope() as scope:
-            turn.helper_scope = scope
-            with trio.move_on_after(self.config.interrupt_grace):
-                try:
-                    await conn.interrupt()
-                except Exception as exc:  # noqa: BLE001 (the grace period still ends the turn)
-                    _log.warning("interrupt_failed", session_id=self.session_id, error=repr(exc))
-                await trio.sleep_forever()
-            turn.scope.cancel()
-
-    # --- one turn --------------------------------------------------------------------------
-
-    async def _append(
-        self, work: _TurnWork, kind: str, data: dict[str, Any], *, durable: bool = False, value: object = None
-    ) -> None:
-        record = Record(session_id=self.session_id, seq=work.next_seq, kind=kind, data=data)
-        if value is not None:
-            work.objects[record.seq] = value
-        # Shielded: a record half-written by a cancellation would leave the log's seq
-        # unknown; the store bounds its own writes.
-        with trio.CancelScope(shield=True):
-            await self.store.append(self.session_id, [record], durable=durable)
-        work.next_seq += 1
-        work.records.append(record)
-
-    async def _begin(self, work: _TurnWork) -> None:
-        turn = work.turn
-        data = {"turn": turn.number, "prompt": turn.prompt, "options": _jsonable(work.request.options)}
-        await self._append(work, "turn_started", data, durable=True)
-        turn.begun = True
-        self.fanout.publish(TurnStarted(session_id=self.session_id, turn=turn.number, prompt=turn.prompt))
-
-    async def _turn(self, conn: ProviderSession, work: _TurnWork) -> bool:
-        """Run one turn to its end; True if the provider broke and must be reconnected."""
-        turn = work.turn
-        if not turn.begun:
-            await self._begin(work)
-        if self.config.turn_timeout is not None:
-            turn.scope.deadline = trio.current_time() + self.config.turn_timeout
-        completed: TurnCompleted | None = None
-        failure: ProviderError | None = None
-        self.current = turn
-        with turn.scope:
-            events = None
-            try:
-                events = conn.run_turn(work.request)
-                async for event in events:
-                    if isinstance(event, TurnCompleted):
-                        completed = event
-                        break
-                    await self._event(work, event)
-            except ProviderError as exc:
-                failure = exc
-            finally:
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    with trio.move_on_after(self.config.close_timeout) as closing:
-                        closing.shield = True
-                        await aclose()
-        self.current = None
-        turn.ended = True
-        if turn.helper_scope is not None:
-            turn.helper_scope.cancel()
-        broke = False
-        if completed is not None:
-            result = self._result(work, completed)
-        elif turn.scope.cancelled_caught:
-            interrupted = turn.interrupting
-            reason = FinishReason.INTERRUPTED if interrupted else FinishReason.TIMEOUT
-            error = (
-                "interrupted" if interrupted else f"the turn took longer than turn_timeout={self.config.turn_timeout}s"
-            )
-            result = self._result(
-                work, TurnCompleted(text="".join(turn.text), finish_reason=reason, is_error=True, error=error)
-            )
-        else:
-            broke = True
-            if failure is None:
-                failure = ProviderError(
-                    self.provider.name, "the turn ended without a TurnCompleted event", kind="protocol"
-                )
-            result = self._failed(work, failure)
-        await self._finish(work, result)
-        return broke
-
-    async def _event(self, work: _TurnWork, event: ProviderEvent) -> None:
-        turn = work.turn
-        match event:
-            case TextDelta(text=text):
-                turn.text.append(text)
-                turn.unsaid.append(text)
-            case ThinkingDelta() | ToolCallFinished():
-                pass
-            case ToolCallRequested(call=call):
-                turn.tool_calls.append(call)
-            case MessageAdded(message=message):
-                data = {"turn": turn.number, "message": message.to_dict()}
-                await self._append(work, "message", data, value=message)
-                turn.messages.append(message)
-                if message.role == "assistant":
-                    turn.unsaid.clear()
-            case ProviderSessionId(id=native_id):
-                if native_id == work.provider_session_id:
-                    return
-                await self._append(work, "provider_session", {"id": native_id})
-                work.provider_session_id = native_id
-            case _:
-                _log.debug("unknown_provider_event", session_id=self.session_id, event_type=type(event).__name__)
-                return
-        self.fanout.publish(event)
-
-    def _result(self, work: _TurnWork, completed: TurnCompleted) -> Result:
-        turn = work.turn
-        return Result(
-            text=completed.text or "".join(turn.text),
-            session_id=self.session_id,
-            turn=turn.number,
-            finish_reason=completed.finish_reason,
-            is_error=completed.is_error or completed.finish_reason is not FinishReason.STOP,
-            provider_session_id=work.provider_session_id,
-            cost_usd=completed.cost_usd,
-            usage=completed.usage,
-            duration_s=trio.current_time() - turn.started_at,
-            num_turns=completed.num_turns,
-            tool_calls=tuple(turn.tool_calls),
-            error=completed.error,
-            api_error_status=completed.api_error_status,
-            model=completed.model,
-            provider=self.provider.name,
-            permission_denials=completed.permission_denials,
-            extra=completed.extra,
-        )
-
-    def _failed(self, work: _TurnWork, failure: ProviderError) -> Result:
-        completed = TurnCompleted(
-            text="".join(work.turn.text),
-            finish_reason=FinishReason.PROVIDER_ERROR,
-            is_error=True,
-            error=str(failure),
-            api_error_status=failure.status,
-            extra={"error_kind": failure.kind, "retryable": failure.retryable},
-        )
-        return self._result(work, completed)
-
-    async def _fail_before_provider(self, work: _TurnWork, failure: ProviderError) -> None:
-        if not work.turn.begun:
-            await self._begin(work)
-        await self._finish(work, self._failed(work, failure))
-
-    async def _finish(self, work: _TurnWork, result: Result) -> None:
-        turn = work.turn
-        if turn.unsaid:
-            # Text that streamed but never became a message (an interrupt, a failure)
-            # still joins the transcript: the user saw it.
-            message = Message(role="assistant", content="".join(turn.unsaid))
-            data = {"turn": turn.number, "message": message.to_dict()}
-            await self._append(work, "message", data, value=message)
-            turn.unsaid.clear()
-        data = {"turn": turn.number, "result": result.to_dict()}
-        await self._append(work, "turn_finished", data, durable=True, value=result)
-        # The server hears of the end before any subscriber does: a subscriber that
-        # calls the server on TurnFinished finds the turn counted.
-        work.finished = True
-        otpy.send(self.server, _TurnDone(result, tuple(work.records), work.objects))
-        self.fanout.publish(TurnFinished(result))
 
 
 # --- the server ------------------------------------------------------------------------------------
