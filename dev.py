@@ -4,7 +4,8 @@
     python3 dev.py demo      the main demo: a supervised tree of agent sessions, offline
     python3 dev.py tests     the whole test suite (pytest arguments may follow)
     python3 dev.py lint      ruff check and ruff format --check
-    python3 dev.py typing    mypy --strict, and the typing suite under mypy and pyright
+    python3 dev.py typing    mypy --strict, and the typing suite under mypy and pyright, also
+                             against the built wheel installed in a fresh environment
     python3 dev.py docs      the documentation site, warnings as errors
     python3 dev.py bench     otpy against its peers (see bench/README.md)
 
@@ -52,6 +53,7 @@ TASKS: dict[str, tuple[str, tuple[str, ...], list[list[str]]]] = {
             ["mypy", "--strict"],
             ["mypy", "--strict", "tests/typing"],
             ["pyright", "-p", "tests/typing/pyrightconfig.json"],
+            ["python", "tests/typing/run_wheel_check.py"],
         ],
     ),
     "docs": (

@@ -34,6 +34,8 @@ def typing(session: nox.Session) -> None:
     # reportUnnecessaryTypeIgnoreComment for pyright, which ignores mypy's comments).
     session.run("mypy", "--strict", "tests/typing")
     session.run("pyright", "-p", "tests/typing/pyrightconfig.json")
+    # The same program against the built wheel, installed into a fresh environment.
+    session.run("python", "tests/typing/run_wheel_check.py")
 
 
 @nox.session

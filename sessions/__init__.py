@@ -104,6 +104,9 @@ from ._tools import builtin_tools as builtin_tools
 from ._tools import tool as tool
 
 # isort: split
+# One distribution (otpy-sessions) ships both packages, at one version.
+from otpy import __version__ as __version__
+
 from ._util import fixup_module_metadata as _fixup
 
 _fixup(__name__, globals())

@@ -159,7 +159,7 @@ class ProviderUnavailable(ProviderError):
     Example::
 
         except sessions.ProviderUnavailable:
-            print("install the extra: pip install 'otpy[claude]'")
+            print("install the extra: pip install 'otpy-sessions[claude]'")
     """
 
 

@@ -10,6 +10,7 @@ import pytest
 import trio
 
 import otpy
+import sessions
 
 # Public names that are data, not classes or functions: they have no __module__ or
 # docstring of their own (TIMEOUT is an instance; its class is checked instead).
@@ -116,6 +117,7 @@ def test_data_constants() -> None:
     assert type(otpy.TIMEOUT).__module__ == "otpy"
     assert isinstance(otpy.__version__, str)
     assert otpy.__version__
+    assert sessions.__version__ == otpy.__version__  # one distribution, one version
 
 
 def test_repr_says_otpy() -> None:

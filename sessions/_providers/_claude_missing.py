@@ -8,7 +8,7 @@ from .._errors import ProviderUnavailable
 
 
 class ClaudeCode:
-    """The Claude Code provider needs the ``claude`` extra: ``pip install 'otpy[claude]'``.
+    """The Claude Code provider needs the ``claude`` extra: ``pip install 'otpy-sessions[claude]'``.
 
     Example::
 
@@ -24,6 +24,6 @@ class ClaudeCode:
     def _missing(self) -> NoReturn:
         raise ProviderUnavailable(
             provider="claude",
-            message="claude-agent-sdk is not installed: pip install 'otpy[claude]'",
+            message="claude-agent-sdk is not installed: pip install 'otpy-sessions[claude]'",
             kind="not_installed",
         )

@@ -360,7 +360,9 @@ def check_positive(option: str, value: float | None, *, allow_none: bool = True)
 def unavailable(provider: str, package: str, extra: str) -> ProviderUnavailable:
     """The error for a missing optional client package."""
     return ProviderUnavailable(
-        provider, f"the {package!r} package is not installed: pip install 'otpy[{extra}]'", kind="missing_package"
+        provider,
+        f"the {package!r} package is not installed: pip install 'otpy-sessions[{extra}]'",
+        kind="missing_package",
     )
 
 

@@ -417,7 +417,7 @@ def test_without_the_sdk_the_provider_says_how_to_install_it():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.startswith("not_installed ")
-    assert "otpy[claude]" in done.stdout
+    assert "otpy-sessions[claude]" in done.stdout
 
 
 async def test_a_model_override_switches_the_running_cli(fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]):
