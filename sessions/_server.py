@@ -16,9 +16,15 @@ The turn task never outlives the server. The server traps exits, so its ``termin
 runs on `stop`, on a crash and on its supervisor's shutdown; it shuts the task down and
 waits (bounded by ``close_timeout``) until the provider's connection has been left.
 When the server is killed (``"kill"``, ``brutal_kill``), ``terminate`` cannot run: the
-link stops the task, and the next server of the same session id waits for it to be
-gone before it connects. Either way the task lives in the nursery the server was
-started in, so a supervisor that stops has no task left behind.
+link stops the task. Either way the task lives in the nursery the server was started
+in, so a supervisor that stops has no task left behind.
+
+One writer, one connection. Once its server has exited (or is in ``terminate``), the
+turn task begins no write: the turn cut by the exit stays open in the log and the next
+server records it as interrupted, never completed. The next server of the session
+waits, in ``init``, for the previous task's write in flight before it loads the log; its
+turn task waits for the previous connection to be closed, however long, before it
+connects.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import trio
 import otpy
 
 from ._config import _as_provider, _Config, _jsonable
-from ._errors import BudgetExceeded, InvalidOption, SessionBusy, SessionError
+from ._errors import BudgetExceeded, InvalidOption, SessionBusy, SessionError, StoreError
 from ._events import (
     Message,
     Result,
@@ -47,7 +53,7 @@ from ._session import Session, fold
 from ._stores._base import Record, Store
 from ._stores._memory import InMemoryStore
 from ._subscribers import Fanout, SubscriberBuffer, Subscription
-from ._turn import _Reconnect, _Turn, _TurnDone, _TurnTask, _TurnWork
+from ._turn import _Reconnect, _Turn, _turn_tasks, _TurnDone, _TurnTask, _TurnWork
 
 _log = otpy.get_logger("sessions.server")
 
@@ -464,6 +470,11 @@ class SessionServer(otpy.GenServer):
         self._recovered: Result | None = None
         self._watchers: dict[otpy.MonitorRef, SubscriberBuffer] = {}
 
+        table = _turn_tasks()
+        key = (id(self._store), session_id)
+        previous = table.get(key)
+        if previous is not None:
+            await self._wait_for_previous_writer(previous)
         records = await self._store.load(session_id)
         folded = fold(session_id, records)
         seq = folded.last_seq
@@ -492,9 +503,36 @@ class SessionServer(otpy.GenServer):
         send, receive = trio.open_memory_channel[_TurnWork | _Reconnect](math.inf)
         self._inbox = send
         self._runner = _TurnTask(
-            otpy.self(), self._provider, self._store, session_id, self._fanout, receive, config, self._context()
+            otpy.self(),
+            self._provider,
+            self._store,
+            session_id,
+            self._fanout,
+            receive,
+            config,
+            self._context(),
+            previous,
         )
         self._task: otpy.Task[None] = otpy.Task.async_(self._runner.run)
+        self._runner.pid = self._task.pid
+        table[key] = self._runner
+
+    async def _wait_for_previous_writer(self, previous: _TurnTask) -> None:
+        """Wait until the previous server of this session is gone and its turn task can write no
+        more, so that the log this server loads is the whole log, and nothing lands behind it.
+
+        Raises:
+            StoreError: it still writes after ``close_timeout`` (a store write that hangs,
+                or a live server of the same session on the same store object).
+        """
+        with trio.move_on_after(self._config.close_timeout):
+            await previous.writes_ended()
+            return
+        what = "is still running" if previous.server.alive else "is still writing to the store"
+        raise StoreError(
+            f"session {self._sid!r}: the previous server of this session {what}"
+            f" after close_timeout={self._config.close_timeout:g} s; a session has one writer"
+        )
 
     def _context(self) -> SessionContext:
         return SessionContext(
@@ -563,6 +601,9 @@ class SessionServer(otpy.GenServer):
 
     async def terminate(self, reason: object) -> None:
         self._fanout.close_all()
+        runner = getattr(self, "_runner", None)
+        if runner is not None:
+            runner.stopping = True  # the turn cut by this exit is never completed
         task = getattr(self, "_task", None)
         if task is not None and task.pid.alive:
             with trio.move_on_after(self._config.close_timeout + 1.0):

@@ -105,21 +105,30 @@ class _Reconnect:
     ctx: SessionContext
 
 
-_CONNECTIONS: trio.lowlevel.RunVar[dict[str, otpy.Pid]] = trio.lowlevel.RunVar("sessions_connections")
+_SESSIONS: trio.lowlevel.RunVar[dict[tuple[int, str], _TurnTask]] = trio.lowlevel.RunVar("sessions_turn_tasks")
 
 
-def _connections() -> dict[str, otpy.Pid]:
-    """The turn task of each session id in this trio run: a restart waits for the old one."""
+def _turn_tasks() -> dict[tuple[int, str], _TurnTask]:
+    """The last turn task of each session (by store object and session id) in this trio run.
+
+    A new server of the session waits for the previous one's writes before it loads the
+    log, and its turn task waits for the previous connection before it connects.
+    """
     try:
-        return _CONNECTIONS.get()
+        return _SESSIONS.get()
     except LookupError:
-        table: dict[str, otpy.Pid] = {}
-        _CONNECTIONS.set(table)
+        table: dict[tuple[int, str], _TurnTask] = {}
+        _SESSIONS.set(table)
         return table
 
 
 class _TurnTask:
-    """The body of a session's turn task: the provider's connection and every turn (internal)."""
+    """The body of a session's turn task: the provider's connection and every turn (internal).
+
+    Its writes belong to its server's lifetime: once the server has exited (killed, or
+    in ``terminate``), the task begins no write to the store, so that the turn cut by
+    the exit stays open in the log, and the next server records it as interrupted.
+    """
 
     def __init__(
         self,
@@ -131,6 +140,7 @@ class _TurnTask:
         inbox: trio.MemoryReceiveChannel[_TurnWork | _Reconnect],
         config: _Config,
         ctx: SessionContext,
+        previous: _TurnTask | None = None,
     ) -> None:
         self.server = server
         self.provider = provider
@@ -140,22 +150,59 @@ class _TurnTask:
         self.inbox = inbox
         self.config = config
         self.ctx = ctx
+        self.previous = previous  # the turn task of the session's previous server, if it may still run
+        self.pid: otpy.Pid | None = None  # set by the server once the task is started
         self.helpers: trio.Nursery | None = None
         self.conn: ProviderSession | None = None
         self.current: _Turn | None = None
+        self.stopping = False  # set by the server's terminate: no write may begin
+        self.writing = False  # a store append is in flight
+        self.write_ended: trio.Event | None = None  # made by whoever waits for the write
+
+    # --- the previous server's task, as the next server of the session sees it -------------
+
+    async def writes_ended(self) -> None:
+        """Wait until this task can write no more: its server has exited, no append is in flight."""
+        await self.server.wait_exited()
+        while self.writing:
+            if self.write_ended is None:
+                self.write_ended = trio.Event()
+            await self.write_ended.wait()
+
+    async def _wait_for_previous_connection(self) -> None:
+        """Wait until the previous server's connection is closed, however long it takes.
+
+        Two connections to one session never overlap (a CLI resumed twice would write
+        one transcript from two processes). A close that takes longer than
+        ``close_timeout`` (a provider whose close does not end when it is cancelled) is
+        waited for, with a warning each ``close_timeout``: the provider's fault, seen.
+        """
+        while self.previous is not None:
+            # A previous task that was itself stopped while it waited for its own previous
+            # one still holds it: the wait goes down the chain.
+            previous = self.previous
+            pid = previous.pid
+            waited = 0.0
+            period = max(self.config.close_timeout, 0.001)
+            while pid is not None and pid.alive:
+                with trio.move_on_after(period):
+                    await pid.wait_exited()
+                if pid.alive:
+                    waited += period
+                    _log.warning(
+                        "previous_connection_still_open",
+                        session_id=self.session_id,
+                        provider=self.provider.name,
+                        waited_s=waited,
+                    )
+            self.previous = previous.previous
 
     # --- the connection ------------------------------------------------------------------
 
     async def run(self) -> None:
         """Connect, serve turns, reconnect after a provider failure; until cancelled."""
-        table = _connections()
-        me = otpy.self()
-        previous = table.get(self.session_id)
-        table[self.session_id] = me
         try:
-            if previous is not None and previous is not me and previous.alive:
-                with trio.move_on_after(self.config.close_timeout):
-                    await previous.wait_exited()
+            await self._wait_for_previous_connection()
             ctx = self.ctx
             work: _TurnWork | _Reconnect | None = None
             broken = False
@@ -185,12 +232,13 @@ class _TurnTask:
                     work = None
         finally:
             self.fanout.close_all()
-            if table.get(self.session_id) is me:
-                if previous is not None and previous.alive:
-                    # Stopped while still waiting for it: the next task must wait for it too.
-                    table[self.session_id] = previous
+            table = _turn_tasks()
+            key = (id(self.store), self.session_id)
+            if table.get(key) is self:
+                if self.previous is not None:
+                    table[key] = self.previous  # stopped while it waited: the next one waits for it
                 else:
-                    del table[self.session_id]
+                    del table[key]
 
     async def _serve(self, conn: ProviderSession, work: _TurnWork | _Reconnect | None) -> _Reconnect | None:
         """Run turns on ``conn`` until a reconnect is asked for (returned) or a turn broke it (None)."""
@@ -246,13 +294,28 @@ class _TurnTask:
     async def _append(
         self, work: _TurnWork, kind: str, data: dict[str, Any], *, durable: bool = False, value: object = None
     ) -> None:
+        if self.stopping or not self.server.alive:
+            # The server has exited, or is stopping: the log is no longer this task's
+            # to write (the next server may be loading it), and a turn cut by the exit
+            # must stay open there, to be recorded as interrupted, never completed. The
+            # exit has cancelled this task, so the checkpoint raises trio.Cancelled.
+            await trio.lowlevel.checkpoint()
+            raise otpy.ProcessExit("shutdown")
         record = Record(session_id=self.session_id, seq=work.next_seq, kind=kind, data=data)
         if value is not None:
             work.objects[record.seq] = value
-        # Shielded: a record half-written by a cancellation would leave the log's seq
-        # unknown; the store bounds its own writes.
-        with trio.CancelScope(shield=True):
-            await self.store.append(self.session_id, [record], durable=durable)
+        # Shielded, the write alone: a record half-written by a cancellation would leave
+        # the log's seq unknown; the store bounds its own writes. The next server of the
+        # session waits for it (writes_ended) before it loads the log.
+        self.writing = True
+        try:
+            with trio.CancelScope(shield=True):
+                await self.store.append(self.session_id, [record], durable=durable)
+        finally:
+            self.writing = False
+            if self.write_ended is not None:
+                self.write_ended.set()
+                self.write_ended = None
         work.next_seq += 1
         work.records.append(record)
 

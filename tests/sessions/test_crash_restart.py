@@ -15,6 +15,7 @@ from typing import Any
 import hypothesis
 import hypothesis.strategies as st
 import pytest
+import structlog
 import trio
 import trio.testing
 
@@ -234,6 +235,131 @@ class TestCarriesOn:
         assert [r.seq for r in records] == [1, 2, 3, 4, 5]
 
 
+class GatedStore:
+    """A real store whose appends of one kind wait at a gate before they reach it: the disk is slow
+    exactly there (the append is shielded, as a write to a disk is; a kill cannot stop it).
+
+    It also records whether the session's log was ever loaded while an append to it was in flight:
+    a second writer."""
+
+    def __init__(self, inner: sessions.Store) -> None:
+        self.inner = inner
+        self.block: str | None = None  # the record kind whose append waits at the gate
+        self.gate = trio.Event()
+        self.waiting = trio.Event()
+        self.in_flight = 0
+        self.loads_while_writing = 0
+
+    async def append(self, session_id: str, records: Any, *, durable: bool = False) -> None:
+        self.in_flight += 1
+        try:
+            if self.block is not None and any(r.kind == self.block for r in records):
+                self.block = None
+                self.waiting.set()
+                await self.gate.wait()
+            await self.inner.append(session_id, records, durable=durable)
+        finally:
+            self.in_flight -= 1
+
+    async def load(self, session_id: str) -> list[sessions.Record]:
+        if self.in_flight:
+            self.loads_while_writing += 1
+        return await self.inner.load(session_id)
+
+    async def list_sessions(self) -> list[str]:
+        return await self.inner.list_sessions()
+
+    async def delete(self, session_id: str) -> None:
+        await self.inner.delete(session_id)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)  # what a later Store protocol adds
+
+
+def open_store(kind: str, tmp_path: Path) -> sessions.Store:
+    if kind == "sqlite":
+        return sessions.SqliteStore(tmp_path / "agents.db")
+    if kind == "jsonl":
+        return sessions.JsonlStore(tmp_path / "logs")
+    return sessions.InMemoryStore()
+
+
+class TestAKilledTurnIsNeverCompleted:
+    @pytest.mark.parametrize("kind", ["memory", "jsonl", "sqlite"])
+    async def test_killed_while_the_message_append_waits_on_the_disk(
+        self, kind: str, tmp_path: Path, supervised: Start, nursery: trio.Nursery
+    ) -> None:
+        """Killed while the turn's message append waits on the disk, then the disk answers: the dead
+        server's task begins no write after it (no turn_finished), the restart loads the log only once
+        that write has landed, records the turn as interrupted, and is not refused."""
+        store = GatedStore(open_store(kind, tmp_path))
+        try:
+            with trio.fail_after(30):
+                await supervised(name="a", provider=script(delay=0, pace=0), store=store, session_id="s")
+                await SessionServer.send_message("a", "one")
+                old = otpy.whereis("a")
+                assert old is not None
+                store.block = "message"  # turn 2's first message: its tool call
+                outcomes: list[Any] = []
+                await send_soon(nursery, "a", "two", outcomes)
+                await store.waiting.wait()
+                otpy.exit(old, "kill")
+                await wait_until(lambda: bool(outcomes))
+                assert isinstance(outcomes[0], otpy.ServerExited)
+                await trio.sleep(0.2)  # the supervisor restarts the session meanwhile
+                store.gate.set()
+                await restarted("a", old)
+                history = await SessionServer.history("a")
+                records = await store.load("s")
+            kinds = [(r.kind, r.data.get("turn")) for r in records]
+            assert ("turn_finished", 2) not in kinds
+            assert kinds[-2:] == [("turn_interrupted", 2), ("session_resumed", None)]
+            assert [r.seq for r in records] == list(range(1, len(records) + 1))
+            assert store.loads_while_writing == 0
+            assert [(r.turn, r.finish_reason) for r in history] == [
+                (1, FinishReason.STOP),
+                (2, FinishReason.INTERRUPTED),
+            ]
+            assert await SessionServer.total_cost("a") == cost(1)
+            [node] = [n for n in otpy.tree("sup").walk() if n.name == "a"]
+            assert node.restarts == 1  # the restart was not refused
+            third = await SessionServer.send_message("a", "three")
+            assert third.turn == 3
+            await otpy.stop("sup")
+        finally:
+            await store.aclose()
+
+    @pytest.mark.parametrize("how", ["kill", "stop"])
+    async def test_no_write_begins_once_the_server_has_exited(
+        self, how: str, supervised: Start, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Killed, or stopped, while the turn's last message append waits: the turn ends with that write;
+        its turn_finished is never written, whatever the provider does next."""
+        store = GatedStore(sessions.InMemoryStore())
+        await supervised(name="a", provider=ScriptedProvider(["one", "two"]), store=store, session_id="s")
+        old = otpy.whereis("a")
+        assert old is not None
+        store.block = "message"
+        async with trio.open_nursery() as nursery:
+            outcomes: list[Any] = []
+            await send_soon(nursery, "a", "hi", outcomes)
+            await store.waiting.wait()
+            if how == "kill":
+                otpy.exit(old, "kill")
+            else:
+                nursery.start_soon(SessionServer.stop, old)
+            await trio.sleep(1)
+            store.gate.set()
+        assert isinstance(outcomes[0], otpy.ServerExited)
+        await restarted("a", old)
+        await SessionServer.status("a")  # its init is done
+        kinds = [r.kind for r in await store.load("s")]
+        assert kinds == ["session_started", "turn_started", "message", "turn_interrupted", "session_resumed"]
+
+
 class TestTurnTaskLifetime:
     @pytest.mark.parametrize("how", ["stop", "crash", "supervisor_shutdown", "nursery_cancelled"])
     async def test_the_connection_is_closed_before_the_server_exit_is_seen(
@@ -295,6 +421,34 @@ class TestTurnTaskLifetime:
             await SessionServer.send_message("a", "hi")
         kinds = [kind for kind, _ in provider.log]
         assert kinds == ["enter", "exit"] * 3 + ["enter"]  # never two connections at once
+
+    @pytest.mark.parametrize("how", ["kill", "stop"])
+    async def test_a_close_longer_than_close_timeout_is_waited_for(
+        self, how: str, supervised: Start, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The provider's close takes 6 s, close_timeout is 1 s: the next server starts at once, but
+        connects only once the old connection is closed (with a warning while it waits); a turn sent
+        meanwhile waits for it."""
+        provider = ScriptedProvider(close_delay=6)
+        await supervised(name="a", provider=provider, close_timeout=1)
+        await wait_until(lambda: provider.open_connections == 1)
+        old = otpy.whereis("a")
+        assert old is not None
+        with structlog.testing.capture_logs() as logs:
+            if how == "kill":
+                otpy.exit(old, "kill")
+            else:
+                with pytest.raises(otpy.ServerExited):
+                    await otpy.call("a", "not a request")  # a crash: terminate gives up after close_timeout
+            await restarted("a", old)
+            started = trio.current_time()
+            await SessionServer.send_message("a", "hi")
+        assert trio.current_time() - started >= 4  # the turn waited for the old connection
+        kinds = [kind for kind, _ in provider.log]
+        assert kinds == ["enter", "exit", "enter"]  # never two connections at once
+        assert [e["event"] for e in logs if e["event"] == "previous_connection_still_open"]
+        await otpy.stop("sup")
+        await wait_until(lambda: provider.open_connections == 0)  # the last close, too, ends in its own time
 
     async def test_the_turn_task_crashing_crashes_the_server(
         self, supervised: Start, autojump_clock: trio.testing.MockClock
