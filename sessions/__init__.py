@@ -70,7 +70,7 @@ from ._subscribers import Subscription as Subscription
 # isort: split
 try:
     from ._providers._claude import ClaudeCode as ClaudeCode
-    from ._providers._claude import ClaudeSession as ClaudeSession
+    from ._providers._claude_session import ClaudeSession as ClaudeSession
     from ._providers._claude_store import ClaudeTranscriptStore as ClaudeTranscriptStore
     from ._providers._claude_store import claude_mirror_key as claude_mirror_key
 except ImportError as _no_sdk:  # the claude extra (claude-agent-sdk) is not installed

@@ -1,50 +1,44 @@
-"""The Claude CLI's subprocess, owned as a process group.
+"""The Claude CLI's subprocess, started under a launcher that dies with nothing left behind.
 
 claude-agent-sdk's `SubprocessCLITransport` spawns the CLI as a plain child and, on
-close, signals only that child: whatever the CLI started (Bash tool commands, stdio MCP
-servers, a background shell) survives it, and a CLI that ignores SIGTERM costs 5 + 5 s.
+close, signals only that child: whatever the CLI started (Bash tool commands, which CLI
+2.1.x starts with ``setsid``; stdio MCP servers; a background shell) survives it, and if
+the Python process dies the CLI lives on, re-parented to init, and keeps running tools.
 This subclass changes two things and nothing else:
 
-- the CLI starts in a **new session** (so a process group of its own) through a
-  three-line Python launcher (``setsid`` then ``execv``: the pid stays the CLI's),
-  because the SDK gives no hook into ``open_process``;
-- `close` escalates on the **whole group**: stdin EOF, a grace for the CLI to flush
-  its transcript, SIGTERM to the group, a grace, SIGKILL to the group, then one sweep
-  for members that outlived the leader. Every wait is bounded and shielded.
+- the command starts `_claude_launcher` (a stdlib-only script) in front of the CLI: a
+  child subreaper that kills the CLI and every descendant when the owner's pipe closes
+  (the owner died, whatever killed it, or `kill_now`), passes SIGTERM on, and sweeps
+  what the CLI left when it exits. The SDK gives no hook into ``open_process``, so the
+  pipe's read end reaches the launcher through ``/proc/<owner>/fd/<n>``;
+- `close` escalates through the launcher: stdin EOF, a grace for the CLI to flush its
+  transcript, SIGTERM (the launcher forwards it to the CLI's group), a grace, then the
+  pipe is closed (the launcher SIGKILLs everything). Every wait is bounded and shielded.
 
 The flags, the environment, the line framing and the parsing stay the SDK's.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import trio
 from claude_agent_sdk import ClaudeAgentOptions
-from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITransport
 
 import otpy
 
+from ._claude_private import SubprocessCLITransport
+
 log = otpy.get_logger("sessions.claude")
 
-_LAUNCHER = "import os,sys\nos.setsid()\nos.execv(sys.argv[1],sys.argv[1:])"
-_USE_GROUPS = os.name == "posix"
-_LIVE_GROUPS: set[int] = set()
-"""Process groups of CLIs not closed yet: killed at interpreter exit (the SDK's own hook
-SIGTERMs the CLI alone)."""
-
-
-@atexit.register
-def _kill_live_groups() -> None:
-    for pgid in list(_LIVE_GROUPS):
-        _signal_group(pgid, signal.SIGKILL)
-    _LIVE_GROUPS.clear()
+LAUNCHER = str(Path(__file__).with_name("_claude_launcher.py"))
+_USE_LAUNCHER = os.name == "posix"
 
 
 async def _no_prompt() -> AsyncIterator[dict[str, Any]]:
@@ -52,37 +46,17 @@ async def _no_prompt() -> AsyncIterator[dict[str, Any]]:
         yield {}
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``: read from /proc on Linux,
-    else probed with ``killpg(pgid, 0)`` (which also counts zombies)."""
-    if os.path.isdir("/proc/self"):
-        members = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as fh:
-                    stat = fh.read()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(b")") + 2 :].split()
-            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-                members.append(int(entry))
-        return members
+def _children(pid: int) -> list[int]:
     try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as fh:
+            return [int(p) for p in fh.read().split()]
+    except (OSError, ValueError):
         return []
-    return [pgid]
 
 
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-class GroupTransport(SubprocessCLITransport):
-    """`SubprocessCLITransport` whose CLI runs in its own process group, closed as a group.
+class LauncherTransport(SubprocessCLITransport):
+    """`SubprocessCLITransport` whose CLI runs under `_claude_launcher`: closed, killed or
+    orphaned, it leaves no process behind.
 
     ``close_grace``: seconds after stdin EOF for the CLI to exit by itself (it flushes
     its transcript then); ``term_grace``: seconds after SIGTERM before SIGKILL.
@@ -92,53 +66,71 @@ class GroupTransport(SubprocessCLITransport):
         super().__init__(prompt=_no_prompt(), options=options)
         self.close_grace = close_grace
         self.term_grace = term_grace
-        self.pgid: int | None = None
         self.returncode: int | None = None
         self.killed = False
-        self._watcher = trio.CancelScope()
+        self._owner_pipe: tuple[int, int] | None = None
+        self._cli_pid: int | None = None
+        self._reader: AsyncIterator[dict[str, Any]] | None = None
 
     def _build_command(self) -> list[str]:
         command = super()._build_command()
-        if not _USE_GROUPS:
+        if self._owner_pipe is None:
             return command
-        return [sys.executable, "-I", "-S", "-c", _LAUNCHER, *command]
+        read_end = self._owner_pipe[0]
+        return [sys.executable, "-I", "-S", LAUNCHER, str(os.getpid()), str(read_end), str(self.term_grace), *command]
 
     async def connect(self) -> None:
-        await super().connect()
-        if _USE_GROUPS and self._process is not None:
-            self.pgid = self._process.pid
-            _LIVE_GROUPS.add(self.pgid)
-            trio.lowlevel.spawn_system_task(self._watch, self._process, self.pgid, name="claude-cli-watcher")
+        if _USE_LAUNCHER and self._process is None and self._owner_pipe is None:
+            self._owner_pipe = os.pipe()  # non-inheritable: no other child of ours holds it
+        try:
+            await super().connect()
+        except BaseException:
+            self._close_owner_pipe()
+            raise
 
-    async def _watch(self, process: Any, pgid: int) -> None:
-        """When the CLI dies, stop what it left in its group: a leftover tool process that
-        inherited the CLI's stdout would otherwise hold the pipe open, and the SDK's reader
-        would wait for an end of file that never comes."""
-        with self._watcher:
-            try:
-                await process.wait()
-                await trio.sleep(0.2)  # the reader takes what the CLI wrote before it died
-                if group_members(pgid):
-                    log.warning("claude_cli_orphans_killed", pgid=pgid, returncode=process.returncode)
-                    _signal_group(pgid, signal.SIGKILL)
-            except Exception as exc:  # noqa: BLE001 - a system task must not raise
-                log.warning("claude_cli_watch_failed", error=repr(exc))
+    def read_messages(self) -> AsyncIterator[dict[str, Any]]:
+        """The SDK's reader, kept so that `close` closes it: the SDK's read task leaves it
+        suspended when cancelled, and the garbage collector would then report it."""
+        self._reader = super().read_messages()
+        return self._reader
 
     @property
-    def pid(self) -> int | None:
-        """The CLI's pid (the launcher exec'd into it), None before connect."""
+    def launcher_pid(self) -> int | None:
+        """The launcher's pid (the SDK's process), None before connect."""
         return self._process.pid if self._process is not None else None
 
     @property
+    def pid(self) -> int | None:
+        """The CLI's pid (the launcher's child), None before connect."""
+        if self._cli_pid is None and self._process is not None:
+            if self._owner_pipe is None:
+                self._cli_pid = self._process.pid
+            else:
+                children = _children(self._process.pid)
+                self._cli_pid = children[0] if children else None
+        return self._cli_pid
+
+    @property
     def alive(self) -> bool:
-        """Whether the CLI process has not exited yet."""
+        """Whether the launcher (so the CLI) has not exited yet."""
         return self._process is not None and self._process.returncode is None
 
+    def _close_owner_pipe(self) -> None:
+        pipe, self._owner_pipe = self._owner_pipe, None
+        if pipe is not None:
+            for fd in pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
     def kill_now(self) -> None:
-        """SIGKILL the whole group at once (no grace); `close` still reaps it."""
+        """Kill the CLI and everything under it at once (no grace); `close` still reaps."""
         self.killed = True
-        if self.pgid is not None:
-            _signal_group(self.pgid, signal.SIGKILL)
+        cli = self.pid
+        if self._owner_pipe is not None:
+            self._close_owner_pipe()  # the launcher's cue: SIGKILL everything, then exit
+            if cli is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(cli, signal.SIGKILL)
         elif self._process is not None and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
@@ -146,12 +138,17 @@ class GroupTransport(SubprocessCLITransport):
     async def close(self) -> None:
         process = self._process
         if process is not None:
+            self.pid  # noqa: B018 - learn the CLI's pid while the launcher still lists it
             with trio.CancelScope(shield=True):
-                await self._stop_group(process)
-        self._watcher.cancel()
+                await self._stop(process)
+        self._close_owner_pipe()
+        reader, self._reader = self._reader, None
         await super().close()
+        if reader is not None:
+            with trio.CancelScope(shield=True), contextlib.suppress(RuntimeError, Exception):
+                await reader.aclose()  # type: ignore[attr-defined]
 
-    async def _stop_group(self, process: Any) -> None:
+    async def _stop(self, process: Any) -> None:
         with trio.move_on_after(1):
             await self.end_input()
 
@@ -161,39 +158,14 @@ class GroupTransport(SubprocessCLITransport):
             return process.returncode is not None
 
         if process.returncode is None and not await wait_exit(self.close_grace):
-            log.info("claude_cli_terminate", pid=process.pid, signal="SIGTERM")
-            self._signal(process, signal.SIGTERM)
-            if not await wait_exit(self.term_grace):
-                log.warning("claude_cli_kill", pid=process.pid, signal="SIGKILL")
-                self._signal(process, signal.SIGKILL)
-                await wait_exit(5)
-        self.returncode = process.returncode
-        if self.pgid is not None:
-            await self._sweep(self.pgid)
-            if not group_members(self.pgid):
-                _LIVE_GROUPS.discard(self.pgid)
-
-    def _signal(self, process: Any, sig: int) -> None:
-        if self.pgid is not None:
-            _signal_group(self.pgid, sig)
-        else:
+            log.info("claude_cli_terminate", pid=self.pid, signal="SIGTERM")
             with contextlib.suppress(ProcessLookupError):
-                process.send_signal(sig)
-
-    async def _sweep(self, pgid: int) -> None:
-        """Stop what the CLI left in its group (tool commands, MCP servers)."""
-        if not group_members(pgid):
-            return
-        log.info("claude_cli_sweep", pgid=pgid, members=group_members(pgid))
-        _signal_group(pgid, signal.SIGTERM)
-        if not await _until_empty(pgid, self.term_grace):
-            _signal_group(pgid, signal.SIGKILL)
-            await _until_empty(pgid, 2)
-
-
-async def _until_empty(pgid: int, seconds: float) -> bool:
-    """Poll the group until it has no live member (nothing to wait on: they are not our children)."""
-    with trio.move_on_after(seconds):
-        while group_members(pgid):  # noqa: ASYNC110 - polling the process table, no event exists
-            await trio.sleep(0.02)
-    return not group_members(pgid)
+                process.send_signal(signal.SIGTERM)
+            if not await wait_exit(self.term_grace + 1):
+                log.warning("claude_cli_kill", pid=self.pid, signal="SIGKILL")
+                self.kill_now()
+                if not await wait_exit(3):
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+                    await wait_exit(2)
+        self.returncode = process.returncode

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 import trio
+from claude_agent_sdk import ClaudeAgentOptions
 
 import sessions
 from sessions import (
@@ -222,6 +223,7 @@ async def test_interrupt_keeps_the_process(fake_api: FakeAnthropic, claude_kwarg
         assert done.finish_reason is FinishReason.INTERRUPTED
         assert done.is_error
         assert conn.pid == pid  # the process survived the interrupt
+        assert done.error == "interrupted: the turn was stopped before it finished"  # not the CLI's diagnostics
         _, after = await turn(conn, "after the interrupt", n=2)
     assert after.text == "echo: after the interrupt"
 
@@ -390,6 +392,32 @@ async def test_a_bad_flag_fails_the_start_with_the_clis_own_words(claude_kwargs:
             pass
     assert info.value.kind == "startup"
     assert "bogus-flag" in str(info.value)
+
+
+def test_permission_modes_in_snake_case_are_mapped_and_others_refused():
+    assert sessions.ClaudeCode(permission_mode="accept_edits").options.permission_mode == "acceptEdits"
+    assert sessions.ClaudeCode(permission_mode="bypass_permissions").options.permission_mode == "bypassPermissions"
+    assert sessions.ClaudeCode(permission_mode="plan").options.permission_mode == "plan"
+    assert sessions.ClaudeCode(permission_mode="acceptEdits").options.permission_mode == "acceptEdits"
+    base = ClaudeAgentOptions(permission_mode="default")
+    assert sessions.ClaudeCode(base, permission_mode="accept_edits").options.permission_mode == "acceptEdits"
+    for bad in ("accept-edits", "AcceptEdits", "yolo", "", 3):
+        with pytest.raises(sessions.InvalidOption) as info:
+            sessions.ClaudeCode(permission_mode=bad)
+        assert info.value.option == "permission_mode"
+        assert "accept_edits" in str(info.value)
+        assert "acceptEdits" in str(info.value)
+    with pytest.raises(sessions.InvalidOption):
+        sessions.ClaudeCode(ClaudeAgentOptions(permission_mode="accept-edits"))  # type: ignore[arg-type]
+
+
+async def test_a_snake_case_permission_mode_reaches_the_cli(fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]):
+    provider = sessions.ClaudeCode(permission_mode="accept_edits", **claude_kwargs)
+    async with provider.connect(ctx()) as conn:
+        _, done = await turn(conn, "hello")
+        _, switched = await turn(conn, "planning", n=2, permission_mode="plan")
+    assert done.text == "echo: hello"
+    assert switched.text == "echo: planning"
 
 
 def test_options_are_checked_when_the_provider_is_made():

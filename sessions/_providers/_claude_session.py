@@ -1,0 +1,492 @@
+"""A connected `ClaudeCode`: the CLI process of one session, its start, stop, recovery and turns."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+from claude_agent_sdk import (
+    ClaudeAgentOptions,
+    ClaudeSDKClient,
+    ClaudeSDKError,
+    CLIConnectionError,
+    CLIJSONDecodeError,
+    CLINotFoundError,
+    ProcessError,
+    ResultMessage,
+    project_key_for_directory,
+)
+
+import otpy
+
+from .._errors import (
+    InvalidOption,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderTimeout,
+    ProviderUnavailable,
+    ResumeRejected,
+)
+from .._events import (
+    ProviderEvent,
+)
+from ._base import SessionContext, TurnRequest
+from ._claude_costs import cost_delta, cost_sum, restored_costs
+from ._claude_options import (
+    apply_query_opts,
+    options_signature,
+    permission_mode,
+    projects_dir,
+    version_tuple,
+    with_permission_prompts,
+)
+from ._claude_private import MaterializedResume, apply_materialized_options, materialize_resume_session
+from ._claude_process import LauncherTransport
+from ._claude_store import ClaudeTranscriptStore
+from ._claude_turn import TurnMapper, receive_messages
+
+if TYPE_CHECKING:
+    from ._claude import ClaudeCode
+
+log = otpy.get_logger("sessions.claude")
+
+_STDERR_LINES: Final = 40
+_MISSING: Final = object()
+
+
+def exit_text(code: int | None) -> str:
+    """How the CLI ended, in words, its exit code said once: "the CLI was killed by SIGKILL (exit code -9)"."""
+    if code is None:
+        return "the CLI stopped"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"the CLI was killed by {name} (exit code {code})"
+    return f"the CLI exited with exit code {code}"
+
+
+class ClaudeSession:
+    """A connected `ClaudeCode`: one session's CLI process (duplex) or processes (per turn).
+
+    Example::
+
+        async with sessions.ClaudeCode(model="haiku").connect(ctx) as conn:
+            async for event in conn.run_turn(sessions.TurnRequest(1, "hi", ())):
+                print(event)
+    """
+
+    def __init__(self, provider: ClaudeCode, ctx: SessionContext) -> None:
+        self.provider = provider
+        self.ctx = ctx
+        self.claude_session_id: str | None = ctx.provider_session_id
+        self.mirror = (
+            ClaudeTranscriptStore(ctx.store, ctx.session_id) if provider.mirror and ctx.store is not None else None
+        )
+        self.version: tuple[int, int, int] | None = None
+        self._client: ClaudeSDKClient | None = None
+        self._transport: LauncherTransport | None = None
+        self._materialized: MaterializedResume | None = None
+        self._signature: str | None = None
+        self._query_opts: dict[str, Any] = {}
+        self._cost_base = 0.0
+        self._carried_cost = 0.0
+        self._started_once = False
+        self._model_usage_base: dict[str, dict[str, float]] = {}
+        self._turn_active = False
+        self._interrupt_requested = False
+        self._interrupt_deadline = float("inf")
+        self._wait_scope: trio.CancelScope | None = None
+        self._log = log.bind(session=ctx.session_id)
+        self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+
+    # --- the process -------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int | None:
+        """The running CLI's pid (None when no process runs)."""
+        return self._transport.pid if self._transport is not None and self._transport.alive else None
+
+    def _options(self, query_opts: Mapping[str, Any]) -> ClaudeAgentOptions:
+        options = apply_query_opts(self.provider.options, query_opts)
+        changes: dict[str, Any] = {
+            "include_partial_messages": True,
+            "max_buffer_size": self.provider.max_buffer_size,
+            "resume": self.claude_session_id,
+        }
+        if options.cwd is None and self.ctx.cwd is not None:
+            changes["cwd"] = self.ctx.cwd
+        if self.mirror is not None and options.session_store is None:
+            changes["session_store"] = self.mirror
+        user_stderr = options.stderr
+
+        def stderr(line: str) -> None:
+            self._stderr.append(line)
+            if user_stderr is not None:
+                user_stderr(line)
+
+        changes["stderr"] = stderr
+        return dataclasses.replace(options, **changes)
+
+    def _stderr_tail(self) -> str:
+        """The CLI's last lines of stderr, for an error message ('' when it said nothing)."""
+        return ("; stderr: " + " | ".join(self._stderr)) if self._stderr else ""
+
+    def _unavailable(self, message: str, kind: str) -> ProviderUnavailable:
+        return ProviderUnavailable(provider=self.provider.name, message=message, kind=kind)
+
+    async def start(self, query_opts: Mapping[str, Any]) -> None:
+        """Start a CLI process (resuming the session if it has a CLI session id).
+
+        The first start also picks up the cost that an earlier run of the session (a
+        server that was killed mid-turn) could not report.
+
+        Raises:
+            ProviderUnavailable: no CLI, a wrong version, or it failed to start.
+            ProviderTimeout: the start-up (spawn and handshake) took too long.
+            ResumeRejected: the CLI does not know the session to resume.
+        """
+        options = self._options(query_opts)
+        if not self._started_once:
+            self._started_once = True
+            if self.mirror is not None:
+                self._carried_cost = await self.mirror.unreported_cost()
+        cli = options.cli_path
+        if cli is not None and not (os.path.isfile(cli) and os.access(cli, os.X_OK)):  # noqa: ASYNC240 - one stat
+            raise self._unavailable(f"Claude Code CLI not found or not executable at {str(cli)!r}", "not_found")
+        resume = options.resume
+        try:
+            materialized = await materialize_resume_session(options) if options.session_store is not None else None
+        except RuntimeError as exc:  # the SDK's wrapper of a failed or slow SessionStore.load
+            raise self._unavailable(f"could not load the mirrored transcript: {exc}", "mirror") from exc
+        if materialized is not None:
+            options = apply_materialized_options(options, materialized)
+        try:
+            transport = LauncherTransport(
+                with_permission_prompts(options),
+                close_grace=self.provider.close_grace,
+                term_grace=self.provider.term_grace,
+            )
+            client = ClaudeSDKClient(options, transport=transport)
+        except ValueError as exc:
+            if materialized is not None:
+                await materialized.cleanup()
+            raise InvalidOption("options", str(options), str(exc)) from None
+        self._transport, self._client, self._materialized = transport, client, materialized
+        self._signature = options_signature(query_opts)
+        self._query_opts = dict(query_opts)
+        self._cost_base, self._model_usage_base = 0.0, {}
+        if options.resume:
+            projects = materialized.config_dir / "projects" if materialized is not None else projects_dir(options.env)
+            transcript = projects / project_key_for_directory(options.cwd) / f"{options.resume}.jsonl"
+            self._cost_base, self._model_usage_base = await trio.to_thread.run_sync(
+                restored_costs, transcript, options.resume
+            )
+        try:
+            with trio.fail_after(self.provider.startup_timeout):
+                await client.connect()
+                info = await client.get_server_info() or {}
+        except trio.TooSlowError:
+            await self.stop(kill=True)
+            raise ProviderTimeout(
+                provider=self.provider.name,
+                message=f"the CLI did not start within {self.provider.startup_timeout} s",
+                kind="timeout",
+                retryable=True,
+                phase="startup",
+            ) from None
+        except CLINotFoundError as exc:
+            await self.stop(kill=True)
+            raise self._unavailable(str(exc).splitlines()[0], "not_found") from exc
+        except Exception as exc:
+            await self.stop(kill=True)
+            text = str(exc)
+            if resume and ("No conversation found" in text or "--resume" in text):
+                raise ResumeRejected(
+                    provider=self.provider.name, message=f"the CLI has no session {resume!r}: {text}", kind="resume"
+                ) from exc
+            raise self._unavailable(f"the CLI failed to start: {text}{self._stderr_tail()}", "startup") from exc
+        version = info.get("claude_code_version")
+        self.version = version_tuple(version) if version is not None else None
+        minimum = version_tuple(self.provider.min_version)
+        if version is not None and (self.version is None or (minimum is not None and self.version < minimum)):
+            await self.stop(kill=True)
+            raise self._unavailable(
+                f"Claude Code {version!r} is older than the minimum {self.provider.min_version}", "version"
+            )
+        self._log.info(
+            "claude_cli_started", pid=transport.pid, version=version, resume=resume, mirror=materialized is not None
+        )
+
+    async def stop(self, *, kill: bool = False) -> None:
+        """Stop the CLI process (``kill``: SIGKILL its group at once). Idempotent."""
+        client, transport, materialized = self._client, self._transport, self._materialized
+        self._client = self._transport = self._materialized = None
+        self._signature = None
+        with trio.CancelScope(shield=True):
+            if kill and transport is not None:
+                transport.kill_now()
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.disconnect()
+            if materialized is not None:
+                await materialized.cleanup()
+        if transport is not None:
+            self._log.info("claude_cli_stopped", returncode=transport.returncode)
+
+    async def aclose(self) -> None:
+        """Stop everything: no CLI process nor any of its children survives this."""
+        await self.stop()
+
+    async def _switch(self, client: ClaudeSDKClient, query_opts: Mapping[str, Any]) -> bool:
+        """Apply new options to the running CLI when only the model or the permission mode
+        changed (the CLI's control requests); False when a restart is needed."""
+        keys = set(query_opts) | set(self._query_opts)
+        changed = {k for k in keys if query_opts.get(k, _MISSING) != self._query_opts.get(k, _MISSING)}
+        if not changed or not changed <= {"model", "permission_mode"}:
+            return False
+        try:
+            with trio.fail_after(self.provider.startup_timeout):
+                if "model" in changed:
+                    model = query_opts.get("model", self.provider.options.model)
+                    await client.set_model(str(model) if model is not None else None)
+                if "permission_mode" in changed:
+                    mode = query_opts.get("permission_mode", self.provider.options.permission_mode) or "default"
+                    await client.set_permission_mode(permission_mode(mode))
+        except Exception as exc:  # noqa: BLE001 - any failure: restart the CLI with the new options instead
+            self._log.info("claude_switch_failed", error=repr(exc))
+            return False
+        self._log.info("claude_options_switched", changed=sorted(changed))
+        self._query_opts = dict(query_opts)
+        return True
+
+    async def _ensure(self, query_opts: Mapping[str, Any]) -> ClaudeSDKClient:
+        signature = options_signature(query_opts)
+        transport, client = self._transport, self._client
+        if self.provider.transport == "duplex" and client is not None and transport is not None and transport.alive:
+            if signature == self._signature:
+                return client
+            if await self._switch(client, query_opts):
+                self._signature = signature
+                return client
+        await self.stop()
+        await self.start(query_opts)
+        assert self._client is not None
+        return self._client
+
+    # --- costs -----------------------------------------------------------------------------
+
+    def _cost(self, total: float | None) -> tuple[float, float]:
+        """(this turn's cost, the process's running total) from the CLI's running total."""
+        if total is None:
+            return 0.0, self._cost_base
+        delta = cost_delta(total, self._cost_base)
+        if delta < 0:  # the CLI's counter went back: treat the report as fresh
+            delta = float(total)
+        self._cost_base = float(total)
+        return delta, float(total)
+
+    def _model_usage(self, model_usage: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+        turn: dict[str, dict[str, float]] = {}
+        for model, raw in (model_usage or {}).items():
+            if not isinstance(raw, Mapping):
+                continue
+            before = self._model_usage_base.get(model, {})
+            now = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            diff = {k: cost_delta(v, before.get(k, 0.0)) for k, v in now.items()}
+            self._model_usage_base[model] = now
+            if any(diff.get(k) for k in ("inputTokens", "outputTokens", "costUSD")):
+                turn[model] = diff
+        return turn
+
+    # --- turns -------------------------------------------------------------------------
+
+    async def interrupt(self) -> None:
+        """Interrupt the running turn with the CLI's interrupt request; the process is kept.
+
+        If the CLI has not ended the turn ``interrupt_grace`` seconds later, its process
+        group is killed (the next turn resumes in a new process). The turn ends with
+        ``FinishReason.INTERRUPTED``.
+        """
+        client, transport = self._client, self._transport
+        if not self._turn_active or client is None or transport is None:
+            return
+        self._interrupt_requested = True
+        self._interrupt_deadline = trio.current_time() + self.provider.interrupt_grace
+        if self._wait_scope is not None:
+            self._wait_scope.deadline = min(self._wait_scope.deadline, self._interrupt_deadline)
+        with trio.move_on_after(self.provider.interrupt_grace):
+            try:
+                await client.interrupt()
+            except Exception as exc:  # noqa: BLE001 - the SDK raises bare Exception for control errors
+                self._log.warning("claude_interrupt_failed", error=str(exc))
+                transport.kill_now()
+
+    def run_turn(self, request: TurnRequest) -> AsyncIterator[ProviderEvent]:
+        """Run one turn: the CLI's events, normalized, ending with one `TurnCompleted`.
+
+        Raises:
+            ProviderAuthError: the API refused the key (401/403) or none is configured.
+            ProviderTimeout: ``idle_timeout`` or ``turn_timeout`` passed (the session survives).
+            ProviderProtocolError: a frame over ``max_buffer_size`` or unreadable output.
+            ProviderError: the CLI process died mid-turn (``kind="process_exited"``).
+        """
+        return self._run_turn(request)
+
+    async def _run_turn(self, request: TurnRequest) -> AsyncGenerator[ProviderEvent, None]:
+        if self._turn_active:
+            raise ProviderError(provider=self.provider.name, message="a turn is already running", kind="busy")
+        self._turn_active = True
+        self._interrupt_requested = False
+        self._interrupt_deadline = float("inf")
+        completed = False
+        try:
+            client = await self._ensure(request.options)
+            try:
+                await client.query(request.prompt)
+            except CLIConnectionError:
+                await self.stop(kill=True)
+                client = await self._ensure(request.options)
+                await client.query(request.prompt)
+            mapper = TurnMapper(self)
+            messages = receive_messages(client)
+            now = trio.current_time()
+            turn_deadline = now + self.provider.turn_timeout if self.provider.turn_timeout is not None else float("inf")
+            try:
+                while True:
+                    idle_deadline = (
+                        trio.current_time() + self.provider.idle_timeout
+                        if self.provider.idle_timeout is not None and not mapper.tools_running
+                        else float("inf")  # a tool may run quietly for long: only turn_timeout bounds it
+                    )
+                    message: Any = None
+                    with trio.CancelScope(deadline=min(idle_deadline, turn_deadline, self._interrupt_deadline)) as wait:
+                        self._wait_scope = wait
+                        try:
+                            message = await messages.__anext__()
+                        except StopAsyncIteration:
+                            message = None
+                        except ClaudeSDKError as exc:
+                            if self._transport is not None:
+                                self._transport.kill_now()  # the SDK's reader is gone: nothing will end this turn
+                            raise self._broken(exc) from exc
+                        finally:
+                            self._wait_scope = None
+                    if wait.cancelled_caught:
+                        now = trio.current_time()
+                        if now >= self._interrupt_deadline or self._interrupt_requested:
+                            completed = True
+                            await self.stop(kill=True)
+                            yield mapper.interrupted("the CLI did not stop in time; its process was killed")
+                            return
+                        phase, limit = (
+                            ("turn", self.provider.turn_timeout)
+                            if now >= turn_deadline
+                            else ("idle", self.provider.idle_timeout)
+                        )
+                        raise ProviderTimeout(
+                            provider=self.provider.name,
+                            message=f"no {'end of turn' if phase == 'turn' else 'event'} from the CLI within {limit} s",
+                            kind="timeout",
+                            retryable=True,
+                            phase=phase,
+                        )
+                    if message is None:
+                        returncode = await self._reap()
+                        tail = self._stderr_tail()
+                        if self._interrupt_requested:
+                            completed = True
+                            yield mapper.interrupted(f"{exit_text(returncode)} after the interrupt")
+                            return
+                        raise ProviderError(
+                            provider=self.provider.name,
+                            message=f"{exit_text(returncode)} mid-turn{tail}",
+                            kind="process_exited",
+                            retryable=True,
+                        )
+                    for event in mapper.feed(message):
+                        yield event
+                    if isinstance(message, ResultMessage):
+                        completed = True
+                        final = mapper.finish(message)
+                        carried = final.extra.get("carried_cost_usd")
+                        if carried and self.mirror is not None:
+                            with trio.CancelScope(shield=True):
+                                await self.mirror.add_unreported_cost(-carried)
+                        yield final
+                        return
+            finally:
+                with trio.CancelScope(shield=True):
+                    await messages.aclose()
+        finally:
+            self._turn_active = False
+            self._wait_scope = None
+            with trio.CancelScope(shield=True):
+                if not completed:
+                    await self._settle()
+                if self.provider.transport == "per_turn":
+                    await self.stop()
+
+    def _broken(self, exc: ClaudeSDKError) -> ProviderError:
+        if isinstance(exc, CLIJSONDecodeError):
+            return ProviderProtocolError(
+                provider=self.provider.name,
+                message=f"unreadable output from the CLI: {exc}",
+                kind="frame",
+                detail=str(exc.original_error),
+            )
+        if hasattr(exc, "data"):  # the SDK's MessageParseError, which it does not export
+            return ProviderProtocolError(
+                provider=self.provider.name,
+                message=str(exc),
+                kind="frame",
+                detail=json.dumps(getattr(exc, "data", None), default=repr),
+            )
+        if isinstance(exc, ProcessError):
+            message = f"{exit_text(exc.exit_code)} mid-turn"  # the SDK's text repeats the code: say it once
+        else:
+            message = f"the CLI failed mid-turn: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        return ProviderError(
+            provider=self.provider.name,
+            message=message + self._stderr_tail(),
+            kind="process_exited",
+            retryable=True,
+        )
+
+    async def _reap(self) -> int | None:
+        transport = self._transport
+        await self.stop(kill=True)
+        return transport.returncode if transport is not None else None
+
+    async def _settle(self) -> None:
+        """After a turn that did not complete: interrupt it and drain to its result, or
+        kill the process (the next turn resumes in a new one)."""
+        client, transport = self._client, self._transport
+        if client is None or transport is None:
+            return
+        if transport.alive and not transport.killed:
+            with trio.move_on_after(self.provider.interrupt_grace):
+                try:
+                    await client.interrupt()
+                    async with contextlib.aclosing(receive_messages(client)) as messages:
+                        async for message in messages:
+                            if isinstance(message, ResultMessage):
+                                # the turn was already reported (failed or cancelled): its cost goes on the next one
+                                unreported = self._cost(message.total_cost_usd)[0]
+                                self._carried_cost = cost_sum(self._carried_cost, unreported)
+                                if self.mirror is not None:
+                                    await self.mirror.add_unreported_cost(unreported)
+                                self._model_usage(message.model_usage)
+                                self._log.info("claude_turn_settled", pid=transport.pid)
+                                return
+                except Exception as exc:  # noqa: BLE001 - the SDK raises bare Exception for control errors
+                    self._log.info("claude_settle_failed", error=str(exc))
+        await self.stop(kill=True)

@@ -1,0 +1,255 @@
+"""One turn's SDK messages mapped onto the normalized events, and the raw message stream they come from."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncGenerator, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeSDKClient,
+    CLIConnectionError,
+    ResultMessage,
+    StreamEvent,
+    SystemMessage,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+    UserMessage,
+)
+
+import otpy
+
+from .._errors import (
+    ProviderAuthError,
+)
+from .._events import (
+    FinishReason,
+    Message,
+    MessageAdded,
+    ProviderEvent,
+    ProviderSessionId,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallFinished,
+    ToolCallRequested,
+    ToolResult,
+    TurnCompleted,
+    Usage,
+)
+from ._claude_costs import cost_sum
+from ._claude_private import parse_message
+
+if TYPE_CHECKING:
+    from ._claude_session import ClaudeSession
+
+log = otpy.get_logger("sessions.claude")
+
+_FINISH: Final = {
+    "success": FinishReason.STOP,
+    "error_max_turns": FinishReason.MAX_TURNS,
+    "error_max_budget_usd": FinishReason.MAX_BUDGET,
+    "error_during_execution": FinishReason.DURING_EXECUTION,
+}
+_CLI_DIAGNOSTIC: Final = "[ede_diagnostic]"
+"""How the CLI's internal diagnostics in a result's ``errors`` start: not for users."""
+_ERROR_KINDS: Final = {401: "auth", 403: "auth", 429: "rate_limited", 529: "overloaded"}
+
+
+class TurnMapper:
+    """Maps one turn's SDK messages onto the normalized events."""
+
+    def __init__(self, session: ClaudeSession) -> None:
+        self.session = session
+        self.texts: list[str] = []
+        self.tool_names: dict[str, str] = {}
+        self.calls: list[ToolCall] = []
+        self.model: str | None = None
+        self.error_text: str | None = None
+        self._message_id: str | None = None
+        self._pending_text: list[str] = []
+        self._pending_calls: list[ToolCall] = []
+        self._running_tools: set[str] = set()
+
+    @property
+    def tools_running(self) -> bool:
+        """Whether a tool call was requested and has not finished yet."""
+        return bool(self._running_tools)
+
+    def _session_id(self, message: Any) -> list[ProviderEvent]:
+        sid = (
+            message.data.get("session_id")
+            if isinstance(message, SystemMessage)
+            else getattr(message, "session_id", None)
+        )
+        if isinstance(sid, str) and sid and sid != self.session.claude_session_id:
+            self.session.claude_session_id = sid
+            return [ProviderSessionId(sid)]
+        return []
+
+    def _flush(self) -> list[ProviderEvent]:
+        if not self._pending_text and not self._pending_calls:
+            return []
+        message = Message(role="assistant", content="".join(self._pending_text), tool_calls=tuple(self._pending_calls))
+        self._pending_text, self._pending_calls, self._message_id = [], [], None
+        return [MessageAdded(message)]
+
+    def feed(self, message: Any) -> list[ProviderEvent]:
+        events = self._session_id(message)
+        if getattr(message, "parent_tool_use_id", None) is not None:
+            return events  # a subagent's inner messages stay inside its tool call
+        if isinstance(message, StreamEvent):
+            event = message.event
+            if event.get("type") == "content_block_delta":
+                delta = event.get("delta") or {}
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    events.append(TextDelta(delta["text"]))
+                elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                    events.append(ThinkingDelta(delta["thinking"]))
+        elif isinstance(message, AssistantMessage):
+            if message.error is not None or message.model == "<synthetic>":
+                self.error_text = "".join(b.text for b in message.content if isinstance(b, TextBlock)) or message.error
+                return events + self._flush()
+            if self._message_id is not None and message.message_id != self._message_id:
+                events += self._flush()
+            self._message_id = message.message_id
+            self.model = message.model
+            for block in message.content:
+                if isinstance(block, TextBlock):
+                    self._pending_text.append(block.text)
+                    self.texts.append(block.text)
+                elif isinstance(block, ToolUseBlock):
+                    call = ToolCall(id=block.id, name=block.name, arguments=dict(block.input))
+                    self.tool_names[block.id] = block.name
+                    self._running_tools.add(block.id)
+                    self.calls.append(call)
+                    self._pending_calls.append(call)
+                    events.append(ToolCallRequested(call))
+        elif isinstance(message, UserMessage):
+            events += self._flush()
+            if isinstance(message.content, list):
+                for block in message.content:
+                    if isinstance(block, ToolResultBlock):
+                        self._running_tools.discard(block.tool_use_id)
+                        result = ToolResult(
+                            tool_call_id=block.tool_use_id,
+                            name=self.tool_names.get(block.tool_use_id, ""),
+                            content=tool_text(block.content),
+                            is_error=bool(block.is_error),
+                        )
+                        events.append(ToolCallFinished(result))
+                        events.append(MessageAdded(Message(role="tool", content=result.content, tool_result=result)))
+        elif isinstance(message, ResultMessage):
+            self._running_tools.clear()
+            events += self._flush()
+        return events
+
+    def interrupted(self, note: str) -> TurnCompleted:
+        return TurnCompleted(
+            text="".join(self.texts),
+            finish_reason=FinishReason.INTERRUPTED,
+            is_error=True,
+            error=f"interrupted: {note}",
+            model=self.model,
+            extra={"session_id": self.session.claude_session_id},
+        )
+
+    def finish(self, result: ResultMessage) -> TurnCompleted:
+        session = self.session
+        cost, process_total = session._cost(result.total_cost_usd)
+        carried, session._carried_cost = session._carried_cost, 0.0
+        cost = cost_sum(cost, carried)
+        model_usage = session._model_usage(result.model_usage)
+        raw = result.usage or {}
+        usage = Usage(
+            input_tokens=int(raw.get("input_tokens") or 0),
+            output_tokens=int(raw.get("output_tokens") or 0),
+            cache_creation_tokens=int(raw.get("cache_creation_input_tokens") or 0),
+            cache_read_tokens=int(raw.get("cache_read_input_tokens") or 0),
+            reasoning_tokens=int((raw.get("output_tokens_details") or {}).get("thinking_tokens") or 0),
+        )
+        finish = _FINISH.get(result.subtype, FinishReason.PROVIDER_ERROR)
+        if finish is FinishReason.STOP and result.is_error:
+            finish = FinishReason.PROVIDER_ERROR
+        if session._interrupt_requested or (result.terminal_reason or "").startswith("aborted"):
+            finish = FinishReason.INTERRUPTED
+        is_error = finish is not FinishReason.STOP
+        result_text = result.result if isinstance(result.result, str) else None
+        error: str | None = None
+        if is_error:
+            errors = [e for e in result.errors or () if not e.startswith(_CLI_DIAGNOSTIC)]
+            error = "; ".join(errors) or result_text or self.error_text or result.subtype
+            if finish is FinishReason.INTERRUPTED:
+                error = "interrupted: the turn was stopped before it finished"  # not the CLI's internal diagnostics
+        status = result.api_error_status
+        denials = [d for d in result.permission_denials or () if isinstance(d, Mapping)]
+        extra: dict[str, Any] = {
+            "subtype": result.subtype,
+            "terminal_reason": result.terminal_reason,
+            "stop_reason": result.stop_reason,
+            "duration_ms": result.duration_ms,
+            "duration_api_ms": result.duration_api_ms,
+            "model_usage": model_usage,
+            "process_total_cost_usd": process_total,
+            "session_id": result.session_id,
+        }
+        if carried:
+            extra["carried_cost_usd"] = carried
+        if denials:
+            extra["permission_denials"] = [dict(d) for d in denials]
+        if result.structured_output is not None:
+            extra["structured_output"] = result.structured_output
+        if is_error and finish is FinishReason.PROVIDER_ERROR:
+            kind = _ERROR_KINDS.get(status or 0, "server_error" if status and status >= 500 else "api_error")
+            extra["error_kind"] = kind
+            extra["retryable"] = kind in ("rate_limited", "overloaded", "server_error")
+            if kind == "auth" or (status is None and error and "Not logged in" in error):
+                raise ProviderAuthError(
+                    provider=session.provider.name, message=error or "authentication failed", kind="auth", status=status
+                )
+        text = result_text if result_text is not None and not is_error else "".join(self.texts)
+        return TurnCompleted(
+            text=text,
+            finish_reason=finish,
+            is_error=is_error,
+            cost_usd=cost,
+            usage=usage,
+            num_turns=result.num_turns,
+            error=error,
+            api_error_status=status,
+            model=self.model,
+            permission_denials=tuple(str(d.get("tool_name", "")) for d in denials),
+            extra=extra,
+        )
+
+
+async def receive_messages(client: ClaudeSDKClient) -> AsyncGenerator[Any, None]:
+    """`ClaudeSDKClient.receive_messages`, with its inner generator closed when this one is.
+
+    The SDK's version wraps ``Query.receive_messages()`` without closing it, so leaving it
+    early (``receive_response`` does, at every result) leaves the inner generator to the
+    garbage collector, and trio reports a ResourceWarning for each turn.
+    """
+    query = client._query
+    if query is None:
+        raise CLIConnectionError("Not connected. Call connect() first.")
+    async with contextlib.aclosing(query.receive_messages()) as raw:
+        async for data in raw:
+            message = parse_message(data)
+            if message is not None:
+                yield message
+
+
+def tool_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [c.get("text", "") for c in content if isinstance(c, Mapping) and c.get("type") == "text"]
+        if len(parts) == len(content):
+            return "".join(parts)
+    return json.dumps(content, default=repr)
