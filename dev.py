@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
-EXTRAS = ".[claude,ollama,openai]"
+EXTRAS = ".[claude,ollama,openai,demo]"
 
 # task: (what to install: the project spec and dependency groups, the commands to run)
 TASKS: dict[str, tuple[str, tuple[str, ...], list[list[str]]]] = {
@@ -89,10 +89,10 @@ def make_venv() -> None:
 
 
 def demo_extras() -> str:
-    """The demo runs offline; with a provider configured, it needs that provider's extra."""
+    """The demo's extra (rich, for the live tree); with a provider configured, that provider's extra too."""
     providers = (("ANTHROPIC_API_KEY", "claude"), ("OLLAMA_HOST", "ollama"), ("OPENAI_BASE_URL", "openai"))
-    wanted = [extra for variable, extra in providers if os.environ.get(variable)]
-    return f"-e .[{','.join(wanted)}]" if wanted else "-e ."
+    wanted = ["demo", *(extra for variable, extra in providers if os.environ.get(variable))]
+    return f"-e .[{','.join(wanted)}]"
 
 
 def ensure_installed(task: str) -> None:

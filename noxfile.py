@@ -12,7 +12,7 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, with the oracle scenarios, on the installed package."""
-    session.install(".[claude,ollama,openai]", *nox.project.dependency_groups(PYPROJECT, "tests"))
+    session.install(".[claude,ollama,openai,demo]", *nox.project.dependency_groups(PYPROJECT, "tests"))
     session.run("pytest", *session.posargs)
 
 
@@ -55,9 +55,9 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The main demo: a supervision tree whose children crash and get restarted."""
-    session.install(".")
-    session.run("python", "examples/demo.py", *session.posargs)
+    """The main demo (as `python3 dev.py demo`): supervised agent sessions, one killed mid-turn."""
+    session.install(".[demo]")
+    session.run("python", "examples/sessions_demo.py", *session.posargs)
 
 
 @nox.session

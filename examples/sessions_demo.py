@@ -9,12 +9,18 @@ What it shows, in about ten seconds (two with ``--fast``):
    one SQLite file in a temporary directory.
 2. Messages go to the sessions *by name*, concurrently. The supervision tree is
    redrawn as it goes; each session adds its own status line (state, turns, cost).
+   In a terminal the tree is redrawn in place at the bottom (rich's live display),
+   with the story scrolling above it; piped, the tree is printed now and then.
 3. ``writer`` is killed in the middle of a turn (``otpy.exit(pid, "kill")``: no
    cleanup at all). Its caller gets ``otpy.ServerExited`` at once. The supervisor
    starts it again under the same name and the same session id; it reloads its log,
    records the turn the kill cut short as *interrupted* (it is never silently retried:
    tools may have had side effects), and answers the next message with its history,
    turn count and cost intact.
+
+The story is told from what happens: on a fast real provider the kill may land
+between turns instead, and the demo says so. A provider that reports tokens but no
+prices (Ollama, most OpenAI-compatible servers) has its tokens shown, not $0.
 
 Offline by default: the sessions run on `sessions.ScriptedProvider`. One small
 function, `pick_provider`, chooses a real provider instead when one is configured
@@ -27,10 +33,13 @@ function, `pick_provider`, chooses a real provider instead when one is configure
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import tempfile
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +66,16 @@ def scripted(speed: float) -> ScriptedProvider:
         n = request.turn
         prompt = request.prompt.lower()
         if "where were we" in prompt:
-            earlier = [m.content for m in request.messages if m.role == "user"]
-            text = f"We were on turn {n - 1}: you asked {earlier[-1]!r}. That turn was cut short; shall I redo it?"
+            # Told from the transcript it is given: was the last question answered?
+            history = list(request.messages)
+            asked = [i for i, m in enumerate(history) if m.role == "user" and "where were we" not in m.content.lower()]
+            last = asked[-1]
+            answered = any(m.role == "assistant" and m.content for m in history[last + 1 :])
+            question = history[last].content
+            if answered:
+                text = f"We were on turn {n - 1}: you asked {question!r}, and I answered it. What next?"
+            else:
+                text = f"We were on turn {n - 1}: you asked {question!r}. That turn was cut short; shall I redo it?"
         elif "longer paragraph" in prompt:
             text = " ".join(["Restarts start the process again from its initial state;"] * 6)
         elif "files" in prompt:
@@ -99,107 +116,208 @@ def open_store(directory: Path) -> tuple[sessions.Store, str]:
     return sessions.SqliteStore(directory / "agents.db"), "SqliteStore agents.db"
 
 
-class Clock:
-    def __init__(self) -> None:
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def cost_text(cost_usd: float, usage: sessions.Usage) -> str:
+    """A cost as the provider reported it: dollars, or tokens when it has no prices."""
+    if cost_usd or not usage.total:
+        return f"${cost_usd:.4f}"
+    return f"{plural(usage.total, 'token')}, price unknown"
+
+
+class Story:
+    """Where the demo tells what happens.
+
+    In a terminal: the lines scroll above a live view of the tree, redrawn in place at
+    the bottom (rich's Live display; the terminal is never cleared, and the last tree
+    stays on screen). Piped: plain lines, and the tree's text now and then.
+    """
+
+    def __init__(self, live: Any | None, kill_delay: float) -> None:
         self.start = trio.current_time()
+        self.live = live
+        self.kill_delay = kill_delay  # how long writer streams before it is killed
+
+    def elapsed(self) -> float:
+        return trio.current_time() - self.start
 
     def say(self, text: str) -> None:
-        print(f"{trio.current_time() - self.start:5.1f}s {text}", flush=True)
+        line = f"{self.elapsed():5.1f}s {text}"
+        if self.live is not None:
+            self.live.console.print(line, markup=False, highlight=False, soft_wrap=False)
+        else:
+            print(line, flush=True)
+
+    def show_tree(self, root: str, heading: str) -> None:
+        if self.live is not None:
+            self.live.update(tree_view(otpy.tree(root), heading), refresh=True)
+        else:
+            print(f"--- {heading} ---", flush=True)
+            print(otpy.tree(root), flush=True)
 
 
-async def redraw(clock: Clock, every: float, clear: str) -> None:
-    """Print the tree every ``every`` seconds (each session's line ends with its own status)."""
+def tree_view(node: otpy.TreeNode, heading: str) -> Any:
+    """The tree as a compact table for the live view: one row per process."""
+    from rich.table import Table
+
+    table = Table(title=heading, title_justify="left", box=None, padding=(0, 2), header_style="bold")
+    for column in ("process", "status", "up", "restarts", "session"):
+        table.add_column(column, no_wrap=column != "session")
+    label = f"{node.name} ({node.label} {node.strategy})"
+    table.add_row(label, node.status, _uptime(node), str(node.restarts), "")
+    for index, child in enumerate(node.children):
+        branch = "└── " if index == len(node.children) - 1 else "├── "
+        restarts = f"[bold yellow]{child.restarts}[/]" if child.restarts else "0"
+        table.add_row(f"{branch}{child.name}", child.status, _uptime(child), restarts, child.info or "")
+    return table
+
+
+def _uptime(node: otpy.TreeNode) -> str:
+    return "" if node.uptime is None else f"{node.uptime:.1f}s"
+
+
+async def redraw(story: Story, every: float) -> None:
+    """Show the tree every ``every`` seconds (each session's line ends with its own status)."""
     while True:
         await trio.sleep(every)
-        print(f"{clear}--- tree at {trio.current_time() - clock.start:.1f}s ---", flush=True)
-        print(otpy.tree("agents"), flush=True)
+        story.show_tree("agents", f"tree at {story.elapsed():.1f}s")
 
 
-async def ask(clock: Clock, name: str, prompt: str) -> None:
+async def ask(story: Story, name: str, prompt: str, outcomes: dict[str, str] | None = None) -> None:
     try:
         result = await SessionServer.send_message(name, prompt)
     except otpy.ServerExited as exc:
-        clock.say(f"-> {name}: the call failed at once, the server exited: {exc.reason!r}")
+        story.say(f"-> {name}: the call failed at once, the server exited: {exc.reason!r}")
+        if outcomes is not None:
+            outcomes[name] = "exited"
         return
+    if outcomes is not None:
+        outcomes[name] = result.finish_reason.value
     if result.is_error:
-        clock.say(f"-> {name} turn {result.turn} failed ({result.finish_reason.value}): {result.error}")
+        story.say(f"-> {name} turn {result.turn} failed ({result.finish_reason.value}): {result.error}")
         return
-    text = result.text if len(result.text) <= 70 else result.text[:67] + "..."
-    clock.say(f"-> {name} turn {result.turn} (${result.cost_usd:.4f}): {text}")
+    text = " ".join(result.text.split())
+    text = text if len(text) <= 70 else text[:67] + "..."
+    story.say(f"-> {name} turn {result.turn} ({cost_text(result.cost_usd, result.usage)}): {text}")
 
 
 async def summary(name: str) -> str:
     session = await SessionServer.get_session(name)
-    return f"{session.turn_count} turns, ${session.total_cost:.4f}"
+    return f"{plural(session.turn_count, 'turn')}, {cost_text(session.total_cost, session.usage)}"
+
+
+async def kill_writer(story: Story, events: sessions.Subscription) -> None:
+    """Kill writer once its round-2 answer is streaming, and say what the kill hit."""
+    streamed = False
+    async for event in events:
+        if isinstance(event, sessions.TextDelta):
+            streamed = True
+            break
+        if isinstance(event, sessions.TurnFinished):
+            break
+    if streamed:
+        await trio.sleep(story.kill_delay)
+    status = await SessionServer.status("writer")
+    victim = otpy.whereis("writer")
+    assert victim is not None
+    if status.state == "idle":
+        story.say(f"writer's turn 2 had already ended: killing it between turns instead ({victim!r})")
+    else:
+        story.say(f"writer is {status.state} turn {status.turn}: killing it mid-turn ({victim!r})")
+    otpy.exit(victim, "kill")
+    await victim.wait_exited()
+
+
+async def play(story: Story, sup: otpy.Pid) -> None:
+    """The story: three rounds, a kill in the second."""
+    story.say("round 1: one message to each session, by name, at the same time")
+    async with trio.open_nursery() as round_1:
+        for name in NAMES:
+            round_1.start_soon(ask, story, name, PROMPTS[name][0])
+
+    before = await summary("writer")
+    writer_id = await SessionServer.session_id("writer")
+    story.say(f"round 2: writer has {before}; its session id is {writer_id}")
+    outcomes: dict[str, str] = {}
+    events = await SessionServer.subscribe("writer")
+    async with trio.open_nursery() as round_2:
+        for name in NAMES:
+            round_2.start_soon(ask, story, name, PROMPTS[name][1], outcomes)
+        await kill_writer(story, events)
+    events.close()
+
+    await otpy.Supervisor.which_children(sup)  # answered once the supervisor has restarted it
+    story.say(f"the supervisor restarted writer as {otpy.whereis('writer')!r}")
+    story.say(f"writer's session id: {await SessionServer.session_id('writer')} (the same)")
+    last = await SessionServer.last_result("writer")
+    assert last is not None
+    if last.finish_reason is sessions.FinishReason.INTERRUPTED:
+        story.say(f"writer's turn {last.turn} is recorded as interrupted, not retried")
+        story.say("  (a tool may have had side effects; what a killed turn cost is unknown, so it counts as 0,")
+        story.say("  and its streamed text was not stored)")
+    else:
+        reason = last.finish_reason.value
+        story.say(f"writer's turn {last.turn} had finished ({reason}) before the kill: nothing was cut short")
+    story.say(f"writer before the kill: {before}; after the restart: {await summary('writer')}")
+    story.show_tree("agents", f"tree after the restart, at {story.elapsed():.1f}s")
+
+    transcript = await SessionServer.messages("writer")
+    story.say(f"round 3: writer carries on with its history ({plural(len(transcript), 'message')} so far)")
+    prompt = PROMPTS["writer"][2]
+    result = await SessionServer.send_message("writer", prompt)
+    story.say(f"-> writer turn {result.turn} ({cost_text(result.cost_usd, result.usage)}), to {prompt!r}:")
+    for line in textwrap.wrap(result.text or f"(no text: {result.finish_reason.value} {result.error or ''})", 76):
+        story.say(f"     {line}")
+    story.say(f"writer now: {await summary('writer')}")
 
 
 async def main(fast: bool, offline: bool) -> None:
     speed = 0.15 if fast else 1.0
     provider, provider_line = pick_provider(speed, offline)
-    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() and not fast else ""
     with tempfile.TemporaryDirectory(prefix="sessions-demo-") as tmp:
         store, store_line = open_store(Path(tmp))
         print(f"provider: {provider_line}; store: {store_line} in {tmp}", flush=True)
         children = [SessionServer.child_spec(name=name, provider=provider, store=store, cwd=tmp) for name in NAMES]
-        async with trio.open_nursery() as nursery:
-            sup = await otpy.Supervisor.start_link(children, strategy="one_for_one", name="agents", nursery=nursery)
-            clock = Clock()
-            print(otpy.tree(sup), flush=True)
-            nursery.start_soon(redraw, clock, 1.5 * speed, clear)
-
-            clock.say("round 1: one message to each session, by name, at the same time")
-            async with trio.open_nursery() as round_1:
-                for name in NAMES:
-                    round_1.start_soon(ask, clock, name, PROMPTS[name][0])
-
-            before = await summary("writer")
-            writer_id = await SessionServer.session_id("writer")
-            clock.say(f"round 2: writer has {before}; its session id is {writer_id}")
-            events = await SessionServer.subscribe("writer")
-            async with trio.open_nursery() as round_2:
-                for name in NAMES:
-                    round_2.start_soon(ask, clock, name, PROMPTS[name][1])
-                async for event in events:  # kill writer once its answer is streaming
-                    if isinstance(event, (sessions.TextDelta, sessions.TurnFinished)):
-                        break
-                await trio.sleep(1.0 * speed)
-                status = await SessionServer.status("writer")
-                victim = otpy.whereis("writer")
-                assert victim is not None
-                if status.state == "idle":
-                    clock.say(f"writer's turn ended before it streamed: killing it between turns ({victim!r})")
-                else:
-                    clock.say(f"writer is {status.state} turn {status.turn}: killing it mid-turn ({victim!r})")
-                otpy.exit(victim, "kill")
-                await victim.wait_exited()
-
-            events.close()
-            await otpy.Supervisor.which_children(sup)  # answered once the supervisor has restarted it
-            restarted = otpy.whereis("writer")
-            clock.say(f"the supervisor restarted writer as {restarted!r}")
-            clock.say(f"writer's session id: {await SessionServer.session_id('writer')} (the same)")
-            last = await SessionServer.last_result("writer")
-            assert last is not None
-            clock.say(f"writer's turn {last.turn} is recorded as {last.finish_reason.value}, not retried")
-            clock.say("  (what a killed turn cost is unknown: it counts as 0; its streamed text was not stored)")
-            clock.say(f"writer before the kill: {before}; after the restart: {await summary('writer')}")
-            print(otpy.tree(sup), flush=True)
-
-            clock.say("round 3: writer carries on with its history")
-            await ask(clock, "writer", PROMPTS["writer"][2])
-            clock.say(f"writer now: {await summary('writer')}")
-
-            print("--- final tree ---", flush=True)
-            print(otpy.tree(sup), flush=True)
-            await otpy.stop(sup)  # each session closes its provider connection, then exits
-            clock.say("tree stopped")
-            nursery.cancel_scope.cancel()  # stops the redraw
+        with live_display() as live:
+            async with trio.open_nursery() as nursery:
+                sup = await otpy.Supervisor.start_link(children, strategy="one_for_one", name="agents", nursery=nursery)
+                story = Story(live, kill_delay=1.0 * speed)
+                story.show_tree("agents", "tree at 0.0s")
+                nursery.start_soon(redraw, story, (0.25 if live is not None else 1.5) * speed)
+                await play(story, sup)
+                story.show_tree("agents", "final tree")
+                await otpy.stop(sup)  # each session closes its provider connection, then exits
+                story.say("tree stopped")
+                nursery.cancel_scope.cancel()  # stops the redraw
         for name in NAMES:
             history = await store.load(await _sid(children, name))
             kinds = [r.kind for r in history]
-            print(f"{name}: {kinds.count('turn_started')} turns in the store, {len(kinds)} records", flush=True)
+            turns = plural(kinds.count("turn_started"), "turn")
+            print(f"{name}: {turns} in the store, {len(kinds)} records", flush=True)
         await store.aclose()
     print("done", flush=True)
+
+
+@contextlib.contextmanager
+def live_display() -> Iterator[Any]:
+    """rich's Live display when stdout is a terminal, else nothing (plain lines)."""
+    if not sys.stdout.isatty():
+        yield None
+        return
+    try:
+        from rich.console import Console
+        from rich.live import Live
+    except ImportError:  # python3 dev.py demo installs it (the demo extra); without it, plain lines
+        print("(rich is not installed: pip install 'otpy-sessions[demo]' for the live tree)", flush=True)
+        yield None
+        return
+
+    # No auto refresh: rich would redraw from its own thread, and otpy.tree must be
+    # called from trio's; the redraw task updates it instead.
+    with Live(console=Console(), auto_refresh=False, transient=False, redirect_stdout=False) as live:
+        yield live
 
 
 async def _sid(children: list[otpy.ChildSpec], name: str) -> str:

@@ -615,13 +615,20 @@ class SessionServer(otpy.GenServer):
         Example::
 
             print(otpy.tree("sessions"))   # ... agent  worker  SessionServer  running ...  idle, 3 turns, $0.0120
+
+        A session whose provider reports tokens but no prices shows its tokens instead:
+        ``idle, 1 turn, 230 tokens, price unknown``.
         """
         if not hasattr(self, "_runner"):
             return "starting"  # init is still loading the log
         status = self._status()
         parts = [status.state if status.turn is None else f"{status.state} turn {status.turn}"]
-        parts.append(f"{status.turn_count} turns")
-        parts.append(f"${status.total_cost:.4f}")
+        parts.append(f"{status.turn_count} turn" + ("" if status.turn_count == 1 else "s"))
+        tokens = self._session.usage.total
+        if status.total_cost or not tokens:
+            parts.append(f"${status.total_cost:.4f}")
+        else:  # a provider without prices (an OpenAI-compatible server, Ollama): $0.0000 would be false
+            parts.append(f"{tokens} tokens, price unknown")
         if status.queued:
             parts.append(f"{status.queued} queued")
         if status.subscribers:

@@ -616,7 +616,18 @@ class TestConfiguration:
         await SessionServer.send_message("a", "1")
         node = otpy.tree("sup").find("a")
         assert node is not None
-        assert node.info == "idle, 1 turns, $0.2500"
+        assert node.info == "idle, 1 turn, $0.2500"
+        await SessionServer.send_message("a", "2")
+        assert otpy.tree("sup").find("a").info == "idle, 2 turns, $0.5000"  # type: ignore[union-attr]
+
+    async def test_tree_status_shows_tokens_when_the_price_is_unknown(self, supervised: Start) -> None:
+        """A provider with tokens but no prices (OpenAI-compatible, Ollama) shows tokens, not $0.0000."""
+        reply = ScriptedReply("x", usage=sessions.Usage(input_tokens=200, output_tokens=30))
+        await supervised(name="a", provider=ScriptedProvider(default=reply))
+        await SessionServer.send_message("a", "1")
+        node = otpy.tree("sup").find("a")
+        assert node is not None
+        assert node.info == "idle, 1 turn, 230 tokens, price unknown"
 
     def test_public_names(self) -> None:
         """The server section's names are exported from sessions."""
