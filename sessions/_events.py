@@ -188,7 +188,8 @@ class Message:
 
 @attrs.frozen
 class Result:
-    """The outcome of one turn, success or not (the seeds' ``%Result{}``).
+    """The outcome of one turn, success or not (like ``%Result{}`` in the Elixir libraries
+    ClaudeWrapper and ExAthena).
 
     A failed turn is a `Result` with ``is_error`` set and a `FinishReason`; only a dead
     server or a broken transport raises. ``cost_usd`` is this turn's cost alone (a

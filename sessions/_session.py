@@ -108,7 +108,8 @@ class Folded:
 def interrupted_result(session_id: str, turn: OpenTurn, reason: str, provider_session_id: str | None) -> Result:
     """The `Result` that stands for a turn that started and never finished (internal).
 
-    Its cost is unknown and counted as zero; its text is what the turn had said.
+    Its cost is unknown and counted as zero; its text is that of the messages the turn had
+    finished and recorded (usually none: streamed deltas are not stored).
     """
     text = "".join(m.content for m in turn.messages if m.role == "assistant")
     return Result(

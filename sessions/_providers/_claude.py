@@ -47,7 +47,7 @@ log = otpy.get_logger("sessions.claude")
 class ClaudeCode:
     """**Provider**: the Claude Code CLI, driven through claude-agent-sdk; runs its own tools.
 
-    Pass a `ClaudeAgentOptions`, or the seed's ``query_opts`` names as keywords (``model``,
+    Pass a `ClaudeAgentOptions`, or ClaudeWrapper's ``query_opts`` names as keywords (``model``,
     ``max_turns``, ``system_prompt``, ``append_system_prompt``, ``allowed_tools``,
     ``disallowed_tools``, ``permission_mode``, ``mcp_servers``, ``max_budget_usd``,
     ``add_dirs``, ``env``, ``cwd``, ``extra_args``; any other `ClaudeAgentOptions` field

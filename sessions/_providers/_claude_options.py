@@ -105,7 +105,7 @@ def permission_mode(value: object) -> PermissionMode:
 
 
 def apply_query_opts(base: ClaudeAgentOptions, query_opts: Mapping[str, Any]) -> ClaudeAgentOptions:
-    """``base`` with the seed's ``query_opts`` names (or any `ClaudeAgentOptions` field) applied.
+    """``base`` with ClaudeWrapper's ``query_opts`` names (or any `ClaudeAgentOptions` field) applied.
 
     ``append_system_prompt`` becomes the ``claude_code`` preset plus the text; ``env``
     and ``extra_args`` merge over the base's; a ``HOME`` in ``env`` without
