@@ -59,7 +59,10 @@ TASKS: dict[str, tuple[str, tuple[str, ...], list[list[str]]]] = {
     "docs": (
         f"-e {EXTRAS}",
         ("docs",),
-        [["sphinx-build", "-n", "-W", "--keep-going", "-E", "-q", "-b", "html", "docs", "docs/_build/html"]],
+        [
+            ["python", "docs/vendor_mermaid.py"],  # the diagrams' Mermaid, into the site (once; needs npm)
+            ["sphinx-build", "-n", "-W", "--keep-going", "-E", "-q", "-b", "html", "docs", "docs/_build/html"],
+        ],
     ),
     "bench": ("-e .", (), [["python", "bench/run.py"]]),
 }

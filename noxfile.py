@@ -48,6 +48,7 @@ def docs(session: nox.Session) -> None:
     `sphinx-build -b linkcheck docs docs/_build/linkcheck` checks them).
     """
     session.install(".[claude,ollama,openai]", *nox.project.dependency_groups(PYPROJECT, "docs"))
+    session.run("python", "docs/vendor_mermaid.py")  # the diagrams' Mermaid, into the site (once; needs npm)
     session.run(
         "sphinx-build", "-n", "-W", "--keep-going", "-E", "-b", "html", *session.posargs, "docs", "docs/_build/html"
     )

@@ -22,6 +22,8 @@ import sys
 import types
 from typing import Any
 
+import attrs
+import sphinxcontrib.mermaid as sphinx_mermaid
 from docutils import nodes  # type: ignore[import-untyped]
 from docutils.statemachine import StringList  # type: ignore[import-untyped]
 from sphinx import addnodes
@@ -31,6 +33,7 @@ from sphinx.ext import napoleon
 from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
+from sphinx.util.inspect import object_description
 from sphinx.util.nodes import find_pending_xref_condition
 
 import otpy
@@ -62,8 +65,7 @@ myst_fence_as_directive = ["mermaid"]
 
 # --- autodoc / napoleon --------------------------------------------------------------------
 autodoc_member_order = "bysource"
-autodoc_typehints = "description"
-autodoc_typehints_description_target = "documented_params"
+autodoc_typehints = "signature"  # parameter types in the signature, next to their defaults
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 autodoc_class_signature = "mixed"
@@ -108,8 +110,18 @@ nitpick_ignore_regex = [
 # --- HTML ------------------------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"otpy {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["otpy.css"]  # wide tables scroll instead of being squeezed
 html_show_sourcelink = False
+
+# --- Mermaid, offline ----------------------------------------------------------------------------
+# The site carries Mermaid itself (docs/vendor_mermaid.py puts it in _static/mermaid/, from
+# the npm registry): no CDN, so diagrams draw offline and under a strict Content-Security-
+# Policy. sphinxcontrib-mermaid imports Mermaid as an ES module; an import of a file is
+# refused on a page opened from file://, so the vendored single-file build is loaded as a
+# plain script on the pages with diagrams (add_mermaid_script), and the module the
+# extension imports only hands over the global it defines.
+mermaid_use_local = "data:text/javascript,export default globalThis.mermaid;"
 
 # --- links ---------------------------------------------------------------------------------------
 # The html build checks every internal link: MyST warns on a link to a missing page or
@@ -176,7 +188,8 @@ def kind_of(obj: object) -> str:
 _NOT_INHERITED = (
     "object, Generic, Protocol, tuple, list, dict, set, frozenset, str, bytes, int, float, "
     "Enum, StrEnum, IntEnum, Flag, Exception, BaseException, Sequence, MutableSequence, Mapping, MutableMapping, "
-    "Set, MutableSet, Collection, Container, Iterable, Iterator, Sized, Reversible"
+    "Set, MutableSet, Collection, Container, Iterable, Iterator, Sized, Reversible, "
+    "Instrument"  # SlowCallbacks: trio's other hooks, with trio's docstrings, are not otpy's
 )
 
 
@@ -435,8 +448,54 @@ def link_code_names(app: Sphinx, doctree: nodes.document) -> None:
         xref += literal
 
 
+def add_mermaid_script(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any], doctree: Any) -> None:
+    """Load the vendored Mermaid on the pages that have a diagram (see the Mermaid section)."""
+    # As the extension does: pages without a doctree (search, the index) get the script too.
+    if doctree is None or any(True for _ in doctree.findall(sphinx_mermaid.mermaid)):
+        app.add_js_file("mermaid/mermaid.min.js", priority=400)
+
+
+def _resolve_local_url(url: str, context: dict[str, Any]) -> str:
+    """sphinxcontrib-mermaid's resolver, letting a ``data:`` module through unchanged."""
+    return url if url.startswith("data:") else _mermaid_resolve(url, context)
+
+
+_mermaid_resolve = sphinx_mermaid._resolve_local_url
+sphinx_mermaid._resolve_local_url = _resolve_local_url
+
+
+def render_attrs_defaults(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, signature: str | None, annotation: str | None
+) -> tuple[str | None, str | None] | None:
+    """Show an attrs class's defaults as values, not as ``attr_dict['name'].default``.
+
+    attrs writes the defaults of its generated ``__init__`` that way, and
+    autodoc_preserve_defaults shows the source text; here the real value is shown instead
+    (a ``factory`` default as the factory's call, ``list()``).
+    """
+    if signature is None or "attr_dict[" not in signature or not attrs.has(obj):
+        return None
+    fields = {field.name: field for field in attrs.fields(obj)}
+
+    def value(match: re.Match[str]) -> str:
+        field = fields.get(match.group(1))
+        if field is None:
+            return match.group(0)
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            return f"{getattr(default.factory, '__name__', 'factory')}()"
+        return object_description(default)
+
+    return _ATTR_DEFAULT.sub(value, signature), annotation
+
+
+_ATTR_DEFAULT = re.compile(r"attr_dict\['(\w+)'\]\.default")
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("public-api", PublicApi)
+    app.connect("html-page-context", add_mermaid_script)
+    app.connect("autodoc-process-signature", render_attrs_defaults)
     app.connect("env-check-consistency", check_every_public_name_is_documented)
     app.connect("autodoc-process-bases", hide_private_bases)
     app.connect("missing-reference", resolve_written_forms)
