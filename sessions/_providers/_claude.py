@@ -128,7 +128,7 @@ class ClaudeCode:
         session = ClaudeSession(self, ctx)
         try:
             if self.transport == "duplex":
-                await session.start(dict(ctx.options))
+                await session.start_or_recover(dict(ctx.options))
             yield session
         finally:
             with trio.CancelScope(shield=True):

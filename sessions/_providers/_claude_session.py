@@ -8,9 +8,11 @@ import dataclasses
 import json
 import os
 import signal
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, cast
 
+import attrs
 import trio
 from claude_agent_sdk import (
     ClaudeAgentOptions,
@@ -34,9 +36,7 @@ from .._errors import (
     ProviderUnavailable,
     ResumeRejected,
 )
-from .._events import (
-    ProviderEvent,
-)
+from .._events import Message, ProviderEvent
 from ._base import SessionContext, TurnRequest
 from ._claude_costs import cost_delta, cost_sum, restored_costs
 from ._claude_options import (
@@ -102,6 +102,7 @@ class ClaudeSession:
         self._started_once = False
         self._model_usage_base: dict[str, dict[str, float]] = {}
         self._turn_active = False
+        self._recovered_from: str | None = None
         self._interrupt_requested = False
         self._interrupt_deadline = float("inf")
         self._wait_scope: trio.CancelScope | None = None
@@ -167,6 +168,9 @@ class ClaudeSession:
             materialized = await materialize_resume_session(options) if options.session_store is not None else None
         except RuntimeError as exc:  # the SDK's wrapper of a failed or slow SessionStore.load
             raise self._unavailable(f"could not load the mirrored transcript: {exc}", "mirror") from exc
+        if materialized is not None and resume and await self._local_is_fuller(options, materialized, resume):
+            await materialized.cleanup()
+            materialized = None
         if materialized is not None:
             options = apply_materialized_options(options, materialized)
         try:
@@ -268,6 +272,66 @@ class ClaudeSession:
         self._query_opts = dict(query_opts)
         return True
 
+    async def _local_is_fuller(
+        self, options: ClaudeAgentOptions, materialized: MaterializedResume, resume: str
+    ) -> bool:
+        """Whether this machine's own transcript of ``resume`` holds more than the store's mirror
+        (a CLI killed before its mirror batch was sent): then the CLI resumes from it, and the
+        mirror gets the lines it missed (entries are matched by uuid, so none is doubled)."""
+        project = project_key_for_directory(options.cwd)
+        local = projects_dir(options.env) / project / f"{resume}.jsonl"
+        mirrored = materialized.config_dir / "projects" / project / f"{resume}.jsonl"
+
+        def read(path: Path) -> list[dict[str, Any]]:
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                return []
+            entries = []
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    entry = json.loads(line)
+                    if isinstance(entry, dict):
+                        entries.append(entry)
+            return entries
+
+        local_entries = await trio.to_thread.run_sync(read, local)
+        if len(local_entries) <= len(await trio.to_thread.run_sync(read, mirrored)):
+            return False
+        self._log.warning("claude_mirror_behind", session_id=resume, local=len(local_entries))
+        if self.mirror is not None:
+            await self.mirror.append({"project_key": project, "session_id": resume}, cast("Any", local_entries))
+        return True
+
+    async def start_or_recover(self, query_opts: Mapping[str, Any], messages: Sequence[Message] = ()) -> None:
+        """`start`; if the CLI has lost the conversation to resume, start a fresh CLI session
+        instead, whose first turn carries the session's own transcript (``messages``, or the
+        connection's), recorded as ``extra["recovered_from"]`` on that turn: never a dead end."""
+        try:
+            await self.start(query_opts)
+        except ResumeRejected as exc:
+            lost = self.claude_session_id
+            self._log.warning("claude_resume_recovered", lost=lost, error=str(exc))
+            self.claude_session_id = None
+            self._recovered_from = lost
+            await self.start(query_opts)
+
+    def _seeded(self, prompt: str, messages: Sequence[Message]) -> str:
+        history = list(messages) or list(self.ctx.messages)
+        lines = []
+        for message in history:
+            if message.role == "tool" and message.tool_result is not None:
+                lines.append(f"tool {message.tool_result.name}: {message.content}")
+            elif message.role in ("user", "assistant") and message.content:
+                lines.append(f"{message.role}: {message.content}")
+        if not lines:
+            return prompt
+        transcript = "\n".join(lines)
+        return (
+            "(The conversation so far, restored from its saved transcript.)\n"
+            f"<transcript>\n{transcript}\n</transcript>\n\n{prompt}"
+        )
+
     async def _ensure(self, query_opts: Mapping[str, Any]) -> ClaudeSDKClient:
         signature = options_signature(query_opts)
         transport, client = self._transport, self._client
@@ -278,7 +342,7 @@ class ClaudeSession:
                 self._signature = signature
                 return client
         await self.stop()
-        await self.start(query_opts)
+        await self.start_or_recover(query_opts)
         assert self._client is not None
         return self._client
 
@@ -350,12 +414,14 @@ class ClaudeSession:
         completed = False
         try:
             client = await self._ensure(request.options)
+            recovered_from, self._recovered_from = self._recovered_from, None
+            prompt = request.prompt if recovered_from is None else self._seeded(request.prompt, request.messages)
             try:
-                await client.query(request.prompt)
+                await client.query(prompt)
             except CLIConnectionError:
                 await self.stop(kill=True)
                 client = await self._ensure(request.options)
-                await client.query(request.prompt)
+                await client.query(prompt)
             mapper = TurnMapper(self)
             messages = receive_messages(client)
             now = trio.current_time()
@@ -417,6 +483,8 @@ class ClaudeSession:
                     if isinstance(message, ResultMessage):
                         completed = True
                         final = mapper.finish(message)
+                        if recovered_from is not None:
+                            final = attrs.evolve(final, extra={**final.extra, "recovered_from": recovered_from})
                         carried = final.extra.get("carried_cost_usd")
                         if carried and self.mirror is not None:
                             with trio.CancelScope(shield=True):

@@ -10,7 +10,9 @@ server serves every test, and several CLI processes, without shared script state
 - ``[[tool:NAME:JSON]]``: ask for tool NAME with input JSON once, then report its result;
 - ``[[loop:NAME:JSON]]``: ask for the tool again after every result (for max turns);
 - ``[[slow:SECONDS]]``: wait between deltas (for interrupt tests);
-- ``[[big:BYTES]]``: answer a text of BYTES characters.
+- ``[[big:BYTES]]``: answer a text of BYTES characters;
+- ``[[bigonce:BYTES]]``: the same, the first time only (then echo): a later prompt merged with
+  this one by the CLI is answered normally.
 
 Every response reports ``usage`` of ``input_tokens`` / ``output_tokens`` set by
 `FakeAnthropic.usage` (default 1M + 1M: with a haiku model a call costs exactly $6).
@@ -87,6 +89,7 @@ class FakeAnthropic:
         self.stalled = threading.Event()
         self._stop = threading.Event()
         self._counter = 0
+        self._big_once_done = False
         self._lock = threading.Lock()
         fake = self
 
@@ -147,6 +150,7 @@ class FakeAnthropic:
         self.usage = (1_000_000, 1_000_000)
         self.release = threading.Event()
         self.stalled = threading.Event()
+        self._big_once_done = False
 
     def close(self) -> None:
         self._stop.set()
@@ -190,6 +194,10 @@ class FakeAnthropic:
                 text = f"tool said: {content}"
             elif "big" in directives:
                 text = "x" * int(directives["big"])
+            elif "bigonce" in directives and not self._big_once_done:
+                self._big_once_done = True
+                directives["big"] = directives["bigonce"]
+                text = "x" * int(directives["bigonce"])
             else:
                 text = f"echo: {prompt}"
             blocks = [{"type": "text", "text": text, "big": "big" in directives}]
