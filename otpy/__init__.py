@@ -16,6 +16,7 @@ from ._exceptions import InvalidChildSpec as InvalidChildSpec
 from ._exceptions import InvalidSupervisorFlags as InvalidSupervisorFlags
 from ._exceptions import MaxChildren as MaxChildren
 from ._exceptions import NoProcess as NoProcess
+from ._exceptions import NotInTrioRun as NotInTrioRun
 from ._exceptions import OtpError as OtpError
 from ._exceptions import ProcessCrashed as ProcessCrashed
 from ._exceptions import ProcessExit as ProcessExit

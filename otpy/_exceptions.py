@@ -21,6 +21,7 @@
     │   └── MaxChildren            a DynamicSupervisor is full
     ├── UnhandledMessage           a callback's match had no clause for a message; .message
     ├── ProcessCrashed             a process started with start_link from plain trio code crashed; .pid, .reason
+    ├── NotInTrioRun               otpy was used outside trio.run (from asyncio, say); also a RuntimeError
     ├── TaskTimeout                a task did not reply within ``timeout`` (also a trio.TooSlowError); .pid
     ├── TaskExited                 a task exited before replying; .pid, .reason       (otpy/_task.py)
     └── ApplicationExited          the top supervisor of otpy.serve exited on its own  (otpy/_application.py)
@@ -33,6 +34,7 @@ Exit reasons are data, not errors: ``"normal"``, ``"shutdown"``, ``("shutdown", 
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import attrs
@@ -420,3 +422,61 @@ class ProcessExit(Exception):
 
     def __str__(self) -> str:
         return f"process exit: {format_reason(self.reason)}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class NotInTrioRun(OtpError, RuntimeError):
+    """otpy was used outside ``trio.run``: from asyncio (``asyncio.run``), from another
+    thread, or from synchronous code.
+
+    otpy's processes are trio tasks, and its names, timers and call deadlines belong to
+    one ``trio.run``. ``what`` says what was attempted. Also a `RuntimeError`, which
+    trio's own error for this is, so code that caught that still works.
+
+    Example::
+
+        try:
+            asyncio.run(otpy.call("cache", "get"))
+        except otpy.NotInTrioRun as exc:
+            print(exc)   # otpy was used outside trio.run (in an asyncio event loop) ... docs/asyncio.md
+    """
+
+    what: str
+    library: str | None = None
+
+    def __str__(self) -> str:
+        where = f" (in an {self.library} event loop)" if self.library else ""
+        return (
+            f"otpy was used outside trio.run{where}: {self.what}. otpy runs only inside trio.run. "
+            "Run your otpy code under trio.run(main); from an asyncio program, host the otpy "
+            "tree in a thread of its own and call it through trio's thread API, as "
+            'docs/asyncio.md ("Calling otpy from asyncio code") shows.'
+        )
+
+
+def not_in_trio_run(what: str) -> NotInTrioRun:
+    """The error for ``what`` used outside ``trio.run`` (internal); names the async
+    library that is running instead, if one is."""
+    library: str | None = None
+    asyncio = sys.modules.get("asyncio")  # never imported here: if it is not loaded, it is not running
+    if asyncio is not None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            library = "asyncio"
+    return NotInTrioRun(what, library)
+
+
+def require_trio_run(what: str) -> None:
+    """Raise `NotInTrioRun` unless called inside ``trio.run`` (internal).
+
+    The one place where trio's ``RuntimeError`` for this becomes otpy's error: the entry
+    points that first touch the run (the name table, the timers, the call deadlines,
+    ``start_link``, ``open``) call this, or `not_in_trio_run` where trio already raised.
+    """
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        raise not_in_trio_run(what) from None

@@ -20,6 +20,7 @@ from ._exceptions import (
     ServerExited,
     StartError,
     UnhandledMessage,
+    require_trio_run,
 )
 from ._log import get_logger
 from ._options import check_init_options
@@ -373,6 +374,7 @@ async def spawn(
     parent = _CURRENT.get()
     if nursery is None:
         if parent is None:
+            require_trio_run(f"{type(server).__name__}.start_link() was called")
             raise RuntimeError(f"{type(server).__name__}.start_link() outside an otpy process needs nursery=")
         nursery = parent._nursery
         if nursery is None:

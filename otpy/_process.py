@@ -20,7 +20,7 @@ import outcome
 import trio
 from trio.lowlevel import Abort, RunVar, Task, current_task, reschedule, wait_task_rescheduled
 
-from ._exceptions import CallingSelf, CallTimeout, NoProcess, ServerExited
+from ._exceptions import CallingSelf, CallTimeout, NoProcess, ServerExited, not_in_trio_run
 from ._util import check_timeout
 
 if TYPE_CHECKING:
@@ -566,6 +566,8 @@ def _name_table() -> dict[str, Pid]:
         table: dict[str, Pid] = {}
         _NAMES.set(table)
         return table
+    except RuntimeError:  # trio's "Cannot be used outside of a run context"
+        raise not_in_trio_run("a process name was looked up (otpy.call, cast, send, whereis...)") from None
 
 
 def register(name: Name, pid: Pid) -> Pid | None:
@@ -839,6 +841,8 @@ _DEADLINES: RunVar[_CallDeadlines] = RunVar("otpy_call_deadlines")
 def _call_deadlines() -> _CallDeadlines:
     try:
         return _DEADLINES.get()
+    except RuntimeError:  # trio's "Cannot be used outside of a run context"
+        raise not_in_trio_run("otpy.call() was called") from None
     except LookupError:
         deadlines = _CallDeadlines()
         _DEADLINES.set(deadlines)

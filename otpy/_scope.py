@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from ._exceptions import CallError, OtpError, ProcessCrashed
+from ._exceptions import CallError, OtpError, ProcessCrashed, require_trio_run
 from ._gen_server import is_normal_reason
 from ._gen_server import stop as _stop
 from ._process import exit as _exit
@@ -82,6 +82,7 @@ async def open_server(
     shutdown: float | None,
 ) -> AsyncIterator[Pid]:
     """The implementation of ``ServerBase.open`` (see the module docstring)."""
+    require_trio_run(f"{cls.__name__}.open() was entered")
     if shutdown is None:
         shutdown = math.inf if cls.child_type == "supervisor" else 5.0
     state = _State()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 from trio.lowlevel import RunVar
 
+from ._exceptions import not_in_trio_run, require_trio_run
 from ._log import get_logger
 from ._process import INFO, Pid, Via, send
 from ._util import check_timeout
@@ -165,6 +166,8 @@ _TIMERS: RunVar[_Timers] = RunVar("otpy_timers")
 def _timers() -> _Timers:
     try:
         return _TIMERS.get()
+    except RuntimeError:  # trio's "Cannot be used outside of a run context"
+        raise not_in_trio_run("an otpy timer was set") from None
     except LookupError:
         timers = _Timers()
         _TIMERS.set(timers)
@@ -217,6 +220,7 @@ def send_after(dest: Server, message: Any, seconds: float) -> TimerRef:
     dest_type = type(dest)
     if dest_type is not Pid and dest_type is not str and not isinstance(dest, Via):
         raise TypeError(f"send_after needs a Pid, a name or otpy.via(...), not {dest_type.__name__}: {dest!r}")
+    require_trio_run("otpy.send_after() was called")
     ref = TimerRef(trio.current_time() + seconds, dest, message)
     if dest_type is Pid:
         assert isinstance(dest, Pid)
