@@ -22,9 +22,11 @@ and cost over the model calls (``num_turns`` = model calls).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from decimal import Decimal
 from typing import Any, Literal
 
 import attrs
@@ -32,7 +34,8 @@ import trio
 
 import otpy
 
-from ._errors import InvalidOption, ProviderError, ToolError
+from ._config import TURN_OPTIONS, check_number
+from ._errors import InvalidOption, ProviderError, ProviderUnavailable, ToolError
 from ._events import (
     FinishReason,
     Message,
@@ -48,6 +51,8 @@ from ._events import (
     Usage,
 )
 from ._providers._base import ModelProvider, SessionContext, TurnRequest
+from ._providers._http_common import checked_usage
+from ._text import TextJoiner, clean_data, clean_text
 from ._tools._builtin import builtin_tools
 from ._tools._core import Tool, ToolContext, ToolFunction
 from ._tools._policy import (
@@ -147,14 +152,18 @@ class AgentLoop:
             ("max_parallel_tools", max_parallel_tools),
             ("max_tool_output", max_tool_output),
         ):
-            if value < 1:
-                raise InvalidOption(option, value, "must be a positive integer")
-        if max_context_chars is not None and max_context_chars < 1:
-            raise InvalidOption("max_context_chars", max_context_chars, "must be positive or None")
-        if keep_tool_results < 0:
-            raise InvalidOption("keep_tool_results", keep_tool_results, "must be 0 or more")
-        if tool_timeout is not None and tool_timeout <= 0:
-            raise InvalidOption("tool_timeout", tool_timeout, "must be positive or None")
+            check_number(option, value, integer=True, minimum=1)
+        if max_context_chars is not None:
+            check_number("max_context_chars", max_context_chars, integer=True, minimum=1)
+        check_number("keep_tool_results", keep_tool_results, integer=True)
+        if tool_timeout is not None:
+            check_number("tool_timeout", tool_timeout)  # math.inf: no limit, as None
+            if tool_timeout == 0:
+                raise InvalidOption("tool_timeout", tool_timeout, "must be positive or None")
+        if cwd is not None and not isinstance(cwd, str | os.PathLike):
+            raise InvalidOption("cwd", cwd, "expected a directory path (a str or os.PathLike) or None")
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise InvalidOption("system_prompt", system_prompt, "expected a str or None")
         for option, names in (("allowed_tools", allowed_tools), ("disallowed_tools", disallowed_tools)):
             if isinstance(names, str):  # a str is a Sequence[str] too: refuse the likely mistake
                 raise InvalidOption(option, names, "give a list of names, not one string")
@@ -181,7 +190,13 @@ class AgentLoop:
 
     @asynccontextmanager
     async def _connect(self, ctx: SessionContext) -> AsyncIterator[LoopSession]:
-        yield LoopSession(self, ctx, _working_directory(self.cwd or ctx.cwd))
+        try:
+            cwd = _working_directory(self.cwd or ctx.cwd)
+        except InvalidOption as exc:
+            # It may come back (a mount, a checkout): a turn-level failure, not a crash
+            # (SessionServer's init refuses a cwd that is missing at start).
+            raise ProviderUnavailable(self.name, str(exc), kind="cwd") from exc
+        yield LoopSession(self, ctx, cwd)
 
     def connect(self, ctx: SessionContext) -> AbstractAsyncContextManager[LoopSession]:
         """Open the loop for one session: an async context manager yielding a `LoopSession`.
@@ -203,6 +218,31 @@ def _working_directory(cwd: str | None) -> str:
     if not os.path.isdir(real):
         raise InvalidOption("cwd", cwd, "not a directory")
     return real
+
+
+def _turn_limits(options: dict[str, Any], default_iterations: int) -> tuple[int, float | None]:
+    """The turn's ``max_iterations`` and ``max_budget_usd`` (None: no budget), checked:
+    a SessionServer checks them before it queues a turn, but a loop can be driven
+    directly, and a bad option must end the turn, not crash it."""
+    for key in ("max_iterations", "max_budget_usd"):
+        if options.get(key) is not None:
+            check_number(key, options[key], **TURN_OPTIONS[key])
+    iterations = options.get("max_iterations")
+    budget = options.get("max_budget_usd")
+    return (int(iterations) if iterations is not None else default_iterations), (
+        float(budget) if budget is not None and not math.isinf(budget) else None
+    )
+
+
+def _is_cost(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _clean_call(call: ToolCall) -> ToolCall:
+    call_id, name, arguments = clean_text(call.id), clean_text(call.name), clean_data(dict(call.arguments))
+    if call_id == call.id and name == call.name and arguments == call.arguments:
+        return call
+    return attrs.evolve(call, id=call_id, name=name, arguments=arguments)
 
 
 def _tools(tools: ToolsOption) -> dict[str, Tool]:
@@ -277,6 +317,57 @@ def repair(messages: Sequence[Message]) -> list[Message]:
     return out
 
 
+def for_model(messages: Sequence[Message]) -> list[Message]:
+    """``messages`` as chat templates accept them: at most one system message, first, and
+    user and assistant turns that alternate (tool results follow their assistant message).
+
+    A transcript can break both rules: an interrupted turn leaves a system note in the
+    middle (``Turn 2 was interrupted (...); it was not retried.``), and a turn killed
+    before the model answered leaves two user messages in a row. OpenAI accepts that;
+    the templates of many vLLM and llama.cpp models refuse it. So, for the model only
+    (the transcript keeps every message as it was):
+
+    - system messages before the first user message become one leading system message;
+    - a later system message is put, in square brackets, at the head of the next user
+      message (``[Turn 2 was interrupted ...]`` and a blank line, then the prompt);
+    - user messages in a row become one, their texts joined by a blank line, and so do
+      assistant messages in a row (the first without tool calls).
+    """
+    out: list[Message] = []
+    notes: list[str] = []
+    for message in messages:
+        if message.role == "system":
+            if not any(m.role != "system" for m in out):
+                if out:
+                    out[0] = attrs.evolve(out[0], content=f"{out[0].content}\n\n{message.content}")
+                else:
+                    out.append(message)
+            else:
+                notes.append(f"[{message.content}]")
+            continue
+        if message.role == "user" and notes:
+            message = attrs.evolve(message, content="\n\n".join([*notes, message.content]))
+            notes.clear()
+        last = out[-1] if out else None
+        if last is not None and last.role == message.role == "user":
+            out[-1] = attrs.evolve(last, content=_joined(last.content, message.content))
+        elif last is not None and last.role == message.role == "assistant" and not last.tool_calls:
+            out[-1] = attrs.evolve(message, content=_joined(last.content, message.content))
+        else:
+            out.append(message)
+    if notes:
+        tail = "\n\n".join(notes)
+        if out and out[-1].role == "user":
+            out[-1] = attrs.evolve(out[-1], content=_joined(out[-1].content, tail))
+        else:
+            out.append(Message("user", tail))
+    return out
+
+
+def _joined(first: str, second: str) -> str:
+    return f"{first}\n\n{second}" if first and second else first or second
+
+
 def compact(messages: list[Message], max_chars: int | None, keep: int) -> list[Message]:
     """``messages`` with the oldest tool results elided until their text fits ``max_chars``.
 
@@ -340,11 +431,11 @@ class LoopSession:
         loop = self.loop
         self._interrupted = False
         options = dict(request.options)
-        max_iterations = int(options.get("max_iterations") or loop.max_iterations)
-        raw_budget = options.get("max_budget_usd")
-        budget = float(raw_budget) if raw_budget is not None else None
         sid, turn = self.ctx.session_id, request.turn
         usage = Usage()
+        # Summed as the decimals the calls reported (as Session.total_cost is): three
+        # calls of $0.4 cost $1.2, not 1.2000000000000002.
+        spent = Decimal(0)
         cost = 0.0
         iterations = 0
         calls_made: list[ToolCall] = []
@@ -361,13 +452,18 @@ class LoopSession:
                 cost_usd=cost,
                 usage=usage,
                 num_turns=iterations,
-                error=error,
+                error=clean_text(error) if error is not None else None,
                 api_error_status=status,
                 model=model_name,
                 permission_denials=tuple(denials),
                 extra={"tool_calls": [c.to_dict() for c in calls_made], "stop_reason": stop_reason},
             )
 
+        try:
+            max_iterations, budget = _turn_limits(options, loop.max_iterations)
+        except InvalidOption as exc:
+            yield finish(FinishReason.DURING_EXECUTION, f"the turn's options are invalid: {exc}")
+            return
         try:
             outcome, event = await _hook(
                 loop.hooks, "user_prompt_submit", HookEvent("user_prompt_submit", sid, turn, prompt=request.prompt)
@@ -378,7 +474,7 @@ class LoopSession:
         if isinstance(outcome, Deny | Halt):
             yield finish(FinishReason.HALTED, f"the prompt was refused by a hook: {outcome.reason}")
             return
-        prompt = event.prompt if event.prompt is not None else request.prompt
+        prompt = clean_text(event.prompt if event.prompt is not None else request.prompt)
         history = repair(request.messages)
         system_prompt = options.get("system_prompt", loop.system_prompt)
         if system_prompt and not (history and history[0].role == "system"):
@@ -401,8 +497,9 @@ class LoopSession:
             pieces: list[str] = []
             calls: list[ToolCall] = []
             completed: TurnCompleted | None = None
-            sent = compact(history, loop.max_context_chars, loop.keep_tool_results)
+            sent = for_model(compact(history, loop.max_context_chars, loop.keep_tool_results))
             stream = loop.model.chat(sent, specs, options)
+            said, thought = TextJoiner(), TextJoiner()
             try:
                 while True:
                     with trio.CancelScope() as scope:
@@ -416,18 +513,30 @@ class LoopSession:
                     self._scope = None
                     if scope.cancelled_caught or step is None:
                         break
+                    # What a model sends is text to clean (see sessions._text), here at
+                    # the loop's edge, whatever ModelProvider sent it.
                     if isinstance(step, TextDelta):
-                        pieces.append(step.text)
-                        yield step
+                        if piece := said.push(step.text):
+                            pieces.append(piece)
+                            yield TextDelta(piece)
                     elif isinstance(step, ThinkingDelta):
-                        yield step
+                        if piece := thought.push(step.text):
+                            yield ThinkingDelta(piece)
                     elif isinstance(step, ToolCallRequested):
-                        calls.append(step.call)
-                        yield step
+                        call = _clean_call(step.call)
+                        calls.append(call)
+                        yield ToolCallRequested(call)
                     elif isinstance(step, TurnCompleted):
                         completed = step
+                if piece := said.flush():
+                    pieces.append(piece)
+                    yield TextDelta(piece)
+                if piece := thought.flush():
+                    yield ThinkingDelta(piece)
             except ProviderError as exc:
-                log.info("model_call_failed", session_id=sid, turn=turn, error=str(exc), kind=exc.kind)
+                log.warning(
+                    "model_call_failed", session_id=sid, turn=turn, provider=exc.provider, error=str(exc), kind=exc.kind
+                )
                 yield finish(FinishReason.PROVIDER_ERROR, f"{type(exc).__name__}: {exc}", exc.status)
                 return
             finally:
@@ -442,15 +551,28 @@ class LoopSession:
             if completed is None:
                 yield finish(FinishReason.PROVIDER_ERROR, f"{loop.model.name}: the model's answer had no end")
                 return
-            usage += completed.usage
-            cost += completed.cost_usd
+            usage += checked_usage(loop.model.name, completed.usage)
+            call_cost = completed.cost_usd
+            if not _is_cost(call_cost):
+                # A cost that cannot be added (NaN, inf, not a number) would switch the
+                # budget off: the turn ends, as on any garbage from the provider.
+                log.warning("model_cost_unusable", session_id=sid, turn=turn, provider=loop.model.name, cost=call_cost)
+                yield finish(
+                    FinishReason.PROVIDER_ERROR, f"{loop.model.name}: the model call reported a cost of {call_cost!r}"
+                )
+                return
+            if call_cost < 0:
+                log.warning("model_cost_negative", session_id=sid, turn=turn, provider=loop.model.name, cost=call_cost)
+                call_cost = 0.0
+            spent += Decimal(repr(float(call_cost)))
+            cost = float(spent)
             model_name = completed.model or model_name
             stop_reason = completed.extra.get("stop_reason") if completed.extra else None
             if completed.is_error:
-                text = completed.text or "".join(pieces)
+                text = clean_text(completed.text or "".join(pieces))
                 yield finish(completed.finish_reason, completed.error, completed.api_error_status)
                 return
-            text = "".join(pieces) or completed.text
+            text = "".join(pieces) or clean_text(completed.text)
             assistant = Message("assistant", text, tool_calls=tuple(calls))
             history.append(assistant)
             yield MessageAdded(assistant)
@@ -624,6 +746,7 @@ class LoopSession:
             except Exception as exc:  # noqa: BLE001 (a tool's bug goes back to the model, as text)
                 log.warning("tool_failed", tool=call.name, session_id=self.ctx.session_id, error=repr(exc))
                 result = _error(call, f"{call.name} failed: {type(exc).__name__}: {exc}")
+        result = attrs.evolve(result, content=clean_text(result.content))
         if len(result.content) > loop.max_tool_output:
             cut = result.content[: loop.max_tool_output] + f"\n[cut: {len(result.content)} characters]"
             result = attrs.evolve(result, content=cut)

@@ -39,7 +39,7 @@ import trio
 
 import otpy
 
-from ._config import _as_provider, _Config, _jsonable
+from ._config import _as_provider, _jsonable, check_startable, check_turn_options, make_config
 from ._errors import BudgetExceeded, InvalidOption, SessionBusy, SessionError, StoreError
 from ._events import (
     Message,
@@ -53,6 +53,7 @@ from ._session import Session, fold
 from ._stores._base import Record, Store
 from ._stores._memory import InMemoryStore
 from ._subscribers import Fanout, SubscriberBuffer, Subscription
+from ._text import check_text
 from ._turn import _Reconnect, _Turn, _turn_tasks, _TurnDone, _TurnTask, _TurnWork
 
 _log = otpy.get_logger("sessions.server")
@@ -247,15 +248,36 @@ class SessionServer(otpy.GenServer):
             options["session_id"] = new_session_id()
         if options.get("store") is None:
             options["store"] = InMemoryStore()
-        try:
-            config = _Config(**options)
-        except TypeError as exc:
-            raise InvalidOption("options", sorted(options), str(exc)) from None
+        config = make_config(options)
         if shutdown is None:
             shutdown = config.close_timeout + 5.0
         return super().child_spec(
             id=id, restart=restart, shutdown=shutdown, significant=significant, name=name, **options
         )
+
+    @classmethod
+    async def start_link(
+        cls,
+        *args: Any,
+        name: str | otpy.Via | None = None,
+        nursery: trio.Nursery | None = None,
+        **options: Any,
+    ) -> otpy.Pid:
+        """Start a session linked to the calling process (see `child_spec` for the options).
+
+        Raises:
+            InvalidOption: a malformed option, raised here as `child_spec` raises it.
+            otpy.StartError: ``init`` failed, e.g. ``cwd`` does not exist or the store
+                cannot be read; ``reason`` is the error.
+
+        Example::
+
+            pid = await SessionServer.start_link(provider=provider, name="agent", nursery=nursery)
+        """
+        if args:
+            raise InvalidOption("args", args, "SessionServer takes keyword options only")
+        make_config(options)
+        return await super().start_link(name=name, nursery=nursery, **options)
 
     @staticmethod
     async def send_message(server: ServerRef, prompt: str, **overrides: Any) -> Result:
@@ -266,6 +288,9 @@ class SessionServer(otpy.GenServer):
         this one waits in the queue.
 
         Raises:
+            InvalidOption: ``prompt`` is not a str or holds a lone surrogate (it has no
+                UTF-8 form), or an override is malformed (``max_iterations="many"``);
+                raised here, in the caller's task, before anything is queued.
             BudgetExceeded: ``max_cost_usd`` or ``max_turns`` is spent; no turn started.
             SessionBusy: ``max_queued_turns`` turns already wait.
             otpy.ServerExited: the server exited (crashed) before the turn ended.
@@ -278,6 +303,8 @@ class SessionServer(otpy.GenServer):
         """
         if not isinstance(prompt, str):
             raise InvalidOption("prompt", prompt, "expected a str")
+        check_text("prompt", prompt)
+        check_turn_options("overrides", overrides)
         reply = await otpy.call(server, _Send(prompt, overrides), timeout=math.inf)
         result: Result = _unwrap(reply)
         return result
@@ -458,9 +485,10 @@ class SessionServer(otpy.GenServer):
     # --- server: runs in the session's process ---------------------------------------------
 
     async def init(self, **options: Any) -> None:
-        config = _Config(**options)
+        config = make_config(options)
         self._config = config
         self._provider = _as_provider(config.provider)
+        check_startable(config, self._provider)
         self._store: Store = config.store if config.store is not None else InMemoryStore()
         session_id = config.session_id or new_session_id()
         self._sid = session_id

@@ -12,7 +12,9 @@ behind our back, so they run with retries off), cap the requests in flight per p
 from __future__ import annotations
 
 import email.utils
+import importlib
 import json
+import math
 import random
 import sys
 import time
@@ -24,6 +26,7 @@ import trio
 
 import otpy
 
+from .._config import check_number
 from .._errors import (
     InvalidOption,
     ProviderAuthError,
@@ -57,14 +60,48 @@ class Price:
     cache_read_per_mtok: float = 0.0
     cache_write_per_mtok: float = 0.0
 
+    def __attrs_post_init__(self) -> None:
+        for field in attrs.fields(Price):
+            check_number(field.name, getattr(self, field.name), unlimited=False)
+
     def cost(self, usage: Usage) -> float:
-        """The USD cost of ``usage`` at this price."""
+        """The USD cost of ``usage`` at this price (negative token counts count as 0)."""
+        usage = checked_usage("price", usage)
         return (
             usage.input_tokens * self.input_per_mtok
             + usage.output_tokens * self.output_per_mtok
             + usage.cache_read_tokens * self.cache_read_per_mtok
             + usage.cache_creation_tokens * self.cache_write_per_mtok
         ) / 1_000_000
+
+
+MAX_TOKENS = 2**53
+"""The most tokens one count may say (a larger one is clamped): far beyond any model's,
+and still exact as a float, so a cost computed from it stays a finite number."""
+
+
+def checked_usage(provider: str, usage: Usage) -> Usage:
+    """``usage`` with every token count made an int in ``0..MAX_TOKENS``.
+
+    Token counts come from a server, so they are data: a negative count (which would
+    give a negative cost, and let the budget stop binding) is counted as 0, a huge one
+    as `MAX_TOKENS`, and either is logged at WARNING. Counts that are not integers at
+    all (NaN, text) never get here: the response fails validation and the model call
+    ends with a `ProviderProtocolError`.
+    """
+    fixed: dict[str, int] = {}
+    for field in attrs.fields(Usage):
+        value = getattr(usage, field.name)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+            continue
+        if (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and not math.isnan(value)
+        ):
+            fixed[field.name] = 0 if value < 0 else MAX_TOKENS
+        else:
+            fixed[field.name] = 0
+        log.warning("token_count_out_of_range", provider=provider, field=field.name, value=repr(value))
+    return attrs.evolve(usage, **fixed) if fixed else usage
 
 
 @attrs.frozen
@@ -123,20 +160,20 @@ class RetryPolicy:
     )
 
     def __attrs_post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise InvalidOption("max_attempts", self.max_attempts, "must be at least 1")
-        if self.base_delay < 0 or self.max_delay < 0:
-            raise InvalidOption("base_delay", self.base_delay, "delays must not be negative")
+        check_number("max_attempts", self.max_attempts, integer=True, minimum=1)
+        check_number("base_delay", self.base_delay, unlimited=False)
+        check_number("max_delay", self.max_delay, unlimited=False)
 
     def should_retry(self, error: ProviderError, attempt: int) -> bool:
         """Whether to try again after ``attempt`` (0 for the first try) failed with ``error``."""
         return error.retryable and error.kind in self.retry_on and attempt + 1 < self.max_attempts
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before the next try."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_delay)
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        """Seconds to wait before the next try: ``retry_after`` when it is a number of
+        seconds >= 0 (NaN, inf and negative values are ignored), capped at ``max_delay``."""
+        if retry_after is not None and math.isfinite(retry_after) and retry_after >= 0:
+            return min(retry_after, self.max_delay)
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** min(attempt, 64)))
 
 
 # --- the error boundary ------------------------------------------------------------------
@@ -265,7 +302,13 @@ def to_provider_error(provider: str, exc: Exception) -> ProviderError:
 
 
 def retry_after_of(exc: BaseException) -> float | None:
-    """The ``Retry-After`` of an HTTP error response, in seconds, if it has one."""
+    """The ``Retry-After`` of an HTTP error response, in seconds, if it has a usable one.
+
+    The header is data from the server. It is used when it is a number of seconds >= 0
+    (``"2"``, ``"1.5"``) or an HTTP date (a date in the past is 0); anything else
+    (``"nan"``, ``"inf"``, ``"-5"``, ``"soon"``) is ignored, and the policy's own
+    backoff applies. `RetryPolicy.delay` caps the result at ``max_delay`` either way.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -275,9 +318,11 @@ def retry_after_of(exc: BaseException) -> float | None:
         value = headers.get("retry-after") if headers is not None else None
         if isinstance(value, str):
             try:
-                return float(value)
+                seconds = float(value)
             except ValueError:
                 pass
+            else:
+                return seconds if math.isfinite(seconds) and seconds >= 0 else None
             try:  # an HTTP date
                 return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
             except (TypeError, ValueError, IndexError):
@@ -350,11 +395,30 @@ class PerRun(Generic[T]):
 
 
 def check_positive(option: str, value: float | None, *, allow_none: bool = True) -> None:
-    """Raise `InvalidOption` unless ``value`` is a positive number (or None when allowed)."""
+    """Raise `InvalidOption` unless ``value`` is a positive number of seconds (or None
+    when allowed); ``math.inf`` is accepted and means "no limit", as None does."""
     if value is None and allow_none:
         return
-    if value is None or value <= 0:
+    check_number(option, value)
+    if value == 0:
         raise InvalidOption(option, value, "must be a positive number")
+
+
+def seconds_or_none(value: float | None) -> float | None:
+    """A timeout for the HTTP clients, which take None (not ``math.inf``) for no limit."""
+    return None if value is None or math.isinf(value) else value
+
+
+def require_package(provider: str, package: str, extra: str) -> None:
+    """Raise `ProviderUnavailable` with the install hint unless ``package`` imports.
+
+    Run when a provider is constructed, so that a missing extra fails there, once,
+    and not as an error `Result` of every turn.
+    """
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        raise unavailable(provider, package, extra) from None
 
 
 def unavailable(provider: str, package: str, extra: str) -> ProviderUnavailable:
@@ -405,6 +469,6 @@ async def guarded_stream(
                     raise
                 raise error from exc
             delay = retry.delay(attempt, retry_after_of(exc))
-            log.info("provider_retry", provider=provider, attempt=attempt + 1, kind=error.kind, delay=delay)
+            log.info("provider_retry", provider=provider, attempt=attempt + 1, kind=error.kind, delay=round(delay, 3))
         await trio.sleep(delay)
         attempt += 1

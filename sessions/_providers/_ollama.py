@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
+from .._config import check_number
 from .._errors import InvalidOption, ProviderProtocolError
 from .._events import (
     FinishReason,
@@ -35,8 +36,19 @@ from .._events import (
     TurnCompleted,
     Usage,
 )
+from .._text import TextJoiner, clean_data, clean_text
 from ._base import ToolSpec
-from ._http_common import PerRun, PriceTable, RetryPolicy, check_positive, guarded_stream, unavailable
+from ._http_common import (
+    PerRun,
+    PriceTable,
+    RetryPolicy,
+    check_positive,
+    checked_usage,
+    guarded_stream,
+    require_package,
+    seconds_or_none,
+    unavailable,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -96,12 +108,12 @@ class Ollama:
         prices: PriceTable | None = None,
         name: str = "ollama",
     ) -> None:
-        if not model:
+        if not model or not isinstance(model, str):
             raise InvalidOption("model", model, "a model name is required")
         check_positive("timeout", timeout)
         check_positive("connect_timeout", connect_timeout, allow_none=False)
-        if max_concurrency < 1:
-            raise InvalidOption("max_concurrency", max_concurrency, "must be at least 1")
+        check_number("max_concurrency", max_concurrency, integer=True, minimum=1)
+        require_package(name, "ollama", "ollama")
         self.name = name
         self.model = model
         self.host = _base_url(host or os.environ.get("OLLAMA_HOST") or "http://127.0.0.1:11434")
@@ -135,7 +147,7 @@ class Ollama:
         return httpx.AsyncClient(
             base_url=self.host,
             headers=headers | self.headers,
-            timeout=httpx.Timeout(self.timeout, connect=self.connect_timeout),
+            timeout=httpx.Timeout(seconds_or_none(self.timeout), connect=seconds_or_none(self.connect_timeout)),
             follow_redirects=True,
         )
 
@@ -168,6 +180,7 @@ class Ollama:
 
         client = self._client.get()
         text: list[str] = []
+        said, thought = TextJoiner(), TextJoiner()  # a surrogate pair may span two lines
         done = None
         payload = {k: v for k, v in request.items() if v is not None}
         async with client.stream("POST", "/api/chat", json=payload) as response:
@@ -180,23 +193,32 @@ class Ollama:
                         continue
                     raw = json.loads(line)
                     if isinstance(raw, dict) and raw.get("error"):
-                        raise ollama.ResponseError(str(raw["error"]))
+                        raise ollama.ResponseError(clean_text(str(raw["error"])))
                     part = ollama.ChatResponse.model_validate(raw)
                     message = part.message
-                    if message.thinking:
-                        yield ThinkingDelta(message.thinking)
-                    if message.content:
-                        text.append(message.content)
-                        yield TextDelta(message.content)
+                    if message.thinking and (piece := thought.push(message.thinking)):
+                        yield ThinkingDelta(piece)
+                    if message.content and (piece := said.push(message.content)):
+                        text.append(piece)
+                        yield TextDelta(piece)
                     for tool_call in message.tool_calls or ():
-                        call_id = getattr(tool_call, "id", None) or f"call_{uuid.uuid4().hex[:12]}"
+                        given_id = getattr(tool_call, "id", None)
+                        call_id = clean_text(given_id) if given_id else f"call_{uuid.uuid4().hex[:12]}"
                         function = tool_call.function
-                        yield ToolCallRequested(ToolCall(call_id, function.name, dict(function.arguments)))
+                        arguments = clean_data(dict(function.arguments))
+                        yield ToolCallRequested(ToolCall(call_id, clean_text(function.name), arguments))
                     if part.done:
                         done = part
         if done is None:
             raise ProviderProtocolError(self.name, "the stream ended without a done line", kind="protocol")
-        usage = Usage(input_tokens=done.prompt_eval_count or 0, output_tokens=done.eval_count or 0)
+        if piece := thought.flush():
+            yield ThinkingDelta(piece)
+        if piece := said.flush():
+            text.append(piece)
+            yield TextDelta(piece)
+        usage = checked_usage(
+            self.name, Usage(input_tokens=done.prompt_eval_count or 0, output_tokens=done.eval_count or 0)
+        )
         yield TurnCompleted(
             text="".join(text),
             finish_reason=FinishReason.STOP,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 import attrs
 import trio
 
+from .._config import check_number
 from .._errors import InvalidOption, ProviderError, ProviderProtocolError
 from .._events import (
     FinishReason,
@@ -35,8 +36,19 @@ from .._events import (
     TurnCompleted,
     Usage,
 )
+from .._text import TextJoiner, clean_data, clean_text
 from ._base import ToolSpec
-from ._http_common import PerRun, PriceTable, RetryPolicy, check_positive, guarded_stream, unavailable
+from ._http_common import (
+    PerRun,
+    PriceTable,
+    RetryPolicy,
+    check_positive,
+    checked_usage,
+    guarded_stream,
+    require_package,
+    seconds_or_none,
+    unavailable,
+)
 from ._ollama import attrs_spec
 
 if TYPE_CHECKING:
@@ -100,12 +112,12 @@ class OpenAICompatible:
         include_usage: bool = True,
         name: str = "openai",
     ) -> None:
-        if not model:
+        if not model or not isinstance(model, str):
             raise InvalidOption("model", model, "a model name is required")
         check_positive("timeout", timeout)
         check_positive("connect_timeout", connect_timeout, allow_none=False)
-        if max_concurrency < 1:
-            raise InvalidOption("max_concurrency", max_concurrency, "must be at least 1")
+        check_number("max_concurrency", max_concurrency, integer=True, minimum=1)
+        require_package(name, "openai", "openai")
         self.name = name
         self.model = model
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
@@ -137,7 +149,7 @@ class OpenAICompatible:
             api_key=self.api_key,
             base_url=self.base_url,
             default_headers=self.headers or None,
-            timeout=openai.Timeout(self.timeout, connect=self.connect_timeout),
+            timeout=openai.Timeout(seconds_or_none(self.timeout), connect=seconds_or_none(self.connect_timeout)),
             max_retries=0,
         )
 
@@ -171,6 +183,7 @@ class OpenAICompatible:
 
         client = self._client.get()
         text: list[str] = []
+        said, thought = TextJoiner(), TextJoiner()  # a surrogate pair may span two chunks
         calls: dict[int, _Fragments] = {}
         usage = Usage()
         finish: str | None = None
@@ -184,18 +197,21 @@ class OpenAICompatible:
                     if isinstance(raw, dict) and raw.get("error"):
                         error = raw["error"]
                         message = error.get("message") if isinstance(error, dict) else error
-                        raise ProviderError(self.name, str(message), kind="api_error")
+                        raise ProviderError(self.name, clean_text(str(message)), kind="api_error")
                     seen_events += 1
                     chunk = ChatCompletionChunk.model_validate(_lenient(raw))
                     served_model = chunk.model or served_model
                     if chunk.usage is not None:
                         details = chunk.usage.prompt_tokens_details
                         reasoning = chunk.usage.completion_tokens_details
-                        usage = Usage(
-                            input_tokens=chunk.usage.prompt_tokens,
-                            output_tokens=chunk.usage.completion_tokens,
-                            cache_read_tokens=(details.cached_tokens or 0) if details is not None else 0,
-                            reasoning_tokens=(reasoning.reasoning_tokens or 0) if reasoning is not None else 0,
+                        usage = checked_usage(
+                            self.name,
+                            Usage(
+                                input_tokens=chunk.usage.prompt_tokens,
+                                output_tokens=chunk.usage.completion_tokens,
+                                cache_read_tokens=(details.cached_tokens or 0) if details is not None else 0,
+                                reasoning_tokens=(reasoning.reasoning_tokens or 0) if reasoning is not None else 0,
+                            ),
                         )
                     for choice in chunk.choices or ():
                         delta = choice.delta
@@ -203,11 +219,11 @@ class OpenAICompatible:
                             finish = choice.finish_reason
                         extra = delta.model_extra or {}
                         thinking = extra.get("reasoning_content") or extra.get("reasoning")
-                        if isinstance(thinking, str) and thinking:
-                            yield ThinkingDelta(thinking)
-                        if delta.content:
-                            text.append(delta.content)
-                            yield TextDelta(delta.content)
+                        if isinstance(thinking, str) and (piece := thought.push(thinking)):
+                            yield ThinkingDelta(piece)
+                        if delta.content and (piece := said.push(delta.content)):
+                            text.append(piece)
+                            yield TextDelta(piece)
                         for fragment in delta.tool_calls or ():
                             acc = calls.setdefault(fragment.index, _Fragments())
                             acc.id = acc.id or fragment.id
@@ -218,6 +234,11 @@ class OpenAICompatible:
             raise ProviderProtocolError(
                 self.name, "the response has no chunks: is this a streaming chat completions endpoint?", kind="protocol"
             )
+        if piece := thought.flush():
+            yield ThinkingDelta(piece)
+        if piece := said.flush():
+            text.append(piece)
+            yield TextDelta(piece)
         for index in sorted(calls):
             yield ToolCallRequested(self._assemble(calls[index]))
         # the prompt's cached part is included in prompt_tokens: keep `input_tokens` new tokens only
@@ -248,7 +269,8 @@ class OpenAICompatible:
             )
         if not acc.name:
             raise ProviderProtocolError(self.name, "a tool call has no name", kind="protocol", detail=raw[:200])
-        return ToolCall(acc.id or f"call_{uuid.uuid4().hex[:12]}", acc.name, arguments)
+        call_id = clean_text(acc.id) if acc.id else f"call_{uuid.uuid4().hex[:12]}"
+        return ToolCall(call_id, clean_text(acc.name), clean_data(arguments))
 
     async def aclose(self) -> None:
         """Close this trio run's HTTP client (also done when the run ends).

@@ -31,6 +31,7 @@ from .._events import (
     TurnCompleted,
     Usage,
 )
+from .._text import TextJoiner, clean_data, clean_text
 from ._base import SessionContext, TurnRequest
 
 
@@ -242,24 +243,35 @@ class ScriptedSession:
             yield interrupted()
             return
         for i, tool in enumerate(reply.tools):
-            call = ToolCall(id=f"call_{request.turn}_{i}", name=tool.name, arguments=dict(tool.arguments))
+            call = ToolCall(
+                id=f"call_{request.turn}_{i}", name=clean_text(tool.name), arguments=clean_data(dict(tool.arguments))
+            )
             yield ToolCallRequested(call)
             yield MessageAdded(Message(role="assistant", tool_calls=(call,)))
             stop = await self._pause(tool.delay, reply)
-            result = ToolResult(tool_call_id=call.id, name=tool.name, content=tool.result, is_error=tool.is_error)
+            output = clean_text(tool.result)
+            result = ToolResult(tool_call_id=call.id, name=call.name, content=output, is_error=tool.is_error)
             yield ToolCallFinished(result)
-            yield MessageAdded(Message(role="tool", content=tool.result, tool_result=result))
+            yield MessageAdded(Message(role="tool", content=output, tool_result=result))
             if stop:
                 yield interrupted()
                 return
-        for n, piece in enumerate(reply.pieces()):
+        joiner = TextJoiner()  # scripted text is cleaned as a provider's is (sessions._text)
+        for n, raw in enumerate(reply.pieces()):
             if reply.crash_after is not None and n >= reply.crash_after:
                 raise ScriptedCrash(f"scripted crash in turn {request.turn} after {n} deltas")
             if n and await self._pause(reply.delta_delay, reply):
+                if piece := joiner.flush():
+                    said.append(piece)
+                    yield TextDelta(piece)
                 if said:
                     yield MessageAdded(Message(role="assistant", content="".join(said)))
                 yield interrupted()
                 return
+            if piece := joiner.push(raw):
+                said.append(piece)
+                yield TextDelta(piece)
+        if piece := joiner.flush():
             said.append(piece)
             yield TextDelta(piece)
         if reply.crash_after is not None:
@@ -277,7 +289,7 @@ class ScriptedSession:
             is_error=is_error or finish is not FinishReason.STOP,
             cost_usd=reply.cost_usd,
             usage=reply.usage,
-            error=reply.error,
+            error=clean_text(reply.error) if reply.error is not None else None,
             api_error_status=reply.api_error_status,
             model="scripted",
         )

@@ -261,6 +261,9 @@ class SqliteStore:
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        given: object = path  # typed callers cannot get this wrong; the check is for the rest
+        if not isinstance(given, str | os.PathLike) or isinstance(os.fspath(given), bytes):
+            raise InvalidOption("path", path, "expected a file path (a str or os.PathLike)")
         self.path = Path(path)
         if str(self.path) == ":memory:":
             raise InvalidOption("path", path, "an in-memory SQLite database is not durable; use InMemoryStore")

@@ -566,7 +566,7 @@ class TestConfiguration:
             ({"provider": ScriptedProvider(), "store": "agents.db"}, "store"),
             ({"provider": ScriptedProvider(), "query_opts": ["model"]}, "query_opts"),
             ({"provider": ScriptedProvider(), "session_id": ""}, "session_id"),
-            ({"provider": ScriptedProvider(), "colour": "blue"}, "options"),
+            ({"provider": ScriptedProvider(), "colour": "blue"}, "colour"),
         ],
     )
     def test_bad_options_are_refused_early(self, options: dict[str, Any], option: str) -> None:

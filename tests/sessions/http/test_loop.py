@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+import structlog
 import trio
 from sessions_fake_llm import (
     Reply,
@@ -345,3 +347,181 @@ def test_public_names_of_this_part_claim_sessions_and_have_examples() -> None:
         obj = getattr(sessions, name)
         assert obj.__module__ == "sessions", name
         assert "Example::" in (obj.__doc__ or ""), name
+
+
+# --- issue 15 items 3, 7, 10; issue 17 items 4, 5 ------------------------------------------------
+
+
+async def test_model_call_costs_add_up_exactly(tmp_path: Path) -> None:
+    """Three calls of $0.4 cost $1.2 (as floats they would sum to 1.2000000000000002)."""
+    prices = sessions.PriceTable({"m": sessions.Price(input_per_mtok=40_000.0)})  # 10 tokens: $0.4
+    script = [ollama_tools(("list", {"path": "."})), ollama_tools(("list", {"path": "."})), ollama_text("done")]
+    async with serve(script) as server:
+        loop = sessions.AgentLoop(sessions.Ollama("m", host=server.url, prices=prices))
+        events = await run_turn(loop, cwd=tmp_path)
+    done = final(events)
+    assert done.num_turns == 3
+    assert done.cost_usd == 1.2
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1, "1", True, [1], 2.5], ids=repr)
+@pytest.mark.parametrize(
+    "option", ["max_iterations", "max_failed_repeats", "max_parallel_tools", "max_tool_output", "max_context_chars"]
+)
+def test_every_count_of_the_loop_is_an_int_in_range(option: str, value: Any) -> None:
+    with pytest.raises(sessions.InvalidOption) as info:
+        sessions.AgentLoop(sessions.Ollama("m"), **{option: value})
+    assert info.value.option == option
+
+
+@pytest.mark.parametrize("value", [math.nan, -1, "1", True, [1], 0], ids=repr)
+def test_tool_timeout_is_seconds(value: Any) -> None:
+    with pytest.raises(sessions.InvalidOption) as info:
+        sessions.AgentLoop(sessions.Ollama("m"), tool_timeout=value)
+    assert info.value.option == "tool_timeout"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_iterations": "many"},
+        {"max_iterations": [3]},
+        {"max_iterations": math.nan},
+        {"max_budget_usd": "lots"},
+        {"max_budget_usd": math.nan},
+        {"max_budget_usd": -1},
+    ],
+    ids=repr,
+)
+async def test_a_bad_turn_option_ends_the_turn_with_a_typed_error(options: dict[str, Any], tmp_path: Path) -> None:
+    async with serve([]) as server:
+        loop = sessions.AgentLoop(sessions.Ollama("m", host=server.url))
+        events = await run_turn(loop, cwd=tmp_path, **options)
+    done = final(events)
+    assert done.finish_reason is FinishReason.DURING_EXECUTION
+    assert next(iter(options)) in (done.error or "")
+    assert server.requests == []
+
+
+async def test_an_infinite_turn_budget_is_no_limit(tmp_path: Path) -> None:
+    prices = sessions.PriceTable({"m": sessions.Price(input_per_mtok=1e6)})
+    async with serve([ollama_tools(("list", {"path": "."})), ollama_text("done")]) as server:
+        loop = sessions.AgentLoop(sessions.Ollama("m", host=server.url, prices=prices))
+        done = final(await run_turn(loop, cwd=tmp_path, max_budget_usd=math.inf))
+    assert done.finish_reason is FinishReason.STOP
+
+
+class CostModel:
+    """A ModelProvider that reports the given costs, one per call."""
+
+    name = "costs"
+
+    def __init__(self, *costs: Any) -> None:
+        self.costs = list(costs)
+
+    async def chat(self, messages: Any, tools: Any, options: Any) -> Any:
+        cost = self.costs.pop(0)
+        calls = [sessions.ToolCall(f"c{len(self.costs)}", "list", {})] if self.costs else []
+        for call in calls:
+            yield ToolCallRequested(call)
+        yield TurnCompleted(text="ok", finish_reason=FinishReason.STOP, cost_usd=cost)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("cost", [math.nan, math.inf, "1"], ids=repr)
+async def test_a_cost_that_cannot_be_added_ends_the_turn(cost: Any, tmp_path: Path) -> None:
+    """A NaN cost would switch the budget off: the turn ends with a provider error."""
+    loop = sessions.AgentLoop(CostModel(0.1, cost, 0.1))
+    done = final(await run_turn(loop, cwd=tmp_path, max_budget_usd=1.0))
+    assert done.finish_reason is FinishReason.PROVIDER_ERROR
+    assert done.cost_usd == 0.1
+
+
+async def test_a_negative_cost_counts_as_zero_and_the_budget_binds(tmp_path: Path) -> None:
+    loop = sessions.AgentLoop(CostModel(0.6, -100.0, 0.6, 0.1))
+    done = final(await run_turn(loop, cwd=tmp_path, max_budget_usd=1.0))
+    assert done.finish_reason is FinishReason.MAX_BUDGET
+    assert done.cost_usd == 1.2
+
+
+async def test_a_turn_that_ends_in_a_provider_error_is_logged_at_warning(tmp_path: Path, autojump_clock: Any) -> None:
+    """After its retries, the failure is a WARNING (seen with default logging); retry delays are rounded."""
+    policy = sessions.RetryPolicy(max_attempts=3, base_delay=0.3, max_delay=1.0)
+    async with serve([error_reply(503, "down")] * 3) as server:
+        loop = sessions.AgentLoop(sessions.Ollama("m", host=server.url, retry=policy))
+        with structlog.testing.capture_logs() as logs:
+            done = final(await run_turn(loop, cwd=tmp_path))
+    assert done.finish_reason is FinishReason.PROVIDER_ERROR
+    [failed] = [e for e in logs if e["event"] == "model_call_failed"]
+    assert failed["log_level"] == "warning"
+    assert failed["kind"] == "server_error"
+    retries = [e for e in logs if e["event"] == "provider_retry"]
+    assert len(retries) == 2
+    assert all(e["delay"] == round(e["delay"], 3) for e in retries)
+
+
+async def test_text_from_any_model_and_tools_is_cleaned(tmp_path: Path) -> None:
+    """A ModelProvider's split pair is joined, a lone half replaced; a tool's output too."""
+
+    class Splitter:
+        name = "splitter"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def chat(self, messages: Any, tools: Any, options: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                yield ToolCallRequested(sessions.ToolCall("c1", "odd", {"x": "\ud83d"}))
+                yield TurnCompleted(text="", finish_reason=FinishReason.STOP)
+                return
+            for piece in ("a\ud83d", "\ude00b\ud83d"):
+                yield TextDelta(piece)
+            yield TurnCompleted(text="", finish_reason=FinishReason.STOP)
+
+        async def aclose(self) -> None:
+            pass
+
+    seen: list[Any] = []
+
+    async def odd(x: str) -> str:
+        """Echo with a broken byte."""
+        seen.append(x)
+        return "out\udce9"
+
+    loop = sessions.AgentLoop(Splitter(), tools=[odd], permission_mode="bypass")
+    events = await run_turn(loop, cwd=tmp_path)
+    assert seen == ["\ufffd"]
+    [result] = [e.result for e in events if isinstance(e, ToolCallFinished)]
+    assert result.content == "out\ufffd"
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["a", "\U0001f600b", "\ufffd"]
+    assert final(events).text == "a\U0001f600b\ufffd"
+
+
+def test_for_model_folds_notes_and_keeps_roles_alternating() -> None:
+    from sessions._loop import for_model
+
+    note = "Turn 2 was interrupted (the session's server exited during the turn); it was not retried."
+    transcript = [
+        Message("system", "Be brief."),
+        Message("user", "one"),
+        Message("assistant", "answer one"),
+        Message("user", "two"),  # killed before any answer
+        Message("system", note),
+        Message("user", "three"),
+        Message("assistant", "half"),  # interrupted mid-answer
+        Message("system", "Turn 3 was interrupted (interrupted); it was not retried."),
+        Message("user", "four"),
+    ]
+    sent = for_model(transcript)
+    assert [(m.role, m.content) for m in sent] == [
+        ("system", "Be brief."),
+        ("user", "one"),
+        ("assistant", "answer one"),
+        ("user", f"two\n\n[{note}]\n\nthree"),
+        ("assistant", "half"),
+        ("user", "[Turn 3 was interrupted (interrupted); it was not retried.]\n\nfour"),
+    ]
+    assert for_model([Message("user", "a"), Message("system", "n")]) == [Message("user", "a\n\n[n]")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 from typing import Any
 
 import pytest
@@ -318,3 +320,70 @@ def test_aclose_outside_a_run_is_harmless() -> None:
     import asyncio
 
     asyncio.run(sessions.OpenAICompatible("m").aclose())
+
+
+# --- what a server sends is data (issue 15, items 3 and 7) -----------------------------------------
+
+
+def content_line(raw: str) -> bytes:
+    """An NDJSON line whose content is written raw (so "\\ud83d" is an escape on the wire)."""
+    head = '{"model": "m", "created_at": "2026-12-06T00:00:00Z", "message": {"role": "assistant", "content": "'
+    return (head + raw + '"}, "done": false}\n').encode()
+
+
+async def test_a_surrogate_pair_split_across_lines_is_joined_and_a_lone_one_replaced() -> None:
+    from sessions_fake_llm import ollama_done
+
+    script = [ollama_lines(content_line("hi \\ud83d"), content_line("\\ude00 and \\ud83d"), ollama_done())]
+    async with serve(script) as server:
+        events = await collect(sessions.Ollama("m", host=server.url))
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["hi ", "\U0001f600 and ", "\ufffd"]
+    assert events[-1].text == "hi \U0001f600 and \ufffd"
+
+
+async def test_negative_token_counts_count_as_zero() -> None:
+    from sessions_fake_llm import ollama_done
+
+    prices = sessions.PriceTable({"m": sessions.Price(input_per_mtok=1.0, output_per_mtok=1.0)})
+    script = [ollama_lines(content_line("hi"), ollama_done(prompt_tokens=-(10**9), eval_tokens=5))]
+    async with serve(script) as server:
+        events = await collect(sessions.Ollama("m", host=server.url, prices=prices))
+    assert events[-1].usage == sessions.Usage(input_tokens=0, output_tokens=5)
+    assert events[-1].cost_usd == pytest.approx(5 / 1_000_000)
+
+
+async def test_a_nan_token_count_is_a_protocol_error() -> None:
+    done = (
+        b'{"model": "m", "created_at": "2026-12-06T00:00:00Z", "message": {"role": "assistant", "content": ""}, '
+        b'"done": true, "prompt_eval_count": NaN, "eval_count": 1}\n'
+    )
+    async with serve([ollama_lines(content_line("hi"), done)]) as server:
+        with pytest.raises(sessions.ProviderProtocolError):
+            await collect(sessions.Ollama("m", host=server.url))
+
+
+@pytest.mark.parametrize("retry_after", ["nan", "inf", "-5", "soon"])
+async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(retry_after: str, autojump_clock: Any) -> None:
+    script = [error_reply(429, "busy", retry_after=retry_after), ollama_text("ok")]
+    async with serve(script) as server:
+        events = await collect(sessions.Ollama("m", host=server.url, retry=FAST_RETRY))
+    assert events[-1].text == "ok"
+
+
+def test_without_the_extra_construction_fails_with_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ollama", None)
+    with pytest.raises(sessions.ProviderUnavailable) as info:
+        sessions.Ollama("m")
+    assert info.value.kind == "missing_package"
+    assert "pip install" in str(info.value)
+    assert "[ollama]" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("timeout", math.nan), ("connect_timeout", math.nan), ("max_concurrency", math.nan), ("max_concurrency", "4")],
+)
+def test_numbers_are_checked_nan_included(option: str, value: Any) -> None:
+    with pytest.raises(sessions.InvalidOption) as info:
+        sessions.Ollama(**{"model": "m", option: value})
+    assert info.value.option == option

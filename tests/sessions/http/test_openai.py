@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import sys
 from typing import Any
 
 import pytest
+import structlog
 import trio
 from sessions_fake_llm import (
     Reply,
@@ -260,3 +263,188 @@ async def test_a_response_that_is_not_a_stream_is_a_protocol_error() -> None:
     async with serve([Reply(chunks=(json.dumps(body).encode(),))]) as server:
         with pytest.raises(sessions.ProviderProtocolError, match="no chunks"):
             await collect(provider(server))
+
+
+# --- what a server sends is data: Retry-After, token counts, text (issue 15, items 3 and 7) -------
+
+
+@pytest.mark.parametrize("retry_after", ["nan", "inf", "-inf", "-5", "soon", "1e400", ""])
+async def test_a_retry_after_that_is_no_number_of_seconds_is_ignored(retry_after: str, autojump_clock: Any) -> None:
+    """The policy's own backoff applies (within max_delay); the retry happens and succeeds."""
+    script = [error_reply(429, "later", retry_after=retry_after, openai=True), openai_text("ok")]
+    policy = sessions.RetryPolicy(base_delay=0.5, max_delay=2.0)
+    async with serve(script) as server:
+        start = trio.current_time()
+        events = await collect(provider(server, retry=policy))
+        assert trio.current_time() - start <= 0.5  # base_delay * 2**0: the header was not used
+    assert events[-1].text == "ok"
+    assert len(server.requests) == 2
+
+
+async def test_a_huge_retry_after_is_capped(autojump_clock: Any) -> None:
+    script = [error_reply(503, "later", retry_after="1e300", openai=True), openai_text("ok")]
+    async with serve(script) as server:
+        start = trio.current_time()
+        events = await collect(provider(server, retry=sessions.RetryPolicy(max_delay=2.0)))
+        assert trio.current_time() - start == pytest.approx(2.0)
+    assert events[-1].text == "ok"
+
+
+def test_retry_delay_ignores_values_that_are_no_seconds() -> None:
+    policy = sessions.RetryPolicy(base_delay=1.0, max_delay=4.0)
+    for value in (math.nan, math.inf, -math.inf, -5.0):
+        assert 0 <= policy.delay(0, retry_after=value) <= 1.0
+    assert policy.delay(0, retry_after=3.0) == 3.0
+    assert policy.delay(0, retry_after=0.0) == 0.0
+    assert 0 <= policy.delay(10_000) <= 4.0  # no OverflowError for a late attempt
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("timeout", math.nan),
+        ("timeout", "30"),
+        ("timeout", True),
+        ("timeout", 0),
+        ("connect_timeout", math.nan),
+        ("connect_timeout", -1),
+        ("max_concurrency", math.nan),
+        ("max_concurrency", "2"),
+        ("max_concurrency", 2.5),
+        ("max_concurrency", True),
+        ("model", 42),
+    ],
+)
+def test_provider_options_are_checked(option: str, value: Any) -> None:
+    with pytest.raises(sessions.InvalidOption) as info:
+        sessions.OpenAICompatible(**{"model": "m", option: value})
+    assert info.value.option == option
+
+
+def test_an_infinite_timeout_is_no_limit() -> None:
+    model = sessions.OpenAICompatible("m", timeout=math.inf)
+    assert model.timeout == math.inf
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "option"),
+    [
+        ({"max_attempts": math.nan}, "max_attempts"),
+        ({"max_attempts": 1.5}, "max_attempts"),
+        ({"base_delay": math.nan}, "base_delay"),
+        ({"base_delay": math.inf}, "base_delay"),
+        ({"max_delay": math.nan}, "max_delay"),
+        ({"max_delay": -1}, "max_delay"),
+        ({"max_delay": "8"}, "max_delay"),
+    ],
+)
+def test_retry_policy_numbers_are_checked(kwargs: dict[str, Any], option: str) -> None:
+    with pytest.raises(sessions.InvalidOption) as info:
+        sessions.RetryPolicy(**kwargs)
+    assert info.value.option == option
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -0.5, "1"], ids=repr)
+def test_prices_must_be_finite_and_not_negative(value: Any) -> None:
+    with pytest.raises(sessions.InvalidOption):
+        sessions.Price(input_per_mtok=value)
+
+
+def usage_reply(prompt_tokens: Any, completion_tokens: Any) -> Reply:
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": 0}
+    last = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], "usage": usage}
+    return openai_events(sse(_chunk({"content": "hi"})), sse(_chunk({}, "stop")), sse(last), sse("[DONE]"))
+
+
+PRICES = sessions.PriceTable({"m": sessions.Price(input_per_mtok=1.0, output_per_mtok=1.0)})
+
+
+async def test_negative_token_counts_count_as_zero_and_are_logged() -> None:
+    """A negative count would give a negative cost: it is 0, logged at WARNING."""
+    async with serve([usage_reply(-1_000_000, 20)]) as server:
+        with structlog.testing.capture_logs() as logs:
+            events = await collect(provider(server, prices=PRICES))
+    done = events[-1]
+    assert done.usage.input_tokens == 0
+    assert done.usage.output_tokens == 20
+    assert done.cost_usd == pytest.approx(20 / 1_000_000)
+    warnings = [e for e in logs if e["event"] == "token_count_out_of_range"]
+    assert [(w["log_level"], w["field"], w["value"]) for w in warnings] == [("warning", "input_tokens", "-1000000")]
+
+
+async def test_a_huge_token_count_is_clamped_and_its_cost_stays_a_number() -> None:
+    async with serve([usage_reply(10**400, 1)]) as server:
+        events = await collect(provider(server, prices=PRICES))
+    done = events[-1]
+    assert done.usage.input_tokens == 2**53
+    assert math.isfinite(done.cost_usd)
+    assert done.cost_usd > 1e9
+
+
+@pytest.mark.parametrize("tokens", ["NaN", "Infinity", '"many"', "1.5"])
+async def test_token_counts_that_are_no_integers_are_a_protocol_error(tokens: str) -> None:
+    usage = f'{{"prompt_tokens": {tokens}, "completion_tokens": 1, "total_tokens": 1}}'
+    last = (
+        f'{{"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], "usage": {usage}}}'
+    )
+    script = [openai_events(sse(_chunk({"content": "hi"})), sse(last), sse("[DONE]"))]
+    async with serve(script) as server:
+        with pytest.raises(sessions.ProviderProtocolError):
+            await collect(provider(server, prices=PRICES))
+
+
+CHUNK_HEAD = '{"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, '
+
+
+def raw_content(*pieces: str) -> Reply:
+    """Content deltas written as raw JSON (so that "\\ud83d" reaches the wire as an escape)."""
+    chunks = (sse(CHUNK_HEAD + '"delta": {"content": "' + p + '"}, "finish_reason": null}]}') for p in pieces)
+    return openai_events(*chunks, sse(_chunk({}, "stop")), openai_usage(), sse("[DONE]"))
+
+
+async def test_a_surrogate_pair_split_across_chunks_is_joined() -> None:
+    """ "\\ud83d" in one chunk and "\\ude00" in the next are one emoji, streamed whole."""
+    async with serve([raw_content("smile \\ud83d", "\\ude00!")]) as server:
+        events = await collect(provider(server))
+    deltas = [e.text for e in events if isinstance(e, TextDelta)]
+    assert deltas == ["smile ", "\U0001f600!"]
+    assert events[-1].text == "smile \U0001f600!"
+    assert events[-1].text.encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("pieces", "text"),
+    [
+        (("a\\ud83d", "b"), "a\ufffdb"),
+        (("a\\ud83d",), "a\ufffd"),
+        (("\\ude00a",), "\ufffda"),
+        (("\\ud83d\\ud83d", "\\ude00"), "\ufffd\U0001f600"),
+    ],
+)
+async def test_a_surrogate_without_its_pair_becomes_the_replacement_character(
+    pieces: tuple[str, ...], text: str
+) -> None:
+    async with serve([raw_content(*pieces)]) as server:
+        events = await collect(provider(server))
+    assert events[-1].text == text
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == text
+
+
+async def test_lone_surrogates_in_tool_calls_are_replaced() -> None:
+    arguments = json.dumps(json.dumps({"text": "\ud83d!"}))  # the escape survives both encodings
+    call = '{"index": 0, "id": "c1", "type": "function", "function": {"name": "write", "arguments": ' + arguments
+    chunk = CHUNK_HEAD + '"delta": {"tool_calls": [' + call + "}}]}, " + '"finish_reason": null}]}'
+    async with serve([openai_events(sse(chunk), sse(_chunk({}, "tool_calls")), sse("[DONE]"))]) as server:
+        events = await collect(provider(server))
+    [requested] = [e.call for e in events if isinstance(e, ToolCallRequested)]
+    assert requested.arguments == {"text": "\ufffd!"}
+
+
+def test_without_the_extra_construction_fails_with_the_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No turn ever returns an empty error Result for a missing package: the constructor says so."""
+    monkeypatch.setitem(sys.modules, "openai", None)
+    with pytest.raises(sessions.ProviderUnavailable) as info:
+        sessions.OpenAICompatible("m")
+    assert info.value.kind == "missing_package"
+    assert "pip install" in str(info.value)
+    assert "[openai]" in str(info.value)

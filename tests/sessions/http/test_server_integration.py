@@ -7,6 +7,7 @@ tests/sessions/conftest.py).
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,8 @@ def turn_of(seen: Seen) -> tuple[str, int]:
     messages = seen.body["messages"]
     last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
     done_calls = sum(1 for m in messages[last_user:] if m["role"] == "assistant")
-    return messages[last_user]["content"], done_calls
+    # after an interrupted turn, a note in brackets heads the prompt: the prompt is what follows it
+    return messages[last_user]["content"].rsplit("]\n\n", 1)[-1], done_calls
 
 
 async def send_in_background(nursery: trio.Nursery, name: str, prompt: str, outcomes: list[Any]) -> None:
@@ -90,14 +92,17 @@ async def test_killed_mid_loop_restarts_and_continues_with_its_transcript(
 
     # the model saw the whole transcript, turn 2's tool round included, read back from SQLite
     sent = server.requests[-1].body["messages"]
+    # the interruption note is no system message in the middle (chat templates refuse
+    # that): it heads the next user message, in brackets (issue 17, item 5)
     assert [m["role"] for m in sent] == [
-        "user", "assistant", "tool", "assistant", "user", "assistant", "tool", "system", "user"
+        "user", "assistant", "tool", "assistant", "user", "assistant", "tool", "user"
     ]  # fmt: skip
     contents = [m["content"] for m in sent]
-    assert (contents[0], contents[3], contents[4], contents[8]) == ("one", "answer one", "two", "three")
+    assert (contents[0], contents[3], contents[4]) == ("one", "answer one", "two")
     assert "a.txt" in contents[2]
     assert contents[6] == "     1\talpha"
-    assert contents[7].startswith("Turn 2 was interrupted")
+    note = "[Turn 2 was interrupted (the session's server exited during the turn); it was not retried.]"
+    assert contents[7] == f"{note}\n\nthree"
     assert sent[5]["tool_calls"] == [{"function": {"name": "read", "arguments": {"path": "a.txt"}}}]
     assert len(server.requests) == 5  # turn 2 was not retried
     await store.aclose()
@@ -172,3 +177,44 @@ async def test_interrupt_mid_loop_through_the_server(
         await model.aclose()
     sent = server.requests[-1].body["messages"]
     assert [m["role"] for m in sent][:3] == ["user", "assistant", "tool"]
+
+
+async def test_after_a_kill_the_openai_server_gets_alternating_roles(
+    tmp_path: Path, supervised: Start, nursery: trio.Nursery
+) -> None:
+    """Issue 17, item 5: one leading system message, then user and assistant in turn, though
+    the transcript holds an interruption note and a prompt that never got an answer."""
+    from sessions_fake_llm import openai_text
+
+    def script(seen: Seen) -> Reply:
+        prompt, _ = turn_of(seen)
+        if prompt == "two":
+            return Reply(hang_before_headers=True)  # killed before the model answered
+        return openai_text(f"answer {prompt}")
+
+    async with serve(script) as server:
+        model = sessions.OpenAICompatible("m", base_url=server.url + "/v1")
+        loop = sessions.AgentLoop(model, system_prompt="Be brief.", cwd=tmp_path)
+        await supervised(name="agent", provider=loop, store=sessions.InMemoryStore())
+        assert (await SessionServer.send_message("agent", "one")).text == "answer one"
+        outcomes: list[Any] = []
+        await send_in_background(nursery, "agent", "two", outcomes)
+        with trio.fail_after(10):
+            await wait_until(lambda: len(server.requests) == 2 and server.in_flight == 1)
+        old = otpy.whereis("agent")
+        assert old is not None
+        otpy.exit(old, "kill")
+        with trio.fail_after(10):
+            await wait_until(lambda: otpy.whereis("agent") not in (None, old) and bool(outcomes))
+        assert (await SessionServer.send_message("agent", "three")).text == "answer three"
+        transcript = await SessionServer.messages("agent")
+        await model.aclose()
+    assert [m.role for m in transcript] == ["user", "assistant", "user", "system", "user", "assistant"]
+    sent = server.requests[-1].body["messages"]
+    roles = [m["role"] for m in sent]
+    assert roles == ["system", "user", "assistant", "user"]
+    assert sum(r == "system" for r in roles) == 1
+    assert all(a != b for a, b in itertools.pairwise(roles))
+    assert sent[0]["content"] == "Be brief."
+    note = "[Turn 2 was interrupted (the session's server exited during the turn); it was not retried.]"
+    assert sent[3]["content"] == f"two\n\n{note}\n\nthree"
