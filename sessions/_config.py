@@ -144,7 +144,7 @@ def make_config(options: dict[str, Any]) -> _Config:
             hint = f"did you mean {close[0]!r}?" if close else f"the options are {', '.join(known)}"
             raise InvalidOption(name, options[name], f"not a SessionServer option; {hint}")
     for name in sorted(_REQUIRED - set(options)):
-        raise InvalidOption(name, None, "missing: this option is required")
+        raise InvalidOption(name, None, "is required and missing (a Provider, or a ModelProvider such as Ollama)")
     return _Config(**options)
 
 
