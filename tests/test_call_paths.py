@@ -152,6 +152,27 @@ class TestNothingPinned:
             await otpy.call(pid, Payload(), timeout=math.inf)
         assert await otpy.call(pid, "pending") == 0
 
+    async def test_answered_deferred_calls_are_released(self, nursery: trio.Nursery) -> None:
+        """Deferred calls answered with otpy.reply leave the pending set and let go of their requests."""
+        pid = await Deferring.start_link(nursery=nursery)
+        refs: list[weakref.ref[Payload]] = []
+        replies: list[object] = []
+
+        async def caller() -> None:
+            request = Payload()
+            refs.append(weakref.ref(request))
+            replies.append(await otpy.call(pid, request, timeout=math.inf))
+
+        async with trio.open_nursery() as callers:
+            for _ in range(20):
+                callers.start_soon(caller)
+            await trio.testing.wait_all_tasks_blocked()
+            assert await otpy.call(pid, "pending") == 20
+            otpy.cast(pid, "flush")
+        assert replies == ["late"] * 20
+        assert await otpy.call(pid, "pending") == 0  # answered calls left the pending set
+        assert alive(refs) == 0  # and nothing in the server holds their requests
+
     async def test_answered_calls_release_request_and_reply(self, nursery: trio.Nursery) -> None:
         """Answered calls with a long timeout do not keep their requests or replies alive."""
 
