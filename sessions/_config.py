@@ -67,6 +67,7 @@ def check_turn_options(where: str, options: Mapping[str, Any]) -> None:
     for key, value in options.items():
         if not isinstance(key, str):
             raise InvalidOption(where, key, "option names must be str")
+        check_text(where, key)
         if value is None:
             continue
         if key in TURN_OPTIONS:

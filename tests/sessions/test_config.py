@@ -309,3 +309,55 @@ def test_a_sqlite_store_path_that_is_no_path_is_an_invalid_option(path: Any) -> 
     with pytest.raises(sessions.InvalidOption) as info:
         sessions.SqliteStore(path)
     assert info.value.option == "path"
+
+
+# --- the edges of each range (a check weakened by one character fails one of these) -------------
+
+
+@pytest.mark.parametrize("option", sorted(NUMERIC_OPTIONS))
+def test_zero_is_in_range_for_every_numeric_option(option: str) -> None:
+    spec(**{option: 0})
+    if NUMERIC_OPTIONS[option]:
+        spec(**{option: 0.0})
+    else:
+        with pytest.raises(sessions.InvalidOption):
+            spec(**{option: 0.0})  # a count is an int
+
+
+async def test_the_smallest_turn_options_pass(supervised: Any) -> None:
+    await supervised(name="a", provider=ScriptedProvider())
+    result = await SessionServer.send_message("a", "hi", max_iterations=1, max_turns=1, max_budget_usd=0)
+    assert result.text == "You said: hi"
+    with pytest.raises(sessions.InvalidOption):
+        await SessionServer.send_message("a", "hi", max_turns=0)
+
+
+def test_token_counts_at_the_edges() -> None:
+    from sessions._providers._http_common import MAX_TOKENS, checked_usage
+
+    edge = sessions.Usage(input_tokens=0, output_tokens=MAX_TOKENS)
+    assert checked_usage("p", edge) is edge
+    over = checked_usage("p", sessions.Usage(input_tokens=-1, output_tokens=MAX_TOKENS + 1))
+    assert (over.input_tokens, over.output_tokens) == (0, MAX_TOKENS)
+
+
+def test_a_retry_after_of_zero_is_used() -> None:
+    from sessions._providers._http_common import retry_after_of
+
+    class Failed(Exception):
+        def __init__(self, value: str) -> None:
+            self.response = type("Response", (), {"headers": {"retry-after": value}})()
+
+    assert retry_after_of(Failed("0")) == 0.0
+    assert retry_after_of(Failed("-0.001")) is None
+    assert retry_after_of(Failed("nan")) is None
+    assert retry_after_of(Failed("inf")) is None
+    assert sessions.RetryPolicy(max_delay=0).delay(3) == 0.0
+    assert sessions.Price(0.0).cost(sessions.Usage(10)) == 0.0
+
+
+async def test_an_override_named_with_a_lone_surrogate_is_refused(supervised: Any) -> None:
+    await supervised(name="a", provider=ScriptedProvider())
+    with pytest.raises(sessions.InvalidOption) as info:
+        await SessionServer.send_message("a", "hi", **{"x\ud83d": 1})
+    assert info.value.option == "overrides"
