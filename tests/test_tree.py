@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -321,17 +320,18 @@ def test_public_names_claim_the_otpy_module() -> None:
 
 
 def test_live_tree_example_runs() -> None:
-    """examples/live_tree.py reprints the tree while children restart, then exits 0 within 4 s."""
-    start = time.monotonic()
+    """examples/live_tree.py reprints the tree while children restart, then stops it and exits 0.
+
+    How long it takes is measured by bench/programs.py, not here.
+    """
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "live_tree.py")],
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=30,  # a hang guard, not a speed check: a hung program fails here with TimeoutExpired
         check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
-    elapsed = time.monotonic() - start
     assert result.returncode == 0, result.stderr
     out = result.stdout
     frames = re.findall(r"^--- t=(\d+\.\d)s ---$", out, flags=re.MULTILINE)
@@ -342,4 +342,3 @@ def test_live_tree_example_runs() -> None:
     assert re.search(r"│   ├── db .* restarts [1-9]", out)
     assert re.search(r"    [├└]── #\d+ +worker +Task job +running", out)
     assert out.rstrip().endswith("tree stopped")
-    assert elapsed < 6  # about 3.3 s; generous for slow machines
