@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import trio
 from sessions_fake_llm import Reply, Seen, ollama_text, ollama_tools, serve
 
@@ -218,3 +219,49 @@ async def test_after_a_kill_the_openai_server_gets_alternating_roles(
     assert sent[0]["content"] == "Be brief."
     note = "[Turn 2 was interrupted (the session's server exited during the turn); it was not retried.]"
     assert sent[3]["content"] == f"two\n\n{note}\n\nthree"
+
+
+async def test_garbage_numbers_from_the_server_leave_the_session_alive_and_the_budget_binding(
+    tmp_path: Path, supervised: Start, autojump_clock: Any
+) -> None:
+    """Issue 15, item 7: Retry-After nan/inf/-5/soon, negative and NaN token counts, through a session."""
+    from sessions_fake_llm import _chunk, error_reply, openai_events, openai_text, sse
+
+    def usage(prompt_tokens: str) -> Reply:
+        last = (
+            '{"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [], '
+            f'"usage": {{"prompt_tokens": {prompt_tokens}, "completion_tokens": 100000, "total_tokens": 0}}}}'
+        )
+        return openai_events(sse(_chunk({"content": "hi"})), sse(_chunk({}, "stop")), sse(last), sse("[DONE]"))
+
+    script = [
+        error_reply(429, "slow down", retry_after="nan", openai=True),
+        usage("-1000000000"),  # turn 1: a negative count is 0; 100000 output tokens cost $0.4
+        error_reply(503, "later", retry_after="inf", openai=True),
+        error_reply(503, "later", retry_after="-5", openai=True),
+        usage("NaN"),  # turn 2: not a count: a protocol error Result, cost 0
+        error_reply(429, "later", retry_after="soon", openai=True),
+        usage("-1"),  # turn 3: $0.4 again
+        openai_text("x", completion_tokens=100000),  # turn 4: $0.4, the session now at $1.2
+    ]
+    prices = sessions.PriceTable({"m": sessions.Price(output_per_mtok=4.0)})
+    async with serve(script) as server:
+        model = sessions.OpenAICompatible(
+            "m", base_url=server.url + "/v1", prices=prices, retry=sessions.RetryPolicy(max_attempts=3, max_delay=1.0)
+        )
+        await supervised(name="agent", provider=model, cwd=str(tmp_path), max_cost_usd=1.0)
+        pid = otpy.whereis("agent")
+        first = await SessionServer.send_message("agent", "one")
+        assert (first.finish_reason, first.cost_usd, first.usage.input_tokens) == (FinishReason.STOP, 0.4, 0)
+        second = await SessionServer.send_message("agent", "two")
+        assert second.finish_reason is FinishReason.PROVIDER_ERROR
+        assert "ProviderProtocolError" in (second.error or "")
+        assert second.cost_usd == 0.0
+        assert (await SessionServer.send_message("agent", "three")).cost_usd == 0.4
+        assert (await SessionServer.send_message("agent", "four")).cost_usd == 0.4
+        assert await SessionServer.total_cost("agent") == 1.2
+        with pytest.raises(sessions.BudgetExceeded):
+            await SessionServer.send_message("agent", "five")
+        assert otpy.whereis("agent") is pid
+        await model.aclose()
+    assert len(server.requests) == len(script)
