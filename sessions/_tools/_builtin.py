@@ -1,16 +1,26 @@
 """The built-in tools, each confined to the session's ``cwd``: ``read``, ``write``, ``edit``,
 ``list``, ``glob``, ``grep`` and ``bash``.
 
-Confinement resolves every path (``os.path.realpath``: ``..``, absolute paths and
-symlinks all resolved) and refuses one that does not land inside the real ``cwd``;
-``glob`` and ``grep`` skip entries that resolve outside it. ``bash`` is not confined by
-the file system (it is a shell): it starts in ``cwd``, in its own process group
-(``start_new_session``), and the whole group is killed when it ends, times out or is
-cancelled, so no process it started survives the call (a process that calls ``setsid``
-itself escapes any process group; use an OS sandbox for untrusted commands).
+Confinement is checked twice. First `confine` resolves the path (``os.path.realpath``:
+``..``, absolute paths and symlinks all resolved) and refuses, with a clear message, one
+that does not land inside the real ``cwd``. Then the resolved path is opened from a
+descriptor of ``cwd``, component by component, never following a symbolic link
+(``_files.py``): a directory swapped for a link after the check makes the open fail, so
+no race can take a tool outside ``cwd``. ``glob`` and ``grep`` walk the tree the same way
+and neither follow nor report links.
 
-File I/O is done inline: these are small local files, and a worker thread per read
-would cost more than the read.
+The file tools run in a worker thread, abandoned when the call is cancelled (a
+``tool_timeout``, an interrupt) and told to stop: what they cost depends on the model's
+input (a tree to walk, a file to scan), and nothing of that kind may hold the trio thread.
+``grep`` matches with RE2 (google-re2): linear time in the text, whatever the pattern, so
+no pattern can make it hang; RE2 has no backreferences and no lookaround, and such a
+pattern is refused with a message saying so.
+
+``bash`` is not confined by the file system (it is a shell): it starts in ``cwd``, in its
+own process group (``start_new_session``), and the whole group is killed when it ends,
+times out or is cancelled, so no process it started survives the call (a process that
+calls ``setsid`` itself escapes any process group; use an OS sandbox for untrusted
+commands).
 """
 
 from __future__ import annotations
@@ -18,16 +28,32 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import os
-import re
 import signal
+import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from threading import Event
 
+import attrs
+import re2  # type: ignore[import-untyped]  # google-re2 ships no type information
 import trio
 
 from .._errors import InvalidOption, ToolError
 from ._core import Tool, ToolContext
+from ._files import (
+    below,
+    check,
+    entries,
+    in_thread,
+    is_directory,
+    open_entry,
+    open_regular_file,
+    open_root,
+    read_head,
+    walk,
+)
 
 DEFAULT_MAX_OUTPUT = 30_000
 """Characters of output a tool returns at most (the rest is cut, and the cut is said)."""
@@ -36,7 +62,9 @@ DEFAULT_MAX_OUTPUT = 30_000
 def confine(cwd: str, path: str) -> Path:
     """Resolve ``path`` against ``cwd`` and refuse it unless it lands inside ``cwd``.
 
-    ``..``, absolute paths and symlinks are resolved first, so none can escape.
+    ``..``, absolute paths and symlinks are resolved first, so none can escape. This is the
+    first, friendly check; the built-in tools then open what it returns from a descriptor
+    of ``cwd`` without following links, so that a path changed after the check is refused.
 
     Raises:
         ToolError: the path resolves outside ``cwd``.
@@ -49,25 +77,19 @@ def confine(cwd: str, path: str) -> Path:
     root = os.path.realpath(cwd)
     if "\x00" in path:
         raise ToolError(f"path {path!r} contains a NUL byte")
-    real = os.path.realpath(os.path.join(root, path))
+    try:
+        real = os.path.realpath(os.path.join(root, path))
+    except OSError as exc:  # a link that changed while it was read (readlink: EINVAL)
+        raise ToolError(f"path {path!r} changed while it was resolved: {exc.strerror}") from None
     if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
         raise ToolError(f"path {path!r} is outside the working directory {root}")
     return Path(real)
-
-
-def _inside(root: str, path: str) -> bool:
-    real = os.path.realpath(path)
-    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def _cut(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     return text[:limit] + f"\n[output cut: {len(text)} characters, {limit} shown]"
-
-
-def _relative(root: str, path: str) -> str:
-    return os.path.relpath(path, root)
 
 
 def builtin_tools(
@@ -81,7 +103,8 @@ def builtin_tools(
 
     ``bash_timeout`` is the default and the maximum a ``bash`` call may ask for;
     ``max_output`` caps what each tool returns to the model, in characters;
-    ``max_read_bytes`` the size of a file ``read`` accepts.
+    ``max_read_bytes`` is the size of a file ``read`` and ``edit`` accept, and how much of
+    each file ``grep`` searches.
 
     Example::
 
@@ -91,6 +114,8 @@ def builtin_tools(
         raise InvalidOption("bash_timeout", bash_timeout, "must be a positive number")
     if max_output < 1:
         raise InvalidOption("max_output", max_output, "must be at least 1")
+    if max_read_bytes < 1:
+        raise InvalidOption("max_read_bytes", max_read_bytes, "must be at least 1")
 
     async def read(ctx: ToolContext, path: str, offset: int = 1, limit: int = 2000) -> str:
         """Read a text file in the working directory, with line numbers.
@@ -100,17 +125,7 @@ def builtin_tools(
             offset: The first line to show (1 for the start).
             limit: How many lines to show.
         """
-        target = confine(ctx.cwd, path)
-        await trio.lowlevel.checkpoint()
-        if not target.is_file():
-            raise ToolError(f"{path}: no such file")
-        if target.stat().st_size > max_read_bytes:
-            raise ToolError(f"{path}: larger than {max_read_bytes} bytes; read a part with grep")
-        lines = target.read_bytes().decode("utf-8", errors="replace").splitlines()
-        start = max(offset, 1)
-        shown = lines[start - 1 : start - 1 + max(limit, 0)]
-        body = "\n".join(f"{start + i:6}\t{line}" for i, line in enumerate(shown))
-        return _cut(body, max_output) if shown else f"{path}: no lines from {start} (the file has {len(lines)})"
+        return await in_thread(partial(_read, ctx.cwd, path, offset, limit, max_read_bytes, max_output))
 
     async def write(ctx: ToolContext, path: str, content: str) -> str:
         """Create or overwrite a file in the working directory.
@@ -119,13 +134,7 @@ def builtin_tools(
             path: The file, relative to the working directory.
             content: The whole new content.
         """
-        target = confine(ctx.cwd, path)
-        await trio.lowlevel.checkpoint()
-        if target.is_dir():
-            raise ToolError(f"{path} is a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(content, encoding="utf-8")
-        return f"wrote {len(content.encode())} bytes to {path}"
+        return await in_thread(partial(_write, ctx.cwd, path, content))
 
     async def edit(ctx: ToolContext, path: str, old_string: str, new_string: str, replace_all: bool = False) -> str:
         """Replace an exact string in a file. The string must occur exactly once, unless
@@ -137,33 +146,15 @@ def builtin_tools(
             new_string: The replacement.
             replace_all: Replace every occurrence.
         """
-        target = confine(ctx.cwd, path)
-        await trio.lowlevel.checkpoint()
-        if not target.is_file():
-            raise ToolError(f"{path}: no such file")
-        if not old_string:
-            raise ToolError("old_string is empty")
-        text = target.read_text(encoding="utf-8")
-        count = text.count(old_string)
-        if count == 0:
-            raise ToolError(f"{path}: old_string not found")
-        if count > 1 and not replace_all:
-            raise ToolError(f"{path}: old_string occurs {count} times; add context to make it unique")
-        target.write_text(text.replace(old_string, new_string), encoding="utf-8")
-        return f"replaced {count if replace_all else 1} occurrence(s) in {path}"
+        return await in_thread(partial(_edit, ctx.cwd, path, old_string, new_string, replace_all, max_read_bytes))
 
     async def list_(ctx: ToolContext, path: str = ".") -> str:
-        """List a directory of the working directory (directories end with /).
+        """List a directory of the working directory (directories end with /, symbolic links with @).
 
         Args:
             path: The directory, relative to the working directory.
         """
-        target = confine(ctx.cwd, path)
-        await trio.lowlevel.checkpoint()
-        if not target.is_dir():
-            raise ToolError(f"{path}: not a directory")
-        entries = sorted(e.name + ("/" if e.is_dir() else "") for e in os.scandir(target))
-        return _cut("\n".join(entries), max_output) if entries else f"{path} is empty"
+        return await in_thread(partial(_list, ctx.cwd, path, max_output))
 
     async def glob(ctx: ToolContext, pattern: str, path: str = ".") -> str:
         """Find files by name pattern (e.g. **/*.py) under a directory of the working directory.
@@ -172,9 +163,7 @@ def builtin_tools(
             pattern: A glob pattern, relative; ** matches any depth.
             path: The directory to search from.
         """
-        found = _glob(ctx.cwd, path, pattern)
-        await trio.lowlevel.checkpoint()
-        return _cut("\n".join(found), max_output) if found else f"no files match {pattern!r}"
+        return await in_thread(partial(_glob, ctx.cwd, path, pattern, max_output))
 
     async def grep(
         ctx: ToolContext, pattern: str, path: str = ".", include: str = "*", ignore_case: bool = False
@@ -182,18 +171,12 @@ def builtin_tools(
         """Search file contents by regular expression; prints path:line:text for each match.
 
         Args:
-            pattern: A Python regular expression.
+            pattern: A regular expression in RE2 syntax (Python's, without backreferences or lookaround).
             path: A file or directory of the working directory to search.
             include: Only files whose name matches this glob (e.g. *.py).
             ignore_case: Match case-insensitively.
         """
-        try:
-            regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
-        except re.error as exc:
-            raise ToolError(f"bad regular expression {pattern!r}: {exc}") from None
-        out = _grep(ctx.cwd, path, regex, include, max_output, max_read_bytes)
-        await trio.lowlevel.checkpoint()
-        return _cut("\n".join(out), max_output) if out else f"no matches for {pattern!r}"
+        return await in_thread(partial(_grep, ctx.cwd, path, pattern, include, ignore_case, max_output, max_read_bytes))
 
     async def bash(ctx: ToolContext, command: str, timeout: float | None = None) -> str:  # noqa: ASYNC109 (the model's name)
         """Run a shell command (bash -c) in the working directory; returns its output and exit code.
@@ -259,38 +242,232 @@ async def _until_group_gone(pgid: int, limit: float = 2.0) -> None:
             await trio.sleep(0.005)
 
 
-def _glob(cwd: str, path: str, pattern: str) -> list[str]:
+# --- the file tools' work, in a worker thread (see _files.py) ---------------------------------
+
+
+def _locate(cwd: str, path: str) -> tuple[str, tuple[str, ...]]:
+    """The resolved working directory and the components of ``path`` below it (checked)."""
+    real = confine(cwd, path)
     root = os.path.realpath(cwd)
-    base = confine(cwd, path)
-    if os.path.isabs(pattern) or ".." in Path(pattern).parts:
+    return root, below(root, real, path)
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ToolError(f"{what} cannot be written as UTF-8: {exc.reason} at {exc.start}") from None
+
+
+def _read(cwd: str, path: str, offset: int, limit: int, max_bytes: int, max_output: int, stop: Event) -> str:
+    root, parts = _locate(cwd, path)
+    with open_root(root) as root_fd:
+        fd = open_regular_file(root_fd, parts, path)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ToolError(f"{path}: larger than {max_bytes} bytes; read a part with grep")
+    check(stop)
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    start = max(offset, 1)
+    shown = lines[start - 1 : start - 1 + max(limit, 0)]
+    body = "\n".join(f"{start + i:6}\t{line}" for i, line in enumerate(shown))
+    return _cut(body, max_output) if shown else f"{path}: no lines from {start} (the file has {len(lines)})"
+
+
+def _write(cwd: str, path: str, content: str, stop: Event) -> str:
+    data = _utf8(content, "content")
+    root, parts = _locate(cwd, path)
+    if not parts:
+        raise ToolError(f"{path} is a directory")
+    check(stop)  # the last moment the call can still be abandoned with nothing written
+    with open_root(root) as root_fd:
+        fd = open_regular_file(root_fd, parts, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return f"wrote {len(data)} bytes to {path}"
+
+
+def _edit(cwd: str, path: str, old: str, new: str, replace_all: bool, max_bytes: int, stop: Event) -> str:
+    root, parts = _locate(cwd, path)
+    with open_root(root) as root_fd:
+        fd = open_regular_file(root_fd, parts, path, os.O_RDWR)
+    with os.fdopen(fd, "r+b") as handle:
+        if not old:
+            raise ToolError("old_string is empty")
+        data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ToolError(f"{path}: larger than {max_bytes} bytes; too large to edit")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ToolError(f"{path} is not UTF-8 text") from None
+        count = text.count(old)
+        if count == 0:
+            raise ToolError(f"{path}: old_string not found")
+        if count > 1 and not replace_all:
+            raise ToolError(f"{path}: old_string occurs {count} times; add context to make it unique")
+        changed = _utf8(text.replace(old, new), "new_string")
+        check(stop)  # the last moment the call can still be abandoned with nothing written
+        handle.seek(0)
+        handle.truncate()
+        handle.write(changed)
+    return f"replaced {count if replace_all else 1} occurrence(s) in {path}"
+
+
+def _list(cwd: str, path: str, max_output: int, stop: Event) -> str:
+    root, parts = _locate(cwd, path)
+    with open_root(root) as root_fd:
+        fd = open_entry(root_fd, parts, path)
+    try:
+        if not is_directory(fd):
+            raise ToolError(f"{path}: not a directory")
+        listed = entries(fd, stop)
+    finally:
+        os.close(fd)
+    marks = {"dir": "/", "link": "@"}
+    names = [name + marks.get(kind, "") for name, kind in listed]
+    return _cut("\n".join(names), max_output) if names else f"{path} is empty"
+
+
+@attrs.frozen
+class _GlobPattern:
+    """A glob pattern's components matched one path component at a time: a set of positions
+    in the pattern (an NFA, so ``**`` costs no backtracking), ``**`` matching any number of
+    directories and each other component matching one name (``fnmatch``)."""
+
+    steps: tuple[str, ...]
+
+    def closure(self, positions: set[int]) -> frozenset[int]:
+        found = set(positions)
+        for position in sorted(positions):
+            while position < len(self.steps) and self.steps[position] == "**":
+                position += 1
+                found.add(position)
+        return frozenset(found)
+
+    def advance(self, positions: frozenset[int], name: str) -> frozenset[int]:
+        after: set[int] = set()
+        for position in positions:
+            if position == len(self.steps):
+                continue
+            step = self.steps[position]
+            if step == "**":
+                after.add(position)
+            elif fnmatch.fnmatchcase(name, step):
+                after.add(position + 1)
+        return self.closure(after)
+
+    def matches(self, positions: frozenset[int]) -> bool:
+        return len(self.steps) in positions
+
+    def can_go_on(self, positions: frozenset[int]) -> bool:
+        return any(position < len(self.steps) for position in positions)
+
+
+def _glob(cwd: str, path: str, pattern: str, max_output: int, stop: Event) -> str:
+    if "\x00" in pattern or os.path.isabs(pattern) or ".." in pattern.split("/"):
         raise ToolError(f"pattern {pattern!r} must be relative and stay inside the working directory")
-    return sorted(_relative(root, str(p)) for p in base.glob(pattern) if _inside(root, str(p)))
-
-
-def _grep(cwd: str, path: str, regex: re.Pattern[str], include: str, max_output: int, max_bytes: int) -> list[str]:
-    root = os.path.realpath(cwd)
-    base = confine(cwd, path)
-    files = [str(base)] if base.is_file() else []
-    if base.is_dir():
-        for folder, dirs, names in os.walk(base):
-            dirs[:] = sorted(d for d in dirs if d != ".git")
-            files += [os.path.join(folder, n) for n in sorted(names) if fnmatch.fnmatch(n, include)]
-    out: list[str] = []
+    glob = _GlobPattern(tuple(step for step in pattern.split("/") if step not in ("", ".")))
+    if not glob.steps:
+        raise ToolError(f"pattern {pattern!r} is empty")
+    root, parts = _locate(cwd, path)
+    with open_root(root) as root_fd:
+        top = open_entry(root_fd, parts, path)
+    found: list[str] = []
     size = 0
-    for file in files:
-        if not _inside(root, file) or not os.path.isfile(file):
-            continue  # a symlink out of the working directory, or not a regular file
-        with open(file, "rb") as handle:
-            data = handle.read(max_bytes)
-        if b"\x00" in data[:8192]:
-            continue  # binary
-        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
-            if regex.search(line):
-                out.append(f"{_relative(root, file)}:{number}:{line}")
-                size += len(out[-1]) + 1
-        if size > max_output:
-            break
-    return out
+    try:
+        if not is_directory(top):
+            raise ToolError(f"{path}: not a directory")
+        reached: dict[tuple[str, ...], frozenset[int]] = {(): glob.closure({0})}
+        for here, is_dir, _ in walk(top, stop, lambda here: here in reached):
+            positions = glob.advance(reached[here[:-1]], here[-1])
+            if is_dir and glob.can_go_on(positions):
+                reached[here] = positions
+            if glob.matches(positions):
+                found.append("/".join((*parts, *here)))
+                size += len(found[-1]) + 1
+                if size > max_output:
+                    break
+    finally:
+        os.close(top)
+    if not found:
+        return f"no files match {pattern!r}"
+    return _cut("\n".join(sorted(found)), max_output)
+
+
+def _compile(pattern: str, ignore_case: bool) -> Callable[[bytes], bool]:
+    """The model's pattern compiled by RE2 (linear time in the text, whatever the pattern)."""
+    options = re2.Options()
+    options.log_errors = False
+    options.never_capture = True  # only whether a line matches is asked
+    options.case_sensitive = not ignore_case
+    try:
+        regex = re2.compile(_utf8(pattern, "the pattern"), options)
+    except re2.error as exc:
+        detail = exc.args[0].decode("utf-8", "replace") if isinstance(exc.args[0], bytes) else str(exc)
+        raise ToolError(
+            f"bad regular expression {pattern!r}: {detail} (grep uses RE2, which runs in linear time and has"
+            " no backreferences and no lookahead or lookbehind)"
+        ) from None
+
+    def search(line: bytes) -> bool:
+        return regex.search(line) is not None
+
+    return search
+
+
+def _grep(
+    cwd: str,
+    path: str,
+    pattern: str,
+    include: str,
+    ignore_case: bool,
+    max_output: int,
+    max_bytes: int,
+    stop: Event,
+) -> str:
+    search = _compile(pattern, ignore_case)
+    root, parts = _locate(cwd, path)
+    with open_root(root) as root_fd:
+        top = open_entry(root_fd, parts, path)
+    out: list[str] = []
+    try:
+        if not is_directory(top):
+            if not stat.S_ISREG(os.fstat(top).st_mode):
+                raise ToolError(f"{path} is not a regular file")
+            _grep_file(os.pread(top, max_bytes, 0), "/".join(parts), search, out, max_output, stop)
+        else:
+            size = 0
+            for here, is_dir, dir_fd in walk(top, stop, lambda here: here[-1] != ".git"):
+                if is_dir or not fnmatch.fnmatch(here[-1], include):
+                    continue
+                data = read_head(dir_fd, here[-1], max_bytes)
+                if data is not None:
+                    size += _grep_file(data, "/".join((*parts, *here)), search, out, max_output - size, stop)
+                    if size > max_output:
+                        break
+    finally:
+        os.close(top)
+    return _cut("\n".join(out), max_output) if out else f"no matches for {pattern!r}"
+
+
+def _grep_file(
+    data: bytes, shown: str, search: Callable[[bytes], bool], out: list[str], budget: int, stop: Event
+) -> int:
+    """Append the matching lines of one file to ``out`` (until they pass ``budget`` characters);
+    return the characters appended."""
+    if b"\x00" in data[:8192]:
+        return 0  # binary
+    added = 0
+    for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+        check(stop)
+        if search(line.encode("utf-8")):
+            out.append(f"{shown}:{number}:{line}")
+            added += len(out[-1]) + 1
+            if added > budget:
+                break
+    return added
 
 
 async def run_command(command: str, cwd: str, *, seconds: float, max_output: int = DEFAULT_MAX_OUTPUT) -> str:

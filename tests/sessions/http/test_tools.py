@@ -131,7 +131,7 @@ async def test_edit_refuses_a_missing_or_ambiguous_string(work: Path) -> None:
 
 async def test_list_and_grep(work: Path) -> None:
     listing = await run("list", work)
-    assert listing.splitlines() == ["a.txt", "link_dir/", "link_file", "src/"]
+    assert listing.splitlines() == ["a.txt", "link_dir@", "link_file@", "src/"]  # links are marked, never followed
     assert await run("grep", work, pattern="beta", include="*.py") == "src/app.py:2:    return 'beta'"
     assert "a.txt:2:beta" in await run("grep", work, pattern="BETA", ignore_case=True)
     with pytest.raises(ToolError, match="bad regular expression"):
