@@ -680,22 +680,20 @@ class LoopSession:
                     batch.halt = f"a hook denied {call.name!r} and stopped the turn: {outcome.reason}"
                 continue
             call = batch.calls[index] = event.call if event.call is not None else call
-            if isinstance(outcome, Allow) and call.name not in loop.disallowed_tools:
-                decision: Allow | Deny = Allow()
-            else:
-                try:
-                    decision = await check_permission(
-                        found,
-                        call,
-                        mode=loop.permission_mode,
-                        allowed=loop.allowed_tools,
-                        disallowed=loop.disallowed_tools,
-                        can_use_tool=loop.can_use_tool,
-                        session_id=sid,
-                        turn=turn,
-                    )
-                except Exception as exc:
-                    raise _CallbackFailed(f"can_use_tool failed: {type(exc).__name__}: {exc}") from exc
+            try:
+                decision = await check_permission(
+                    found,
+                    call,
+                    mode=loop.permission_mode,
+                    allowed=loop.allowed_tools,
+                    disallowed=loop.disallowed_tools,
+                    can_use_tool=loop.can_use_tool,
+                    session_id=sid,
+                    turn=turn,
+                    hook_allowed=isinstance(outcome, Allow),
+                )
+            except Exception as exc:
+                raise _CallbackFailed(f"can_use_tool failed: {type(exc).__name__}: {exc}") from exc
             if isinstance(decision, Deny):
                 denials.append(call.name)
                 results[index] = _error(call, f"permission denied: {decision.reason}")

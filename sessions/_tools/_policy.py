@@ -3,11 +3,15 @@
 Permission check for a tool call, first decisive rule wins (ExAthena's order):
 
 1. ``disallowed_tools`` matches: deny;
-2. ``allowed_tools`` matches: allow;
-3. the mode: ``bypass`` allows all; ``plan`` allows read-only tools and denies the
+2. a ``pre_tool_use`` hook returned `Allow`: allow;
+3. ``allowed_tools`` matches: allow;
+4. the mode: ``bypass`` allows all; ``plan`` allows read-only tools and denies the
    rest; ``accept_edits`` allows read-only and file-editing tools; ``default`` allows
    read-only tools;
-4. otherwise ask ``can_use_tool``; with no callback, deny.
+5. otherwise ask ``can_use_tool``; with no callback (or an answer of None), deny.
+
+`check_permission` is the one place that decides, so the deny list (names or fnmatch
+patterns, matched by `is_disallowed`) wins over every way of allowing a call.
 
 A denied call goes back to the model as an error tool result.
 """
@@ -114,6 +118,12 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def is_disallowed(name: str, disallowed: Sequence[str]) -> bool:
+    """Whether the tool ``name`` matches an entry of ``disallowed_tools`` (a name or an
+    fnmatch pattern: ``"bash"``, ``"mcp__web__*"``, ``"*"``)."""
+    return _matches(name, disallowed)
+
+
 async def _maybe_await(value: Any) -> Any:
     if inspect.isawaitable(value):
         return await value
@@ -130,10 +140,17 @@ async def check_permission(
     can_use_tool: CanUseTool | None,
     session_id: str,
     turn: int,
+    hook_allowed: bool = False,
 ) -> Decision:
-    """Decide whether ``call`` may run (see the module docstring for the order)."""
-    if _matches(call.name, disallowed):
+    """Decide whether ``call`` may run (see the module docstring for the order).
+
+    Every path to a decision goes through here: ``hook_allowed`` (a ``pre_tool_use`` hook
+    returned `Allow`) skips the rest of the check, but never the deny list.
+    """
+    if is_disallowed(call.name, disallowed):
         return Deny(f"tool {call.name!r} is disallowed for this session")
+    if hook_allowed:
+        return Allow()
     if _matches(call.name, allowed) or mode == "bypass":
         return Allow()
     if mode == "plan":

@@ -34,6 +34,7 @@ from sessions import (
     TurnCompleted,
     TurnRequest,
 )
+from sessions._tools._policy import is_disallowed
 
 
 class Model:
@@ -355,3 +356,105 @@ async def test_old_tool_results_are_elided_to_fit_max_context_chars(cwd: Path) -
     unlimited = Model([big], [big], [big])
     await turn(sessions.AgentLoop(unlimited), cwd)
     assert all(len(m.tool_result.content) > 1000 for m in unlimited.seen[-1] if m.tool_result is not None)
+
+
+# --- a deny wins over every way of allowing --------------------------------------------------------
+
+
+def recorder(kind: str) -> tuple[sessions.Tool, list[str]]:
+    """A tool named bash that records its calls; ``kind`` is "read_only", "edits" or "plain"."""
+    ran: list[str] = []
+
+    async def bash(command: str) -> str:
+        """Run a command (here: only record it)."""
+        ran.append(command)
+        return "ran"
+
+    tool = sessions.Tool.from_function(bash, read_only=kind == "read_only", edits_files=kind == "edits")
+    return tool, ran
+
+
+async def allow(*_: Any) -> Allow:
+    return Allow()
+
+
+ALLOW_PATHS: dict[str, tuple[str, dict[str, Any]]] = {
+    "bypass mode": ("plain", {"permission_mode": "bypass"}),
+    "allowed_tools by name": ("plain", {"allowed_tools": ["bash"]}),
+    "allowed_tools by pattern": ("plain", {"allowed_tools": ["*"]}),
+    "default mode, read-only tool": ("read_only", {}),
+    "plan mode, read-only tool": ("read_only", {"permission_mode": "plan"}),
+    "accept_edits mode, editing tool": ("edits", {"permission_mode": "accept_edits"}),
+    "can_use_tool Allow": ("plain", {"can_use_tool": allow}),
+    "can_use_tool True": ("plain", {"can_use_tool": lambda *a: True}),
+    "can_use_tool Allow(arguments)": ("plain", {"can_use_tool": lambda *a: Allow({"command": "other"})}),
+    "hook Allow": ("plain", {"hooks": Hooks(pre_tool_use=[lambda e: Allow()])}),
+    "async hook Allow": ("plain", {"hooks": Hooks(pre_tool_use=[allow])}),
+    "hook Allow(arguments)": ("plain", {"hooks": Hooks(pre_tool_use=[lambda e: Allow({"command": "other"})])}),
+    "matcher hook Allow": ("plain", {"hooks": Hooks(pre_tool_use=[HookMatcher("bash", [lambda e: Allow()])])}),
+    "hook Transform then Allow": (
+        "plain",
+        {"hooks": Hooks(pre_tool_use=[lambda e: Transform({"command": "other"}), lambda e: Allow()])},
+    ),
+    "every allow at once": (
+        "read_only",
+        {
+            "permission_mode": "bypass",
+            "allowed_tools": ["*"],
+            "can_use_tool": allow,
+            "hooks": Hooks(pre_tool_use=[lambda e: Allow()]),
+        },
+    ),
+}
+DENY_ENTRIES = ["bash", "ba*", "*", "b?sh", "[b]ash", "*sh"]
+
+
+async def run_bash_call(cwd: Path, kind: str, options: dict[str, Any]) -> tuple[ToolResult, TurnCompleted, list[str]]:
+    tool, ran = recorder(kind)
+    loop = sessions.AgentLoop(Model([("bash", {"command": "echo ran"})]), tools=[tool], **options)
+    results, done = await turn(loop, cwd)
+    return results[0], done, ran
+
+
+@pytest.mark.parametrize("path", ALLOW_PATHS)
+async def test_each_allow_path_allows_on_its_own(cwd: Path, path: str) -> None:
+    """The control for the matrix below: without a deny entry, each path runs the tool."""
+    kind, options = ALLOW_PATHS[path]
+    result, done, ran = await run_bash_call(cwd, kind, options)
+    assert not result.is_error, result.content
+    assert len(ran) == 1
+    assert done.permission_denials == ()
+
+
+@pytest.mark.parametrize("deny", DENY_ENTRIES)
+@pytest.mark.parametrize("path", ALLOW_PATHS)
+async def test_a_deny_entry_wins_over_every_allow_path(cwd: Path, path: str, deny: str) -> None:
+    kind, options = ALLOW_PATHS[path]
+    result, done, ran = await run_bash_call(cwd, kind, {**options, "disallowed_tools": [deny]})
+    assert ran == []
+    assert result.is_error
+    assert result.content == "permission denied: tool 'bash' is disallowed for this session"
+    assert done.permission_denials == ("bash",)
+    assert done.finish_reason is FinishReason.STOP
+
+
+def test_the_deny_list_is_matched_in_one_place() -> None:
+    assert is_disallowed("bash", ["b?sh"])
+    assert is_disallowed("mcp__web__fetch", ["mcp__web__*"])
+    assert not is_disallowed("bash", ["Bash", "bas", "bash?", "[!b]ash"])
+
+
+# --- can_use_tool answering None ---------------------------------------------------------------------
+
+
+async def none_async(*_: Any) -> None:
+    return None
+
+
+@pytest.mark.parametrize("can_use_tool", [lambda *a: None, none_async], ids=["sync", "async"])
+async def test_can_use_tool_returning_none_is_a_deny(cwd: Path, can_use_tool: Any) -> None:
+    result, done, ran = await run_bash_call(cwd, "plain", {"can_use_tool": can_use_tool})
+    assert ran == []
+    assert result.content == "permission denied: the user denied 'bash'"
+    assert done.permission_denials == ("bash",)
+    assert done.finish_reason is FinishReason.STOP  # a plain denial: the turn goes on
