@@ -755,3 +755,15 @@ class SessionServer(otpy.GenServer):
             subscribers=self._fanout.count(),
             provider_session_id=self._session.provider_session_id,
         )
+
+    @staticmethod
+    async def provider_session_id(server: ServerRef) -> str | None:
+        """The provider's own id of the conversation (the Claude CLI's session id, what its
+        ``--resume`` takes), or None before the provider reported one; `session_id` is otpy's own.
+
+        Example::
+
+            cli_session = await SessionServer.provider_session_id("agent")
+        """
+        session: Session = await otpy.call(server, _Get("session"))
+        return session.provider_session_id

@@ -18,9 +18,11 @@ not have, and nothing else:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import re
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, Final
 
 import trio
 from claude_agent_sdk import (
@@ -44,6 +46,9 @@ from ._claude_session import ClaudeSession
 log = otpy.get_logger("sessions.claude")
 
 
+_UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 class ClaudeCode:
     """**Provider**: the Claude Code CLI, driven through claude-agent-sdk; runs its own tools.
 
@@ -60,7 +65,10 @@ class ClaudeCode:
     (whole turn, off by default); each raises `ProviderTimeout` with its ``phase``.
     Closing: stdin EOF, ``close_grace`` s, SIGTERM to the CLI's process group,
     ``term_grace`` s, SIGKILL. ``mirror`` keeps the CLI's transcript in the session's
-    store (key ``f"{session_id}.claude"``) so it resumes on another machine.
+    store (key ``f"{session_id}.claude"``) so it resumes on another machine. ``resume`` (a
+    keyword, or ``ClaudeAgentOptions(resume=...)``) makes a new session that resumes that CLI
+    session (from this machine's ``~/.claude``) and mirrors it into its store;
+    `SessionServer.provider_session_id` gives the CLI session id of a running session.
     See docs/providers/claude.md.
 
     Example::
@@ -104,7 +112,15 @@ class ClaudeCode:
                 raise InvalidOption(option, value, "must be a number of seconds >= 0")
         if version_tuple(min_version) is None:
             raise InvalidOption("min_version", min_version, "must look like 2.0.0")
-        self.options = apply_query_opts(options or ClaudeAgentOptions(), query_opts)
+        base = options or ClaudeAgentOptions()
+        if "resume" in query_opts:
+            base = dataclasses.replace(base, resume=query_opts.pop("resume"))
+        if base.resume is not None and not _UUID.fullmatch(str(base.resume)):
+            raise InvalidOption("resume", base.resume, "must be a CLI session id (a UUID)")
+        for flag in ("continue_conversation", "fork_session"):
+            if getattr(base, flag):
+                raise InvalidOption(flag, True, "not supported: resume a CLI session by its id with resume=...")
+        self.options = apply_query_opts(base, query_opts)
         self.transport: Transport = transport
         self.max_buffer_size = max_buffer_size
         self.startup_timeout = startup_timeout

@@ -131,7 +131,13 @@ def apply_query_opts(base: ClaudeAgentOptions, query_opts: Mapping[str, Any]) ->
         elif name in ("allowed_tools", "disallowed_tools", "add_dirs", "betas"):
             changes[name] = [value] if isinstance(value, str) else list(value)
         elif name in _NOT_FROM_QUERY_OPTS:
-            raise InvalidOption(raw_name, value, "the provider sets it itself (see ClaudeCode docs: resume)")
+            raise InvalidOption(
+                raw_name,
+                value,
+                "not per session or per turn: resume a CLI session with ClaudeCode(resume=...) "
+                "or ClaudeCode(ClaudeAgentOptions(resume=...)), a new session that resumes it "
+                "and mirrors it into its store",
+            )
         elif name == "permission_mode":
             changes[name] = permission_mode(value)
         elif name in _OPTION_FIELDS:

@@ -61,6 +61,21 @@ _STDERR_LINES: Final = 40
 _MISSING: Final = object()
 
 
+def _read_transcript(path: Path) -> list[dict[str, Any]]:
+    """The entries of a CLI transcript file ([] when it cannot be read)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
+
+
 def exit_text(code: int | None) -> str:
     """How the CLI ended, in words, its exit code said once: "the CLI was killed by SIGKILL (exit code -9)"."""
     if code is None:
@@ -87,7 +102,11 @@ class ClaudeSession:
     def __init__(self, provider: ClaudeCode, ctx: SessionContext) -> None:
         self.provider = provider
         self.ctx = ctx
-        self.claude_session_id: str | None = ctx.provider_session_id
+        self.claude_session_id: str | None = ctx.provider_session_id or provider.options.resume
+        """The CLI session the next start resumes: the session's own (a restart), else the one the
+        provider was told to resume (``ClaudeAgentOptions(resume=...)``), else None (a new one)."""
+        self.reported_session_id: str | None = ctx.provider_session_id
+        """The CLI session id last reported to the server (`ProviderSessionId`)."""
         self.mirror = (
             ClaudeTranscriptStore(ctx.store, ctx.session_id) if provider.mirror and ctx.store is not None else None
         )
@@ -108,6 +127,12 @@ class ClaudeSession:
         self._wait_scope: trio.CancelScope | None = None
         self._log = log.bind(session=ctx.session_id)
         self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
+
+    @property
+    def provider_session_id(self) -> str | None:
+        """The CLI's id of this session's conversation (what ``--resume`` takes), None before
+        the CLI reported one."""
+        return self.claude_session_id
 
     # --- the process -------------------------------------------------------------------
 
@@ -173,6 +198,8 @@ class ClaudeSession:
             materialized = None
         if materialized is not None:
             options = apply_materialized_options(options, materialized)
+        elif resume and self.mirror is not None:
+            await self._mirror_local(options, resume)  # a CLI session from elsewhere: mirror it whole
         try:
             transport = LauncherTransport(
                 with_permission_prompts(options),
@@ -282,26 +309,22 @@ class ClaudeSession:
         local = projects_dir(options.env) / project / f"{resume}.jsonl"
         mirrored = materialized.config_dir / "projects" / project / f"{resume}.jsonl"
 
-        def read(path: Path) -> list[dict[str, Any]]:
-            try:
-                lines = path.read_text(encoding="utf-8").splitlines()
-            except OSError:
-                return []
-            entries = []
-            for line in lines:
-                with contextlib.suppress(ValueError):
-                    entry = json.loads(line)
-                    if isinstance(entry, dict):
-                        entries.append(entry)
-            return entries
-
-        local_entries = await trio.to_thread.run_sync(read, local)
-        if len(local_entries) <= len(await trio.to_thread.run_sync(read, mirrored)):
+        local_entries = await trio.to_thread.run_sync(_read_transcript, local)
+        if len(local_entries) <= len(await trio.to_thread.run_sync(_read_transcript, mirrored)):
             return False
         self._log.warning("claude_mirror_behind", session_id=resume, local=len(local_entries))
         if self.mirror is not None:
             await self.mirror.append({"project_key": project, "session_id": resume}, cast("Any", local_entries))
         return True
+
+    async def _mirror_local(self, options: ClaudeAgentOptions, resume: str) -> None:
+        assert self.mirror is not None
+        project = project_key_for_directory(options.cwd)
+        entries = await trio.to_thread.run_sync(
+            _read_transcript, projects_dir(options.env) / project / f"{resume}.jsonl"
+        )
+        if entries:
+            await self.mirror.append({"project_key": project, "session_id": resume}, cast("Any", entries))
 
     async def start_or_recover(self, query_opts: Mapping[str, Any], messages: Sequence[Message] = ()) -> None:
         """`start`; if the CLI has lost the conversation to resume, start a fresh CLI session

@@ -85,8 +85,8 @@ class TurnMapper:
             if isinstance(message, SystemMessage)
             else getattr(message, "session_id", None)
         )
-        if isinstance(sid, str) and sid and sid != self.session.claude_session_id:
-            self.session.claude_session_id = sid
+        if isinstance(sid, str) and sid and sid != self.session.reported_session_id:
+            self.session.claude_session_id = self.session.reported_session_id = sid
             return [ProviderSessionId(sid)]
         return []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,37 @@ async def test_interrupt_through_the_server_keeps_the_cli(
     after = await SessionServer.send_message("agent", "still there?")
     assert after.text == "echo: still there?"
     assert claude_pids() == cli  # the same CLI process served all three turns
+
+
+async def test_resume_of_a_known_cli_session_is_honoured_and_mirrored(
+    supervised: Start, fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]
+) -> None:
+    from claude_agent_sdk import ClaudeAgentOptions
+
+    # a CLI conversation made outside any SessionServer (as a ClaudeWrapper user has one)
+    async with sessions.ClaudeCode(**claude_kwargs).connect(sessions.SessionContext("elsewhere")) as conn:
+        async for _ in conn.run_turn(sessions.TurnRequest(1, "my dog is Rex", ())):
+            pass
+        known = conn.provider_session_id
+    assert known is not None
+    store = sessions.InMemoryStore()
+    provider = sessions.ClaudeCode(ClaudeAgentOptions(resume=known), **claude_kwargs)
+    await supervised(name="agent", session_id="s2", provider=provider, store=store)
+    assert await SessionServer.provider_session_id("agent") is None  # nothing reported yet
+    result = await SessionServer.send_message("agent", "what is my dog called")
+    assert result.text == "echo: what is my dog called"
+    assert "my dog is Rex" in all_user_texts(fake_api.message_requests()[-1])  # resumed, not started fresh
+    assert await SessionServer.provider_session_id("agent") == known
+    assert await SessionServer.session_id("agent") == "s2"
+    mirrored = json.dumps([r.data for r in await store.load("s2.claude")])
+    assert "my dog is Rex" in mirrored  # the earlier lines were mirrored too, not only the new turn
+    # the keyword spelling is the same thing; a per-session resume is refused with the way that works
+    assert sessions.ClaudeCode(resume=known, **claude_kwargs).options.resume == known
+    with pytest.raises(sessions.InvalidOption) as info:
+        async with sessions.ClaudeCode(**claude_kwargs).connect(
+            sessions.SessionContext("s3", options={"resume": known})
+        ):
+            pass
+    assert "ClaudeCode(resume=...)" in str(info.value)
+    with pytest.raises(sessions.InvalidOption):
+        sessions.ClaudeCode(resume="not-a-uuid")
