@@ -199,6 +199,51 @@ async def test_a_slow_scan_leaves_the_trio_thread_free_and_stops_when_told(
         assert done.finish_reason is FinishReason.INTERRUPTED
 
 
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [
+        ("glob", {"pattern": "**/*.txt"}),
+        ("list", {"path": "many"}),
+        ("grep", {"pattern": "hay", "path": "many"}),
+        ("grep", {"pattern": "hay", "path": "long.txt"}),
+    ],
+    ids=["glob", "list", "grep-tree", "grep-file"],
+)
+async def test_every_scan_is_stopped_by_a_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, arguments: dict[str, Any]
+) -> None:
+    """Each scanning tool checks for a stop request between entries and lines; with every
+    check made 5 ms slow (300 entries: 1.5 s), a cancellation after 0.2 s frees the caller at
+    once, the trio thread ticks meanwhile, and the worker stops at its next check."""
+    many = tmp_path / "many"
+    many.mkdir()
+    for index in range(300):
+        (many / f"f{index:03}.txt").write_text("hay\n")
+    (tmp_path / "long.txt").write_text("hay\n" * 300)
+    checks = [0]
+    real_check = _files.check
+
+    def slow_check(stop: threading.Event) -> None:
+        checks[0] += 1
+        time.sleep(0.005)
+        real_check(stop)
+
+    monkeypatch.setattr(_files, "check", slow_check)
+    monkeypatch.setattr(_builtin, "check", slow_check)
+    ticks: list[float] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticking, ticks)
+        with trio.move_on_after(0.2) as scope:
+            await run(name, tmp_path, **arguments)
+        nursery.cancel_scope.cancel()
+    assert scope.cancelled_caught
+    assert len(ticks) >= 3, "the trio thread was held during the scan"
+    before = checks[0]
+    await trio.sleep(0.2)
+    assert checks[0] - before <= 1, "the abandoned scan went on"
+    assert checks[0] < 300
+
+
 async def test_a_cancelled_write_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A write whose call is cancelled before its worker opens the file leaves no file."""
     reached = threading.Event()
