@@ -66,6 +66,8 @@ myst_fence_as_directive = ["mermaid"]
 # --- autodoc / napoleon --------------------------------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"  # parameter types in the signature, next to their defaults
+# A signature longer than a code line puts each parameter on a line of its own.
+python_maximum_signature_line_length = 88
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 autodoc_class_signature = "mixed"
@@ -122,6 +124,8 @@ html_show_sourcelink = False
 # plain script on the pages with diagrams (add_mermaid_script), and the module the
 # extension imports only hands over the global it defines.
 mermaid_use_local = "data:text/javascript,export default globalThis.mermaid;"
+# The default button, "\u26f6", is missing from common fonts and shows as an empty box.
+mermaid_fullscreen_button = "\u2922"
 
 # --- links ---------------------------------------------------------------------------------------
 # The html build checks every internal link: MyST warns on a link to a missing page or
@@ -214,7 +218,10 @@ def directive_for(package: str, name: str, obj: object) -> list[str]:
     if kind == "classes":
         # Members inherited from otpy's private bases (start_link, child_spec, ...) belong to
         # the public class; those of object and of the typing machinery do not.
-        return [f".. autoclass:: {target}", f"   :inherited-members: {inherited_stop(obj)}", ""]
+        lines = [f".. autoclass:: {target}", f"   :inherited-members: {inherited_stop(obj)}"]
+        if public_bases(obj) == [object]:  # "Bases: object" says nothing
+            lines.append("   :no-show-inheritance:")
+        return [*lines, ""]
     if kind == "errors":
         return [f".. autoclass:: {target}", ""]
     if kind == "functions":
@@ -297,8 +304,18 @@ nitpick_ignore = [(role, name) for name in sorted(_private_type_names()) for rol
 
 def hide_private_bases(app: Sphinx, name: str, obj: object, options: object, bases: list[type]) -> None:
     """Show a class's public ancestors in "Bases:", skipping otpy's private base classes."""
+    bases[:] = public_ancestors(bases)
 
+
+def public_bases(cls: type) -> list[type]:
+    """What "Bases:" shows for ``cls`` (``[object]`` when it has no other public base)."""
+    return public_ancestors(list(getattr(cls, "__orig_bases__", cls.__bases__)))
+
+
+def public_ancestors(bases: list[type]) -> list[type]:
     def public(base: type) -> list[type]:
+        if not isinstance(base, type):  # a subscripted generic (Generic[T]): its origin
+            base = getattr(base, "__origin__", object)
         private = base.__module__.split(".")[0] in PACKAGES and (
             base.__name__.startswith("_") or base.__name__ not in public_names(base.__module__.split(".")[0])
         )
@@ -307,7 +324,7 @@ def hide_private_bases(app: Sphinx, name: str, obj: object, options: object, bas
         return [ancestor for parent in base.__bases__ for ancestor in public(parent)]
 
     replaced = [ancestor for base in bases for ancestor in public(base)]
-    bases[:] = list(dict.fromkeys(b for b in replaced if b is not object)) or [object]
+    return list(dict.fromkeys(b for b in replaced if b is not object)) or [object]
 
 
 _SUBSCRIPTED = re.compile(r"^(~?[\w.]+)(\[.*\]|\(.*\))$")

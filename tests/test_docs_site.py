@@ -185,3 +185,32 @@ def test_the_check_sees_what_loads_from_outside() -> None:
     ]
     for html in fine:
         assert outside_loads(html) == [], html
+
+
+CODE_WIDTH = 88  # what the site's code box shows at a laptop's width without scrolling
+FENCE = re.compile(r"^(`{3,})(\S*)[^\n]*\n(.*?)^\1[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def too_wide(markdown: str) -> list[str]:
+    """The lines of a page's Python blocks that are wider than the code box."""
+    return [
+        line
+        for fence in FENCE.finditer(markdown)
+        if fence.group(2) == "python"
+        for line in fence.group(3).splitlines()
+        if len(line) > CODE_WIDTH
+    ]
+
+
+def test_python_examples_fit_the_code_box() -> None:
+    """Every line of a page's Python examples is within 88 columns (ruff format's width)."""
+    pages = [path for path in DOCS.rglob("*.md") if "_build" not in path.parts]
+    assert len(pages) > 20
+    wide = {str(path.relative_to(ROOT)): too_wide(path.read_text(encoding="utf-8")) for path in pages}
+    assert {page: lines for page, lines in wide.items() if lines} == {}
+
+
+def test_the_width_check_sees_a_wide_line() -> None:
+    page = "text\n\n```python\nx = 1\n" + "y = " + "1" * 85 + "\n```\n\n```text\n" + "z" * 120 + "\n```\n"
+    assert too_wide(page) == ["y = " + "1" * 85]
+    assert too_wide(page.replace("1" * 85, "1" * 84)) == []

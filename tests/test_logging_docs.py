@@ -13,6 +13,17 @@ LOGGER = re.compile(r"""get_logger\(\s*["']((?:otpy|sessions)[\w.]*)["']""")
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
 
 
+def logged_levels(tree: ast.AST) -> dict[str, str]:
+    """Each event's level, as the code logs it."""
+    levels = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LEVELS:
+            first = node.args[0] if node.args else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                levels[first.value] = node.func.attr
+    return levels
+
+
 def logged_events(tree: ast.AST) -> set[str]:
     """The names in ``log.info("event", ...)`` calls (``_log``, ``self._log`` too); not docstrings' examples."""
     events = set()
@@ -57,3 +68,18 @@ def test_structlog_recipes_write_to_stderr() -> None:
     configures = PAGE.count("structlog.configure(\n")  # in the code blocks
     assert configures >= 2
     assert PAGE.count("PrintLoggerFactory(sys.stderr)") + PAGE.count("stdlib.LoggerFactory()") == configures
+
+
+def test_the_sessions_table_gives_each_event_the_level_the_code_logs_it_at() -> None:
+    levels: dict[str, str] = {}
+    for path in (ROOT / "sessions").rglob("*.py"):
+        levels |= logged_levels(ast.parse(path.read_text()))
+    rows = re.findall(r"^\| `(sessions\.\w+)` \| (.+?) \| (\w+) \| .+ \|$", PAGE, re.MULTILINE)
+    assert len(rows) >= 10
+    wrong = {
+        event: (level, levels.get(event))
+        for _, events, level in rows
+        for event in re.findall(r"`(\w+)`", events)
+        if levels.get(event) != level
+    }
+    assert wrong == {}, "docs/logging.md's level (first) differs from the code's (second)"
