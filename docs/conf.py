@@ -65,13 +65,19 @@ myst_fence_as_directive = ["mermaid"]
 
 # --- autodoc / napoleon --------------------------------------------------------------------
 autodoc_member_order = "bysource"
-autodoc_typehints = "signature"  # parameter types in the signature, next to their defaults
+autodoc_typehints = (
+    "signature"  # parameter types in the signature, next to their defaults
+)
 # A signature longer than a code line puts each parameter on a line of its own.
 python_maximum_signature_line_length = 88
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 autodoc_class_signature = "mixed"
-autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
+autodoc_default_options = {
+    "members": True,
+    "undoc-members": True,
+    "show-inheritance": True,
+}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
@@ -163,7 +169,8 @@ def public_names(package: str) -> dict[str, Any]:
     return {
         name: obj
         for name, obj in names.items()
-        if getattr(obj, "__module__", None) == package or (name.isupper() and not hasattr(obj, "__module__"))
+        if getattr(obj, "__module__", None) == package
+        or (name.isupper() and not hasattr(obj, "__module__"))
     }
 
 
@@ -183,7 +190,11 @@ def kind_of(obj: object) -> str:
         return "errors"
     if isinstance(obj, type):
         return "classes"
-    if inspect.isfunction(obj) or inspect.isbuiltin(obj) or inspect.iscoroutinefunction(obj):
+    if (
+        inspect.isfunction(obj)
+        or inspect.isbuiltin(obj)
+        or inspect.iscoroutinefunction(obj)
+    ):
         return "functions"
     return "data"
 
@@ -207,7 +218,8 @@ def inherited_stop(cls: Any) -> str:
     foreign = [
         base.__name__
         for base in cls.__mro__[1:]
-        if base.__module__.split(".")[0] in PACKAGES and base.__module__.split(".")[0] != package
+        if base.__module__.split(".")[0] in PACKAGES
+        and base.__module__.split(".")[0] != package
     ]
     return ", ".join([_NOT_INHERITED, *foreign])
 
@@ -218,7 +230,10 @@ def directive_for(package: str, name: str, obj: object) -> list[str]:
     if kind == "classes":
         # Members inherited from otpy's private bases (start_link, child_spec, ...) belong to
         # the public class; those of object and of the typing machinery do not.
-        lines = [f".. autoclass:: {target}", f"   :inherited-members: {inherited_stop(obj)}"]
+        lines = [
+            f".. autoclass:: {target}",
+            f"   :inherited-members: {inherited_stop(obj)}",
+        ]
         if public_bases(obj) == [object]:  # "Bases: object" says nothing
             lines.append("   :no-show-inheritance:")
         return [*lines, ""]
@@ -239,9 +254,16 @@ class PublicApi(SphinxDirective):
         lines: list[str] = []
         for module in public_modules(self.arguments[0]):
             names = public_names(module)
-            lines += [f".. py:module:: {module}", "", f".. currentmodule:: {module}", ""]
+            lines += [
+                f".. py:module:: {module}",
+                "",
+                f".. currentmodule:: {module}",
+                "",
+            ]
             for kind, title in GROUPS:
-                members = sorted(name for name, obj in names.items() if kind_of(obj) == kind)
+                members = sorted(
+                    name for name, obj in names.items() if kind_of(obj) == kind
+                )
                 if not members:
                     continue
                 heading = f"{module}: {title.lower()}"
@@ -251,7 +273,9 @@ class PublicApi(SphinxDirective):
         container = nodes.section()
         container.document = self.state.document
         source = f"<public-api {self.arguments[0]}>"
-        self.state.nested_parse(StringList(lines, source=source), 0, container, match_titles=True)
+        self.state.nested_parse(
+            StringList(lines, source=source), 0, container, match_titles=True
+        )
         children: list[nodes.Node] = container.children
         return children
 
@@ -264,7 +288,11 @@ def check_every_public_name_is_documented(app: Sphinx, env: BuildEnvironment) ->
             for name in public_names(module):
                 if f"{module}.{name}" not in documented:
                     logging.getLogger(__name__).warning(
-                        "public name %s.%s is missing from the API reference", module, name, type="otpy", subtype="api"
+                        "public name %s.%s is missing from the API reference",
+                        module,
+                        name,
+                        type="otpy",
+                        subtype="api",
                     )
 
 
@@ -272,7 +300,8 @@ def _private_modules() -> list[types.ModuleType]:
     return [
         module
         for name, module in sorted(sys.modules.items())
-        if name.split(".")[0] in PACKAGES and any(part.startswith("_") for part in name.split(".")[1:])
+        if name.split(".")[0] in PACKAGES
+        and any(part.startswith("_") for part in name.split(".")[1:])
     ]
 
 
@@ -293,16 +322,28 @@ def _private_type_names() -> set[str]:
             if inspect.isroutine(obj):
                 continue
             alias_types = {"typing", "types", "typing_extensions", "collections.abc"}
-            is_alias = obj is Any or type(obj).__module__ in alias_types or isinstance(obj, str)
-            if is_alias or isinstance(obj, type):  # a private class (ServerBase, _Any) has no page either
+            is_alias = (
+                obj is Any
+                or type(obj).__module__ in alias_types
+                or isinstance(obj, str)
+            )
+            if is_alias or isinstance(
+                obj, type
+            ):  # a private class (ServerBase, _Any) has no page either
                 names.update({name, f"{module.__name__}.{name}"})
     return names
 
 
-nitpick_ignore = [(role, name) for name in sorted(_private_type_names()) for role in ("py:class", "py:obj", "py:data")]
+nitpick_ignore = [
+    (role, name)
+    for name in sorted(_private_type_names())
+    for role in ("py:class", "py:obj", "py:data")
+]
 
 
-def hide_private_bases(app: Sphinx, name: str, obj: object, options: object, bases: list[type]) -> None:
+def hide_private_bases(
+    app: Sphinx, name: str, obj: object, options: object, bases: list[type]
+) -> None:
     """Show a class's public ancestors in "Bases:", skipping otpy's private base classes."""
     bases[:] = public_ancestors(bases)
 
@@ -317,7 +358,8 @@ def public_ancestors(bases: list[type]) -> list[type]:
         if not isinstance(base, type):  # a subscripted generic (Generic[T]): its origin
             base = getattr(base, "__origin__", object)
         private = base.__module__.split(".")[0] in PACKAGES and (
-            base.__name__.startswith("_") or base.__name__ not in public_names(base.__module__.split(".")[0])
+            base.__name__.startswith("_")
+            or base.__name__ not in public_names(base.__module__.split(".")[0])
         )
         if not private:
             return [base]
@@ -330,7 +372,9 @@ def public_ancestors(bases: list[type]) -> list[type]:
 _SUBSCRIPTED = re.compile(r"^(~?[\w.]+)(\[.*\]|\(.*\))$")
 
 
-def resolve_written_forms(app: Sphinx, env: BuildEnvironment, node: Any, contnode: nodes.Element) -> Any:
+def resolve_written_forms(
+    app: Sphinx, env: BuildEnvironment, node: Any, contnode: nodes.Element
+) -> Any:
     """Resolve the short forms docstrings use, where the Python domain's own lookup fails.
 
     - `Call[R]` and `via(...)` link to `Call` and `via`;
@@ -351,7 +395,9 @@ def resolve_written_forms(app: Sphinx, env: BuildEnvironment, node: Any, contnod
     for candidate in [target, *_qualified(target, domain.objects)]:
         if candidate == node.get("reftarget"):
             continue
-        found = domain.resolve_xref(env, node["refdoc"], app.builder, node["reftype"], candidate, node, contnode)
+        found = domain.resolve_xref(
+            env, node["refdoc"], app.builder, node["reftype"], candidate, node, contnode
+        )
         if found is not None:
             return found
     return None
@@ -359,12 +405,16 @@ def resolve_written_forms(app: Sphinx, env: BuildEnvironment, node: Any, contnod
 
 def _qualified(target: str, objects: dict[str, Any]) -> list[str]:
     head = target.split(".")[0]
-    exported = [f"{package}.{target}" for package in PACKAGES if head in public_names(package)]
+    exported = [
+        f"{package}.{target}" for package in PACKAGES if head in public_names(package)
+    ]
     if exported:
         return exported
     if "." in target:
         return []
-    members = [name for name in objects if name.endswith(f".{target}") and name.count(".") >= 2]
+    members = [
+        name for name in objects if name.endswith(f".{target}") and name.count(".") >= 2
+    ]
     owners = {name: _import_owner(name.rsplit(".", 1)[0]) for name in members}
     classes = [owner for owner in owners.values() if isinstance(owner, type)]
 
@@ -372,7 +422,9 @@ def _qualified(target: str, objects: dict[str, Any]) -> list[str]:
         owner = owners[name]
         if not isinstance(owner, type):
             return (-1, False, name)
-        derived = sum(1 for other in classes if other is not owner and owner in other.__mro__)
+        derived = sum(
+            1 for other in classes if other is not owner and owner in other.__mro__
+        )
         return (derived, bool(getattr(owner, "_is_protocol", False)), name)
 
     return sorted(members, key=rank, reverse=True)[:1]
@@ -397,7 +449,10 @@ class UnlinkBuiltins(SphinxPostTransform):
 
     def run(self, **kwargs: Any) -> None:
         for node in list(self.document.findall(addnodes.pending_xref)):
-            if node.get("refdomain") == "py" and node.get("reftarget") in _BUILTIN_NAMES:
+            if (
+                node.get("refdomain") == "py"
+                and node.get("reftarget") in _BUILTIN_NAMES
+            ):
                 condition = find_pending_xref_condition(node, "*")
                 node.replace_self((condition or node).children)
 
@@ -405,13 +460,19 @@ class UnlinkBuiltins(SphinxPostTransform):
 _BUILTIN_NAMES = frozenset(name for name in dir(builtins) if not name.startswith("_"))
 
 
-def _napoleon(app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
+def _napoleon(
+    app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
+) -> None:
     """napoleon, except that a property's first sentence is not read as "type: description".
 
     otpy writes types in annotations only, so "The shutdown spec with defaults applied: ..."
     is prose; napoleon would render "The shutdown spec with defaults applied" as its type.
     """
-    if what in {"attribute", "property", "data"} and lines and re.match(r"^\S+(\s+\S+){2,}:\s", lines[0]):
+    if (
+        what in {"attribute", "property", "data"}
+        and lines
+        and re.match(r"^\S+(\s+\S+){2,}:\s", lines[0])
+    ):
         what = "method"
     napoleon._process_docstring(app, what, name, obj, options, lines)  # type: ignore[arg-type]
 
@@ -447,7 +508,10 @@ def link_code_names(app: Sphinx, doctree: nodes.document) -> None:
     and anything else that is not a public object stay plain code.
     """
     for literal in list(doctree.findall(nodes.literal)):
-        if isinstance(literal.parent, (nodes.reference, addnodes.pending_xref)) or "xref" in literal["classes"]:
+        if (
+            isinstance(literal.parent, (nodes.reference, addnodes.pending_xref))
+            or "xref" in literal["classes"]
+        ):
             continue
         match = _CODE_NAME.match(literal.astext())
         if match is None or not _resolves(match.group(1)):
@@ -465,7 +529,9 @@ def link_code_names(app: Sphinx, doctree: nodes.document) -> None:
         xref += literal
 
 
-def add_mermaid_script(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any], doctree: Any) -> None:
+def add_mermaid_script(
+    app: Sphinx, pagename: str, templatename: str, context: dict[str, Any], doctree: Any
+) -> None:
     """Load the vendored Mermaid on the pages that have a diagram (see the Mermaid section)."""
     # As the extension does: pages without a doctree (search, the index) get the script too.
     if doctree is None or any(True for _ in doctree.findall(sphinx_mermaid.mermaid)):
@@ -482,7 +548,13 @@ sphinx_mermaid._resolve_local_url = _resolve_local_url
 
 
 def render_attrs_defaults(
-    app: Sphinx, what: str, name: str, obj: Any, options: Any, signature: str | None, annotation: str | None
+    app: Sphinx,
+    what: str,
+    name: str,
+    obj: Any,
+    options: Any,
+    signature: str | None,
+    annotation: str | None,
 ) -> tuple[str | None, str | None] | None:
     """Show an attrs class's defaults as values, not as ``attr_dict['name'].default``.
 

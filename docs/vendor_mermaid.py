@@ -36,7 +36,9 @@ def main() -> None:
         return
     npm = shutil.which("npm")
     if npm is None:
-        sys.exit("vendor_mermaid: npm is needed once, to fetch Mermaid for the docs site's diagrams")
+        sys.exit(
+            "vendor_mermaid: npm is needed once, to fetch Mermaid for the docs site's diagrams"
+        )
     with tempfile.TemporaryDirectory(prefix="mermaid-") as tmp:
         print(f"vendor_mermaid: npm pack mermaid@{VERSION}", file=sys.stderr)
         subprocess.run(
@@ -53,7 +55,9 @@ def main() -> None:
                 (TARGET / name).write_bytes(source.read())
     if not present():
         (TARGET / "mermaid.min.js").unlink()
-        sys.exit(f"vendor_mermaid: mermaid@{VERSION}'s mermaid.min.js does not have the pinned SHA-256")
+        sys.exit(
+            f"vendor_mermaid: mermaid@{VERSION}'s mermaid.min.js does not have the pinned SHA-256"
+        )
 
 
 if __name__ == "__main__":
