@@ -133,6 +133,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# Building the site, when it is not up to date, takes minutes on a loaded machine.
+@pytest.mark.timeout(900)
 def test_no_page_loads_anything_from_outside_the_site(site: Path) -> None:
     pages = sorted(site.rglob("*.html"))
     assert len(pages) > 20  # the whole site, not an empty folder
@@ -147,6 +149,7 @@ def test_no_page_loads_anything_from_outside_the_site(site: Path) -> None:
     assert [str(css) for css in styles if CSS_OUTSIDE.search(css.read_text(encoding="utf-8"))] == []
 
 
+@pytest.mark.timeout(900)
 def test_every_script_a_page_loads_is_in_the_site(site: Path) -> None:
     """Mermaid included: the pages with diagrams load the site's own copy, which is there."""
     diagrams = 0
