@@ -49,6 +49,9 @@ from ._stores._memory import InMemoryStore as InMemoryStore
 
 # --- stores (JsonlStore, SqliteStore) -------------------------------------------------
 # isort: split
+from ._errors import SessionInUse as SessionInUse
+from ._errors import UnstorableRecord as UnstorableRecord
+from ._stores._claims import SessionClaim as SessionClaim
 from ._stores._jsonl import JsonlStore as JsonlStore
 from ._stores._sqlite import SqliteStore as SqliteStore
 

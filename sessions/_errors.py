@@ -7,7 +7,9 @@
     ├── BudgetExceeded            a budget is spent before a turn starts; .limit, .spent, .kind
     ├── InvalidOption             an option or argument is malformed; .option, .value
     ├── StoreError                a store could not read or write
-    │   └── CorruptRecord         a stored record cannot be read; .location, .line, .detail
+    │   ├── CorruptRecord         a stored record cannot be read; .location, .line, .detail
+    │   ├── UnstorableRecord      a record cannot be written (not JSON, not UTF-8); .session_id, .seq
+    │   └── SessionInUse          another writer holds the session in the store; .session_id, .store
     ├── ProviderError             a provider failed; .provider, .kind, .retryable, .status
     │   ├── ProviderUnavailable   missing binary/package, wrong version, cannot connect
     │   ├── ProviderAuthError     bad or missing key (401/403)
@@ -129,6 +131,47 @@ class CorruptRecord(StoreError):
         self.location = location
         self.line = line
         self.detail = detail
+
+
+class UnstorableRecord(StoreError):
+    """A record cannot be written: its ``data`` is not JSON, or a string in it is not
+    valid Unicode (a lone surrogate cannot be encoded as UTF-8). Only the append that
+    carries it fails; nothing of it is written.
+
+    Example::
+
+        except sessions.UnstorableRecord as exc:
+            print(f"{exc.session_id}#{exc.seq} refused: {exc.detail}")
+    """
+
+    def __init__(self, session_id: str, seq: int, detail: str) -> None:
+        super().__init__(f"record {session_id!r}#{seq} cannot be stored {detail}")
+        self.session_id = session_id
+        self.seq = seq
+        self.detail = detail
+
+
+class SessionInUse(StoreError):
+    """Another writer holds the session in this store: one writer per session per store.
+
+    ``store`` names the store (its file or directory), ``holder`` says who holds the
+    session (a process of this program, or another OS process).
+
+    Example::
+
+        except sessions.SessionInUse as exc:
+            print(f"{exc.session_id} is already open in {exc.store} ({exc.holder})")
+    """
+
+    def __init__(self, session_id: str, store: str, holder: str, waited: float) -> None:
+        super().__init__(
+            f"session {session_id!r} is in use in {store}: {holder} holds it"
+            f" (waited {waited:g} s; a session has one writer per store)"
+        )
+        self.session_id = session_id
+        self.store = store
+        self.holder = holder
+        self.waited = waited
 
 
 @attrs.define(eq=False, repr=False, slots=False)

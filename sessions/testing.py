@@ -14,13 +14,16 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 import trio
 
-from ._errors import StoreError
+import otpy
+
+from ._errors import SessionInUse, StoreError
 from ._stores._base import RECORD_VERSION, Record, Store
 
 __all__ = ["CHECKS", "StoreConformance", "check_store"]
@@ -300,6 +303,109 @@ async def check_cancelled_load(make_store: StoreFactory) -> None:
         await store.aclose()
 
 
+async def _second_claim_refused(store: Store, session_id: str, what: str) -> None:
+    try:
+        claim = await store.claim(session_id, wait=0)
+    except SessionInUse as exc:
+        _require(exc.session_id == session_id, f"SessionInUse names {exc.session_id!r}, not {session_id!r}")
+        return
+    claim.release()
+    raise AssertionError(f"{what} was granted; a store must raise sessions.SessionInUse")
+
+
+async def check_one_writer(make_store: StoreFactory) -> None:
+    """One writer per session: while a session is claimed, a second claim — through the
+    same store object or another one on the same location — raises `SessionInUse`; other
+    sessions are claimed freely; once released (by `release` or by leaving its ``with``)
+    the session can be claimed again.
+
+    Example::
+
+        await sessions.testing.check_one_writer(lambda: MyStore(path))
+    """
+    store, other = make_store(), make_store()
+    try:
+        sid, neighbour = _ids("claimed", "neighbour")
+        claim = await store.claim(sid)
+        _require(claim.held and claim.session_id == sid, f"claim() returned {claim!r}")
+        await _second_claim_refused(store, sid, "a second claim through the same store object")
+        await _second_claim_refused(other, sid, "a second claim through another store object on the same location")
+        with await other.claim(neighbour, wait=0):
+            await store.append(sid, [_rec(sid, 1)], durable=True)
+        claim.release()
+        claim.release()
+        _require(not claim.held, "a released claim still says it is held")
+        with await other.claim(sid, wait=0) as again:
+            _same(await other.load(sid), [_rec(sid, 1)], "the session after it changed hands")
+            await _second_claim_refused(store, sid, "a claim of a session claimed again")
+        _require(not again.held, "leaving a claim's with block did not release it")
+        (await store.claim(neighbour, wait=0)).release()
+    finally:
+        await store.aclose()
+        await other.aclose()
+
+
+class _Claimer(otpy.GenServer):
+    """A process that claims a session in ``init``, as a SessionServer does."""
+
+    async def init(self, store: Store, session_id: str) -> None:
+        self.claim = await store.claim(session_id)
+
+    async def handle_call(self, request: Any, from_: otpy.From) -> Any:
+        if request == "crash":
+            raise RuntimeError("the claimer crashed")
+        return self.claim.held
+
+
+async def check_claim_released_with_its_process(make_store: StoreFactory) -> None:
+    """A claim made in an otpy process (a SessionServer's ``init``) is released when the
+    process exits, whether it stops, crashes or is killed, so that the restarted server
+    claims the session again; a claim waits for a holder that is on its way out.
+
+    Example::
+
+        await sessions.testing.check_claim_released_with_its_process(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        (sid,) = _ids("owned")
+        async with trio.open_nursery() as nursery:
+            for ending in ("stop", "crash", "kill"):
+                pid = await _Claimer.start(store, sid, nursery=nursery)
+                await _second_claim_refused(store, sid, f"a claim while a live process holds it (before {ending})")
+                if ending == "stop":
+                    await otpy.stop(pid)
+                elif ending == "crash":
+                    with contextlib.suppress(otpy.ServerExited):
+                        await otpy.call(pid, "crash")
+                else:
+                    otpy.exit(pid, "kill")
+                    await pid.wait_exited()
+                try:
+                    claim = await store.claim(sid, wait=1.0)
+                except SessionInUse as exc:
+                    raise AssertionError(
+                        f"the claim of a process that exited ({ending}) was not released: {exc}"
+                    ) from exc
+                claim.release()
+            # A restart: the new claimer waits while the old holder is still finishing.
+            pid = await _Claimer.start(store, sid, nursery=nursery)
+            nursery.start_soon(_stop_later, pid, 0.2)
+            try:
+                claim = await store.claim(sid, wait=5.0)
+            except SessionInUse as exc:
+                raise AssertionError(f"a claim did not wait for a holder that exited 0.2 s later: {exc}") from exc
+            _require(not pid.alive, "a claim was granted while its holder was alive")
+            claim.release()
+    finally:
+        await store.aclose()
+
+
+async def _stop_later(pid: otpy.Pid, delay: float) -> None:
+    await trio.sleep(delay)
+    await otpy.stop(pid)
+
+
 CHECKS: dict[str, Check] = {
     "round_trip": check_round_trip,
     "seq_order": check_seq_order,
@@ -311,6 +417,8 @@ CHECKS: dict[str, Check] = {
     "reopen": check_reopen,
     "aclose_then_reuse": check_aclose_then_reuse,
     "cancelled_load": check_cancelled_load,
+    "one_writer": check_one_writer,
+    "claim_released_with_its_process": check_claim_released_with_its_process,
 }
 """Every check of the suite, by name. ``reopen`` is for stores that keep records
 beyond the store object (not `InMemoryStore`)."""
@@ -411,3 +519,11 @@ class StoreConformance:
     def test_cancelled_load(self, store_factory: StoreFactory) -> None:
         """See ``check_cancelled_load``."""
         self._run("cancelled_load", store_factory)
+
+    def test_one_writer(self, store_factory: StoreFactory) -> None:
+        """See ``check_one_writer``."""
+        self._run("one_writer", store_factory)
+
+    def test_claim_released_with_its_process(self, store_factory: StoreFactory) -> None:
+        """See ``check_claim_released_with_its_process``."""
+        self._run("claim_released_with_its_process", store_factory)

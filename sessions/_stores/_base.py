@@ -31,6 +31,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 import attrs
 
 from .._errors import CorruptRecord
+from ._claims import CLAIM_WAIT, SessionClaim
 
 RECORD_VERSION: Final = 1
 """The record format this version of sessions writes."""
@@ -105,8 +106,9 @@ class Store(Protocol):
     Example::
 
         store = sessions.SqliteStore("agents.db")
-        await store.append("s1", [sessions.Record("s1", 1, "session_started")], durable=True)
-        assert [r.seq for r in await store.load("s1")] == [1]
+        with await store.claim("s1"):
+            await store.append("s1", [sessions.Record("s1", 1, "session_started")], durable=True)
+            assert [r.seq for r in await store.load("s1")] == [1]
     """
 
     async def append(self, session_id: str, records: Sequence[Record], *, durable: bool = False) -> None:
@@ -135,6 +137,24 @@ class Store(Protocol):
         """Forget ``session_id`` and its records (no error if unknown)."""
         ...
 
+    async def claim(self, session_id: str, *, wait: float = CLAIM_WAIT) -> SessionClaim:
+        """Become the one writer of ``session_id`` in this store, until the claim is released.
+
+        A SessionServer claims its session before it loads the log. While the claim is
+        held, a second claim of the session in this store — through any store object on
+        the same location, from any OS process — waits up to ``wait`` seconds for it
+        to be released, then raises. The claim is released by `SessionClaim.release`,
+        when the otpy process that made it (and every `SessionClaim.add_owner`) has
+        exited, when the trio run ends, and when the OS process dies.
+
+        Claims do not guard `append`: they keep a second *server* off a session.
+
+        Raises:
+            SessionInUse: another writer still holds the session after ``wait`` seconds.
+        """
+        ...
+
     async def aclose(self) -> None:
-        """Flush and release files, connections and threads. The store may be used again later."""
+        """Flush and release files, connections and threads. The store may be used again
+        later. Claims are not released: they belong to their owners."""
         ...

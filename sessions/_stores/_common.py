@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .._errors import CorruptRecord, StoreError
+from .._errors import CorruptRecord, StoreError, UnstorableRecord
 from ._base import Record
 
 
@@ -33,12 +33,69 @@ def gap_error(session_id: str, last: int, first: int) -> StoreError:
     return StoreError(f"record {session_id!r}#{first} does not follow {session_id!r}#{last}")
 
 
-def dumps(obj: Any, what: str) -> str:
-    """Compact JSON of ``obj``; `StoreError` when it is not JSON (``what`` names it)."""
+def json_text(session_id: str, seq: int, obj: Any, what: str = "data") -> str:
+    """Compact JSON of ``obj`` (``what`` names it in errors), checked to encode as UTF-8.
+
+    Raises:
+        UnstorableRecord: ``obj`` is not JSON, or holds a string that is not valid
+            Unicode (a lone surrogate), which UTF-8 cannot encode.
+    """
     try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise StoreError(f"{what} cannot be stored as JSON: {exc}") from None
+        raise UnstorableRecord(session_id, seq, f"as JSON: {exc}") from None
+    if not text.isascii():
+        utf8(session_id, seq, text, obj, what)
+    return text
+
+
+def utf8(session_id: str, seq: int, text: str, obj: Any = None, what: str = "data") -> bytes:
+    """``text`` (the JSON of ``obj``, a record's ``data`` or, with ``what="record"``, a
+    whole `Record.to_dict`) as UTF-8.
+
+    Raises:
+        UnstorableRecord: a string holds a lone surrogate, naming where in ``obj`` it is.
+    """
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        if what == "record" and isinstance(obj, dict):  # a whole record: name its own fields
+            where = _surrogate_at(obj.get("kind"), "kind") or _surrogate_at(obj.get("data"), "data")
+        else:
+            where = _surrogate_at(obj, what) if obj is not None else None
+        bad = text[exc.start : exc.end]
+        raise UnstorableRecord(
+            session_id,
+            seq,
+            f"as UTF-8: {where or 'a string'} holds {bad!r}, a lone surrogate (not valid Unicode)",
+        ) from None
+
+
+def _surrogate_at(obj: Any, path: str) -> str | None:
+    """The path (``data['message']['content']``) of the first string in ``obj`` that UTF-8 cannot encode."""
+    if isinstance(obj, str):
+        return None if _encodes(obj) else path
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if isinstance(key, str) and not _encodes(key):
+                return f"a key of {path}"
+            found = _surrogate_at(value, f"{path}[{key!r}]")
+            if found is not None:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            found = _surrogate_at(value, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_loaded(session_id: str, record: Record, expected_seq: int, location: str, line: int) -> None:

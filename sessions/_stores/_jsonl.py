@@ -16,10 +16,13 @@ import trio
 
 from .._errors import CorruptRecord, InvalidOption, StoreError
 from ._base import Record
-from ._common import check_loaded, check_records, dumps, gap_error
+from ._claims import CLAIM_WAIT, FILE_CLAIMS, SessionClaim
+from ._common import check_loaded, check_records, gap_error, json_text
 from ._writer import BatchWorker, Handler, Job
 
 SUFFIX: Final = ".jsonl"
+LOCK_SUFFIX: Final = ".jsonl.lock"
+"""A session's claim lock file: ``<session_id>.jsonl.lock`` beside its log, while claimed."""
 MAX_OPEN_FILES: Final = 256
 """Files the writer keeps open; the least recently used is closed beyond this."""
 FSYNC_THREADS: Final = 8
@@ -92,6 +95,7 @@ class _JsonlHandler(Handler):
         self.logs: OrderedDict[str, _Log] = OrderedDict()
         self.dirty_closed: set[str] = set()  # closed to stay under MAX_OPEN_FILES before an fsync
         self.dir_fd = -1
+        self.dir_unsynced = False  # a directory fsync failed: a new file's entry may not be durable
         self.fsyncs: ThreadPoolExecutor | None = None
 
     def open(self) -> None:
@@ -163,15 +167,23 @@ class _JsonlHandler(Handler):
                     raise AssertionError(f"unknown job {job.op!r}")
             except (StoreError, OSError) as exc:
                 job.error = exc if isinstance(exc, StoreError) else StoreError(f"{exc}")
+            # Final now: a read, a refusal, a write that promises no fsync. The rest settle below.
+            job.settled = (
+                job.error is not None or job.op in ("load", "list") or (job.op == "append" and not job.durable)
+            )
         # One fsync per file covers every durable append made to it in this batch. A file
         # closed during the batch (more sessions than MAX_OPEN_FILES) is opened again for it.
         syncing: list[tuple[str, _Log | None, int]] = []
+        failures: dict[str, OSError] = {}
         for session_id in to_sync:
             log = self.logs.get(session_id)
             if log is not None:
                 syncing.append((session_id, log, log.fd))
             elif session_id in self.dirty_closed:
-                syncing.append((session_id, None, os.open(self.path(session_id), os.O_RDONLY)))
+                try:
+                    syncing.append((session_id, None, os.open(self.path(session_id), os.O_RDONLY)))
+                except OSError as exc:
+                    failures[session_id] = exc
         try:
             outcomes = self._fsync_all([fd for _, _, fd in syncing])
         finally:
@@ -184,18 +196,25 @@ class _JsonlHandler(Handler):
                 if log is not None:
                     log.dirty = False
             else:
-                # After a failed fsync the page cache cannot be trusted: reread the file next time.
-                self._forget(session_id)
-                for job in to_sync[session_id]:
-                    if job.error is None:
-                        job.error = StoreError(f"fsync of {self.path(session_id)} failed: {failure}")
+                failures[session_id] = failure
+        for session_id, failure in failures.items():
+            # After a failed fsync the page cache cannot be trusted: reread the file next time.
+            self._forget(session_id)
+            for job in to_sync[session_id]:
+                if job.error is None:
+                    job.error = StoreError(f"fsync of {self.path(session_id)} failed: {failure}")
+        sync_dir = sync_dir or (self.dir_unsynced and bool(to_sync))
         if sync_dir and self.dir_fd >= 0:
             try:
                 os.fsync(self.dir_fd)  # new and removed files: their directory entries too
+                self.dir_unsynced = False
             except OSError as exc:
+                self.dir_unsynced = True  # the next durable append tries again
                 for job in jobs:
-                    if job.error is None and job.op in ("append", "delete"):
+                    if job.error is None and (job.op == "delete" or (job.op == "append" and job.durable)):
                         job.error = StoreError(f"fsync of {self.directory} failed: {exc}")
+        for job in jobs:
+            job.settled = True
 
     def _append(self, job: Job) -> bool:
         session_id, first_seq, payload, count = job.args
@@ -203,6 +222,12 @@ class _JsonlHandler(Handler):
         if first_seq is None:  # an empty durable append: only the fsync
             return created
         assert log is not None
+        if os.fstat(log.fd).st_size != log.size:
+            # Written by someone else (another store object, another process) since this
+            # writer last looked: read it again rather than append after a stale seq.
+            self._forget(session_id)
+            log, created = self._open_log(session_id, create=True)
+            assert log is not None
         if first_seq != log.last_seq + 1:
             raise gap_error(session_id, log.last_seq, first_seq)
         view = memoryview(payload)
@@ -353,8 +378,9 @@ class JsonlStore:
         cancelled, so the caller never goes on not knowing whether it happened.
 
         Raises:
+            UnstorableRecord: a record is not JSON, or holds a lone surrogate (not UTF-8).
             StoreError: the records do not follow the log (a gap, a repeat, another
-                session's record), are not JSON, or the file cannot be written.
+                session's record), or the file cannot be written.
             InvalidOption: ``session_id`` is not a usable file name.
 
         Example::
@@ -366,10 +392,32 @@ class JsonlStore:
         if not records and not durable:
             await trio.lowlevel.checkpoint()
             return
-        payload = "".join(dumps(r.to_dict(), f"record {session_id!r}#{r.seq}") + "\n" for r in records)
+        # Encoded and checked here, before the writer: a record that cannot be a line
+        # of UTF-8 JSON fails this append alone, and nothing of it is written.
+        lines = [json_text(session_id, r.seq, r.to_dict(), "record") for r in records]
+        payload = "".join(f"{line}\n" for line in lines).encode("utf-8")
         first = records[0].seq if records else None
-        job = Job("append", (session_id, first, payload.encode("utf-8"), len(records)), durable=durable)
+        job = Job("append", (session_id, first, payload, len(records)), durable=durable)
         await self._worker.submit(job, shield=True)
+
+    async def claim(self, session_id: str, *, wait: float = CLAIM_WAIT) -> SessionClaim:
+        """Become the one writer of ``session_id`` in this directory (see `Store.claim`).
+
+        The claim is an exclusive ``flock`` on ``<session_id>.jsonl.lock`` beside the
+        log (removed at release), so a second store object or another OS process on the
+        same directory is refused too; the kernel drops the lock if the process dies.
+
+        Raises:
+            SessionInUse: another writer still holds it after ``wait`` seconds.
+            InvalidOption: ``session_id`` is not a usable file name.
+
+        Example::
+
+            async def init(self):
+                self.claim = await store.claim("s1")   # released when this process exits
+        """
+        lock_path = self.directory / f"{check_session_id(session_id)}{LOCK_SUFFIX}"
+        return await FILE_CLAIMS.claim_file(lock_path, session_id, str(self.directory), wait)
 
     async def load(self, session_id: str) -> list[Record]:
         """The session's records in order; ``[]`` if it has no file.

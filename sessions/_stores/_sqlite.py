@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -16,13 +17,17 @@ import otpy
 
 from .._errors import CorruptRecord, InvalidOption, StoreError
 from ._base import Record
-from ._common import check_loaded, check_records, dumps, gap_error
+from ._claims import CLAIM_WAIT, FILE_CLAIMS, SessionClaim
+from ._common import check_loaded, check_records, gap_error, json_text, utf8
 from ._writer import BatchWorker, Handler, Job
 
 _log = otpy.get_logger("sessions.stores")
 
 SCHEMA_VERSION: Final = 1
 """The table layout this release writes, kept in ``PRAGMA user_version``."""
+
+CLAIMS_SUFFIX: Final = "-claims"
+"""The directory beside the database that holds the lock files of claimed sessions."""
 
 BUSY_TIMEOUT_MS: Final = 30_000
 """How long a statement waits for a lock held by another connection or process."""
@@ -71,7 +76,7 @@ class _SqliteHandler(Handler):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
         except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+            raise StoreError(f"cannot open {self.path}: {_describe(exc)}") from exc
         try:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             # Two stores opening one new file at once (two processes, say): switching to
@@ -91,6 +96,9 @@ class _SqliteHandler(Handler):
                     if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
                         raise
                     time.sleep(0.01)
+        except sqlite3.Error as exc:  # a damaged file ("file is not a database"), a full or read-only disk
+            db.close()
+            raise StoreError(f"cannot open {self.path}: {_describe(exc)}") from exc
         except BaseException:
             db.close()
             raise
@@ -132,42 +140,82 @@ class _SqliteHandler(Handler):
                 else:
                     raise AssertionError(f"unknown job {job.op!r}")
             except sqlite3.Error as exc:
-                job.error = StoreError(f"{self.path}: {exc}")
+                job.error = _store_error(self.path, exc, "reading")
             except StoreError as exc:
                 job.error = exc
+            job.settled = True
         self._commit(db, pending)
 
     def _commit(self, db: sqlite3.Connection, jobs: list[Job]) -> None:
-        """Write ``jobs`` in one transaction: one commit, and one fsync if any is durable."""
-        if not jobs:
-            return
+        """Write ``jobs`` in one transaction: one commit, and one fsync if any is durable.
+
+        Every job leaves settled, with its own outcome: a failure that belongs to one
+        job (a record SQLite refuses) fails that job alone and the others are written
+        in a new transaction; a failure of the transaction (a full disk, an I/O error,
+        a damaged file) fails every job of this transaction and no other.
+        """
+        durable = any(job.durable for job in jobs)
+        remaining = jobs
+        while remaining:
+            for job in remaining:
+                job.error = None  # a gap found in a rolled back attempt is checked again
+            try:
+                self._transaction(db, remaining, durable)
+                break
+            except _JobFailed as failed:
+                failed.job.error = _store_error(self.path, failed.cause, "writing", failed.job)
+                failed.job.settled = True
+                remaining = [job for job in remaining if job is not failed.job]
+            except (sqlite3.Error, OSError) as exc:
+                error = _store_error(self.path, exc, "writing")
+                for job in remaining:
+                    job.error = error
+                break
+        for job in jobs:
+            job.settled = True
+
+    def _transaction(self, db: sqlite3.Connection, jobs: list[Job], durable: bool) -> None:
         # In WAL mode, FULL syncs the WAL at commit; NORMAL does not, and the next FULL
         # commit's sync covers the frames written before it.
-        durable = any(job.durable for job in jobs)
         self._set_synchronous(db, "FULL" if durable else "NORMAL")
         changes = db.total_changes
+        db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for job in jobs:
+            for job in jobs:
+                try:
                     if job.op == "append":
                         self._append(db, job)
                     else:
                         db.execute("DELETE FROM records WHERE session_id = ?", (job.args[0],))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            if db.total_changes != changes:
-                self.unsynced = not durable
-            elif durable and self.unsynced:
-                # Nothing written, so the commit synced nothing: an empty durable append
-                # still promises that the appends before it are durable.
-                _fsync_file(Path(f"{self.path}-wal"))
-                self.unsynced = False
-        except (sqlite3.Error, OSError) as exc:
-            for job in jobs:
-                job.error = StoreError(f"{self.path}: {exc}")
+                except (sqlite3.Error, ValueError, OverflowError) as exc:
+                    if not _job_specific(exc):
+                        raise
+                    raise _JobFailed(job, exc) from exc
+            db.execute("COMMIT")
+        except BaseException as exc:
+            self._rollback(db, exc)
+            raise
+        if db.total_changes != changes:
+            self.unsynced = not durable
+        elif durable and self.unsynced:
+            # Nothing written, so the commit synced nothing: an empty durable append
+            # still promises that the appends before it are durable.
+            _fsync_file(Path(f"{self.path}-wal"))
+            self.unsynced = False
+
+    def _rollback(self, db: sqlite3.Connection, cause: BaseException) -> None:
+        """Roll back what is left of a failed transaction, keeping ``cause`` as the error.
+
+        After some errors (a full disk, an I/O error) SQLite has already rolled the
+        transaction back, and a ROLLBACK would fail with "no transaction is active",
+        hiding what really happened.
+        """
+        if not db.in_transaction:
+            return
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            _log.warning("sqlite_rollback_failed", path=str(self.path), error=str(exc), cause=repr(cause))
 
     def _append(self, db: sqlite3.Connection, job: Job) -> None:
         session_id, first_seq, rows = job.args
@@ -208,8 +256,52 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+class _JobFailed(Exception):
+    """One job's statement failed for a reason of its own (not the transaction's)."""
+
+    def __init__(self, job: Job, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.job = job
+        self.cause = cause
+
+
+# Errors that belong to one statement's values, not to the database: SQLite refused a
+# value (too big, a constraint) or Python could not bind it. Anything else (SQLITE_FULL,
+# SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_NOTADB, SQLITE_READONLY, ...) fails the transaction.
+_JOB_SPECIFIC_CODES: Final = frozenset({"SQLITE_TOOBIG", "SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_RANGE"})
+
+
+def _job_specific(exc: BaseException) -> bool:
+    if isinstance(exc, (ValueError, OverflowError, sqlite3.InterfaceError, sqlite3.ProgrammingError)):
+        return True
+    name = getattr(exc, "sqlite_errorname", None) or ""
+    return any(name == code or name.startswith(f"{code}_") for code in _JOB_SPECIFIC_CODES)
+
+
+def _describe(exc: BaseException) -> str:
+    """``exc`` with SQLite's error code when it has one: "database or disk is full (SQLITE_FULL)"."""
+    name = getattr(exc, "sqlite_errorname", None)
+    return f"{exc} ({name})" if name else str(exc)
+
+
+def _store_error(path: Path, exc: BaseException, doing: str, job: Job | None = None) -> StoreError:
+    """The `StoreError` for a failed read or write of ``path``, with ``exc`` as its cause."""
+    if job is not None and job.op == "append":
+        session_id, first_seq, rows = job.args
+        error = StoreError(
+            f"{path}: {doing} {session_id!r}#{first_seq}..{first_seq + len(rows) - 1} failed: {_describe(exc)}"
+        )
+    else:
+        error = StoreError(f"{path}: {doing} failed: {_describe(exc)}")
+    error.__cause__ = exc
+    return error
+
+
 def _migrate(db: sqlite3.Connection, path: Path) -> None:
     """Create the tables, or bring an older layout up to `SCHEMA_VERSION`."""
+    (version,) = db.execute("PRAGMA user_version").fetchone()
+    if version == SCHEMA_VERSION:
+        return  # nothing to write: a store opens, and reads, on a full or read-only disk too
     db.execute("BEGIN IMMEDIATE")
     try:
         (version,) = db.execute("PRAGMA user_version").fetchone()
@@ -279,8 +371,10 @@ class SqliteStore:
         cancelled, so the caller never goes on not knowing whether it happened.
 
         Raises:
+            UnstorableRecord: a record is not JSON, or holds a lone surrogate (not UTF-8).
             StoreError: the records do not follow the log (a gap, a repeat, another
-                session's record), are not JSON, or the database cannot be written.
+                session's record), or the database cannot be written (naming the file
+                and SQLite's error, such as ``SQLITE_FULL``).
 
         Example::
 
@@ -291,10 +385,13 @@ class SqliteStore:
         if not records and not durable:
             await trio.lowlevel.checkpoint()
             return
-        rows: list[tuple[Any, ...]] = [
-            (session_id, r.seq, r.version, r.ts, r.kind, dumps(r.data, f"data of {session_id!r}#{r.seq}"))
-            for r in records
-        ]
+        # Encoded and checked here, before the batch: a record SQLite could not take
+        # fails this append alone, never the commit it would have shared.
+        rows: list[tuple[Any, ...]] = []
+        for r in records:
+            if not r.kind.isascii():
+                utf8(session_id, r.seq, r.kind, r.kind, "kind")
+            rows.append((session_id, r.seq, r.version, r.ts, r.kind, json_text(session_id, r.seq, r.data)))
         first = records[0].seq if records else None
         await self._worker.submit(Job("append", (session_id, first, rows), durable=durable), shield=True)
 
@@ -332,6 +429,27 @@ class SqliteStore:
         _check_id(session_id)
         await self._worker.submit(Job("delete", (session_id,)), shield=True)
 
+    async def claim(self, session_id: str, *, wait: float = CLAIM_WAIT) -> SessionClaim:
+        """Become the one writer of ``session_id`` in this database (see `Store.claim`).
+
+        The claim is an exclusive ``flock`` on a lock file of the session in
+        ``<path>-claims/`` (removed at release), so a second store object or another OS
+        process on the same database is refused too; the kernel drops the lock if the
+        process dies, so a crash never leaves a session claimed.
+
+        Raises:
+            SessionInUse: another writer still holds it after ``wait`` seconds.
+
+        Example::
+
+            async def init(self):
+                self.claim = await store.claim("s1")   # released when this process exits
+        """
+        _check_id(session_id)
+        digest = hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:40]
+        lock_path = Path(f"{self.path}{CLAIMS_SUFFIX}") / f"{digest}.lock"
+        return await FILE_CLAIMS.claim_file(lock_path, session_id, str(self.path), wait)
+
     async def aclose(self) -> None:
         """Commit, checkpoint the WAL into the database, close the connection and end
         the writer thread; the store stays usable.
@@ -346,3 +464,8 @@ class SqliteStore:
 def _check_id(session_id: object) -> None:
     if not isinstance(session_id, str) or not session_id:
         raise InvalidOption("session_id", session_id, "must be a non-empty string")
+    if not session_id.isascii():
+        try:
+            session_id.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidOption("session_id", session_id, "must be valid Unicode (no lone surrogates)") from None

@@ -47,7 +47,8 @@ call starts a new one."""
 class Job:
     """One request to the writer thread: ``op`` and ``args`` are the store's own.
 
-    The handler sets ``result`` or ``error``; the worker wakes the submitter.
+    The handler sets ``result`` or ``error``, and ``settled`` once that outcome is
+    final (a write committed or refused); the worker wakes the submitter.
     """
 
     op: str
@@ -55,6 +56,7 @@ class Job:
     durable: bool = False
     result: Any = None
     error: BaseException | None = None
+    settled: bool = False
     token: trio.lowlevel.TrioToken | None = None
     done: trio.Event | None = None
 
@@ -195,7 +197,7 @@ class BatchWorker:
                 handler.open()
             except Exception as exc:  # noqa: BLE001 (the batch fails; the next batch tries again)
                 _log.error("store_open_failed", thread=self._name, exc_info=exc)
-                error = exc if isinstance(exc, StoreError) else StoreError(f"store could not open: {exc!r}")
+                error = exc if isinstance(exc, StoreError) else _wrapped(f"{self._name}: could not open: {exc!r}", exc)
                 for job in jobs:
                     job.error = error
                 _wake(jobs)
@@ -209,11 +211,18 @@ class BatchWorker:
             handler.process(jobs)
         except Exception as exc:  # noqa: BLE001 (a handler bug or an I/O failure: fail the batch, keep serving)
             _log.error("store_batch_failed", thread=self._name, jobs=len(jobs), exc_info=exc)
-            error = exc if isinstance(exc, StoreError) else StoreError(f"store batch failed: {exc!r}")
+            error = exc if isinstance(exc, StoreError) else _wrapped(f"{self._name}: batch failed: {exc!r}", exc)
             for job in jobs:
-                if job.error is None:
+                # A settled job keeps its outcome: a write that was committed is never reported failed.
+                if not job.settled and job.error is None:
                     job.error = error
                     job.result = None
+
+
+def _wrapped(message: str, cause: BaseException) -> StoreError:
+    error = StoreError(message)
+    error.__cause__ = cause
+    return error
 
 
 def _wake(jobs: Sequence[Job]) -> None:
