@@ -84,7 +84,9 @@ def _check_provider(_instance: Any, _attribute: Any, value: Any) -> None:
 
 def _check_store(_instance: Any, _attribute: Any, value: Any) -> None:
     if value is not None and not isinstance(value, Store):
-        raise InvalidOption("store", value, "expected a sessions.Store (append, load, list_sessions, delete, aclose)")
+        raise InvalidOption(
+            "store", value, "expected a sessions.Store (append, load, list_sessions, delete, claim, aclose)"
+        )
 
 
 def _check_opts(_instance: Any, _attribute: Any, value: Any) -> None:

@@ -498,6 +498,10 @@ class SessionServer(otpy.GenServer):
         self._recovered: Result | None = None
         self._watchers: dict[otpy.MonitorRef, SubscriberBuffer] = {}
 
+        # One writer per session per store: a second server of a live session, through
+        # any store object on the same location or from another OS process, is refused
+        # (SessionInUse) after waiting close_timeout for the previous one to let go.
+        self._claim = await self._store.claim(session_id, wait=config.close_timeout)
         table = _turn_tasks()
         key = (id(self._store), session_id)
         previous = table.get(key)

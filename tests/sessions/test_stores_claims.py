@@ -255,6 +255,113 @@ async def test_a_bad_session_id_is_refused_at_claim(tmp_path: Path, bad: str) ->
         await store.aclose()
 
 
+# --- SessionServer -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "objects"),
+    [(kind, objects) for kind in KINDS for objects in ("one store object", "two store objects")]
+    + [("memory", "one store object")],  # two InMemoryStore objects are two stores
+)
+async def test_a_second_session_server_of_a_live_session_is_refused(
+    tmp_path: Path, kind: str, objects: str, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Two SessionServers with one session id on one store (one object, or two on one file
+    or directory): the second does not start, with SessionInUse naming the session, after
+    waiting close_timeout; the first goes on serving turns untouched."""
+    first_store = sessions.InMemoryStore() if kind == "memory" else _make(kind, tmp_path)
+    second_store = first_store if objects == "one store object" else _make(kind, tmp_path)
+    provider = sessions.ScriptedProvider(["one", "two"])
+    options: dict[str, Any] = {"provider": provider, "session_id": "agent", "close_timeout": 2.0}
+    first = await sessions.SessionServer.start_link(store=first_store, nursery=nursery, **options)
+    assert (await sessions.SessionServer.send_message(first, "hi")).text == "one"
+    started = trio.current_time()
+    with pytest.raises(otpy.StartError) as caught:
+        await sessions.SessionServer.start_link(store=second_store, nursery=nursery, **options)
+    error = caught.value.__cause__
+    assert isinstance(error, SessionInUse)
+    assert error.session_id == "agent"
+    assert trio.current_time() - started == pytest.approx(2.0, abs=0.1)
+    assert (await sessions.SessionServer.send_message(first, "again")).text == "two"
+    assert await sessions.SessionServer.turn_count(first) == 2
+    await otpy.stop(first)
+    for store in {id(first_store): first_store, id(second_store): second_store}.values():
+        await store.aclose()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_killed_session_server_is_restarted_on_its_claim(
+    tmp_path: Path, kind: str, nursery: trio.Nursery
+) -> None:
+    """A session server killed (no terminate) leaves its session claimable: the next server
+    of the session starts and carries on its log."""
+    store = _make(kind, tmp_path)
+    provider = sessions.ScriptedProvider(["one", "two"])
+    options: dict[str, Any] = {"provider": provider, "session_id": "agent", "store": store}
+    first = await sessions.SessionServer.start(nursery=nursery, **options)
+    await sessions.SessionServer.send_message(first, "hi")
+    otpy.exit(first, "kill")
+    await first.wait_exited()
+    second = await sessions.SessionServer.start_link(nursery=nursery, **options)
+    assert (await sessions.SessionServer.send_message(second, "again")).text == "two"
+    assert await sessions.SessionServer.turn_count(second) == 2
+    await otpy.stop(second)
+    await store.aclose()
+
+
+_SERVER = """
+import sys, trio, otpy, sessions
+
+async def main():
+    store = sessions.SqliteStore(sys.argv[1])
+    async with trio.open_nursery() as nursery:
+        await sessions.SessionServer.start_link(
+            provider=sessions.ScriptedProvider(), store=store, session_id="agent", nursery=nursery
+        )
+        print("serving", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read)
+        nursery.cancel_scope.cancel()
+
+trio.run(main)
+"""
+
+
+def test_a_session_server_in_another_os_process_is_refused_until_it_dies(tmp_path: Path) -> None:
+    """A SessionServer of the session runs in another OS process: a server here does not
+    start (SessionInUse names that process); once the other process is SIGKILLed, it does."""
+    path = tmp_path / "agents.db"
+    env = {**os.environ, "PYTHONPATH": str(_ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SERVER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert _line(child) == "serving"
+
+        async def start(expect_refusal: bool) -> None:
+            store = SqliteStore(path)
+            options: dict[str, Any] = {"provider": sessions.ScriptedProvider(["hi"]), "session_id": "agent"}
+            async with trio.open_nursery() as nursery:
+                if expect_refusal:
+                    with pytest.raises(otpy.StartError) as caught:
+                        await sessions.SessionServer.start_link(
+                            store=store, close_timeout=0.2, nursery=nursery, **options
+                        )
+                    assert isinstance(caught.value.__cause__, SessionInUse)
+                    assert caught.value.__cause__.holder == f"OS process {child.pid}"
+                else:
+                    pid = await sessions.SessionServer.start_link(store=store, nursery=nursery, **options)
+                    assert (await sessions.SessionServer.send_message(pid, "hello")).text == "hi"
+                    await otpy.stop(pid)
+            await store.aclose()
+
+        trio.run(start, True)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+        trio.run(start, False)
+    finally:
+        _reap(child)
+
+
 # --- across OS processes ----------------------------------------------------------------------
 
 _HOLDER = """
