@@ -62,6 +62,22 @@ ServerRef = otpy.Pid | str | otpy.Via
 """What the client functions take: a pid, a registered name, or ``otpy.via(...)``."""
 
 
+_IDEMPOTENCY_KEY_MAX = 255  # the longest idempotency_key send_message takes, in characters (Stripe's limit)
+
+
+def _check_idempotency_key(key: object) -> None:
+    if key is None:
+        return
+    if not isinstance(key, str) or not key:
+        raise InvalidOption("idempotency_key", key, "expected a non-empty str")
+    if len(key) > _IDEMPOTENCY_KEY_MAX:
+        raise InvalidOption("idempotency_key", key, f"expected at most {_IDEMPOTENCY_KEY_MAX} characters")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidOption("idempotency_key", key, "is not valid Unicode (a lone surrogate)") from None
+
+
 def new_session_id() -> str:
     """A fresh session id: 16 random bytes, URL-safe base64 (ExAthena's choice).
 
@@ -83,6 +99,7 @@ def new_session_id() -> str:
 class _Send(otpy.Call[Any]):
     prompt: str
     overrides: dict[str, Any]
+    key: str | None = None
 
 
 @attrs.frozen
@@ -153,12 +170,22 @@ class _QueuedPut:
     from_: otpy.From
     session: Session
 
+    @property
+    def waiting(self) -> bool:
+        return self.from_.waiting
+
 
 @attrs.frozen
 class _QueuedTurn:
     from_: otpy.From
     prompt: str
     overrides: dict[str, Any]
+    key: str | None = None
+    joined: list[otpy.From] = attrs.field(factory=list)  # callers who sent the same key meanwhile
+
+    @property
+    def waiting(self) -> bool:
+        return self.from_.waiting or any(from_.waiting for from_ in self.joined)
 
 
 # --- the server ------------------------------------------------------------------------------------
@@ -280,12 +307,25 @@ class SessionServer(otpy.GenServer):
         return await super().start_link(name=name, nursery=nursery, **options)
 
     @staticmethod
-    async def send_message(server: ServerRef, prompt: str, **overrides: Any) -> Result:
+    async def send_message(
+        server: ServerRef, prompt: str, *, idempotency_key: str | None = None, **overrides: Any
+    ) -> Result:
         """Run one turn and return its `Result`, waiting for as long as the turn takes.
 
         ``overrides`` replace ``query_opts`` entries for this turn. A turn that fails
         is a `Result` with ``is_error`` and a `FinishReason`; while another turn runs,
         this one waits in the queue.
+
+        ``idempotency_key`` names the turn, so that it runs at most once, whatever
+        crashes (Stripe's model). The key is stored with the turn, durably, before the
+        provider sees the prompt. Sent again with the same key, `send_message` runs
+        nothing and answers for that turn: the turn's `Result` if it finished (a
+        failed turn's too), its interrupted `Result` (``FinishReason.INTERRUPTED``) if
+        the server exited during it, and, while it is queued or running, the same
+        `Result` when it ends (the calls join it). The prompt and ``overrides`` of a
+        repeat are not looked at. Keys are kept per session, all of them, for the
+        session's life (`Session.idempotency_keys`; `put_session` keeps those of the
+        session it is given). After `otpy.ServerExited`, send again with the same key.
 
         Raises:
             InvalidOption: ``prompt`` is not a str or holds a lone surrogate (it has no
@@ -295,17 +335,26 @@ class SessionServer(otpy.GenServer):
             SessionBusy: ``max_queued_turns`` turns already wait.
             otpy.ServerExited: the server exited (crashed) before the turn ended.
             otpy.NoProcess: no such server.
+            InvalidOption: ``idempotency_key`` is not a non-empty str of at most 255
+                characters (or holds a lone surrogate).
 
         Example::
 
             result = await SessionServer.send_message("agent", "Summarize README.md", model="haiku")
             print(result.text, result.cost_usd)
+
+            key = str(uuid.uuid4())
+            try:
+                result = await SessionServer.send_message("agent", "Deploy it.", idempotency_key=key)
+            except otpy.ServerExited:  # did it happen? ask again: it runs at most once
+                result = await SessionServer.send_message("agent", "Deploy it.", idempotency_key=key)
         """
         if not isinstance(prompt, str):
             raise InvalidOption("prompt", prompt, "expected a str")
         check_text("prompt", prompt)
         check_turn_options("overrides", overrides)
-        reply = await otpy.call(server, _Send(prompt, overrides), timeout=math.inf)
+        _check_idempotency_key(idempotency_key)
+        reply = await otpy.call(server, _Send(prompt, overrides, idempotency_key), timeout=math.inf)
         result: Result = _unwrap(reply)
         return result
 
@@ -578,13 +627,19 @@ class SessionServer(otpy.GenServer):
 
     async def handle_call(self, request: Any, from_: otpy.From) -> Any:
         match request:
-            case _Send(prompt=prompt, overrides=overrides):
+            case _Send(prompt=prompt, overrides=overrides, key=key):
+                if key is not None:
+                    replayed = self._session.result_for_key(key)
+                    if replayed is not None:
+                        return replayed
+                    if self._join(key, from_):
+                        return otpy.NoReply()
                 refusal: SessionError | None = self._budget_refusal()
                 if refusal is None and self._busy() and len(self._queue) >= self._config.max_queued_turns:
                     refusal = SessionBusy(self._sid, len(self._queue))
                 if refusal is not None:
                     return _Refused(refusal)
-                self._queue.append(_QueuedTurn(from_, prompt, overrides))
+                self._queue.append(_QueuedTurn(from_, prompt, overrides, key))
                 await self._advance()
                 return otpy.NoReply()
             case _Get(what="session"):
@@ -618,6 +673,8 @@ class SessionServer(otpy.GenServer):
                 turn, self._running = self._running, None
                 if turn is not None:
                     otpy.reply(turn.from_, result)
+                    for joined in turn.joined:
+                        otpy.reply(joined, result)
                 await self._advance()
             case otpy.ExitSignal(pid=pid, reason=reason) if pid is self._task.pid:
                 return otpy.Stop(reason if not otpy.is_normal_reason(reason) else ("turn_task_exited", reason))
@@ -672,6 +729,18 @@ class SessionServer(otpy.GenServer):
     def _busy(self) -> bool:
         return self._running is not None or bool(self._queue)
 
+    def _join(self, key: str, from_: otpy.From) -> bool:
+        """Make ``from_`` a caller of the running or queued turn sent with ``key``; False if none was."""
+        running = self._running
+        if running is not None and running.key == key:
+            running.joined.append(from_)
+            return True
+        for item in self._queue:
+            if isinstance(item, _QueuedTurn) and item.key == key:
+                item.joined.append(from_)
+                return True
+        return False
+
     def _budget_refusal(self) -> BudgetExceeded | None:
         config, session = self._config, self._session
         if config.max_turns is not None and session.turn_count >= config.max_turns:
@@ -684,7 +753,7 @@ class SessionServer(otpy.GenServer):
         """Start the next queued turn, or apply a queued `put_session`, while idle."""
         while self._running is None and self._queue:
             item = self._queue.popleft()
-            if not item.from_.waiting:
+            if not item.waiting:
                 continue  # its caller gave up: a turn nobody waits for is not started
             if isinstance(item, _QueuedPut):
                 await self._put(item.session)
@@ -692,13 +761,14 @@ class SessionServer(otpy.GenServer):
                 continue
             refusal = self._budget_refusal()
             if refusal is not None:
-                otpy.reply(item.from_, _Refused(refusal))
+                for from_ in (item.from_, *item.joined):
+                    otpy.reply(from_, _Refused(refusal))
                 continue
             self._start(item)
 
     def _start(self, item: _QueuedTurn) -> None:
         session = self._session
-        turn = _Turn(session.turn_count + 1, item.prompt, item.from_)
+        turn = _Turn(session.turn_count + 1, item.prompt, item.from_, item.key, item.joined)
         request = TurnRequest(
             turn=turn.number,
             prompt=item.prompt,

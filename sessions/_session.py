@@ -42,6 +42,9 @@ class Session:
     """One `Result` per turn, in order (interrupted and failed turns included)."""
     provider_session_id: str | None = None
     """The provider's own session id (the Claude CLI's), kept apart from ``session_id``."""
+    idempotency_keys: Mapping[str, int] = attrs.field(factory=dict, hash=False)
+    """The ``idempotency_key`` of each turn sent with one, and the turn's number: every key
+    in the log is kept, for the session's life (see `SessionServer.send_message`)."""
 
     @property
     def turn_count(self) -> int:
@@ -74,6 +77,7 @@ class Session:
             "messages": [m.to_dict() for m in self.messages],
             "history": [r.to_dict() for r in self.history],
             "provider_session_id": self.provider_session_id,
+            "idempotency_keys": dict(self.idempotency_keys),
         }
 
     @classmethod
@@ -84,7 +88,18 @@ class Session:
             messages=tuple(Message.from_dict(m) for m in data.get("messages") or ()),
             history=tuple(Result.from_dict(r) for r in data.get("history") or ()),
             provider_session_id=data.get("provider_session_id"),
+            idempotency_keys={str(k): int(v) for k, v in (data.get("idempotency_keys") or {}).items()},
         )
+
+    def result_for_key(self, key: str) -> Result | None:
+        """The `Result` of the turn sent with ``idempotency_key=key``, or ``None`` (internal)."""
+        turn = self.idempotency_keys.get(key)
+        if turn is None:
+            return None
+        history = self.history
+        if 0 < turn <= len(history) and history[turn - 1].turn == turn:
+            return history[turn - 1]
+        return next((result for result in history if result.turn == turn), None)
 
 
 @attrs.frozen
@@ -144,6 +159,8 @@ class Folder:
         self.messages: list[Message] = []
         self.history: list[Result] = []
         self.provider_session_id = session.provider_session_id
+        self.base_keys = session.idempotency_keys
+        self.keys: dict[str, int] = {}
         self.open: OpenTurn | None = None
         self.open_messages: list[Message] = []
         self.last_seq = last_seq
@@ -159,6 +176,9 @@ class Folder:
                     self._interrupt("a new turn started before it finished")
                 prompt = str(data.get("prompt", ""))
                 self.open = OpenTurn(turn=int(data["turn"]), prompt=prompt)
+                key = data.get("idempotency_key")
+                if isinstance(key, str):
+                    self.keys[key] = self.open.turn
                 self.open_messages = []
                 self.messages.append(Message(role="user", content=prompt))
             case "message":
@@ -184,6 +204,7 @@ class Folder:
                 self.base_messages, self.base_history = session.messages, session.history
                 self.messages, self.history = [], []
                 self.provider_session_id = session.provider_session_id
+                self.base_keys, self.keys = session.idempotency_keys, {}
                 self.open = None
                 self.open_messages = []
             case _:
@@ -210,6 +231,7 @@ class Folder:
             messages=self.base_messages + tuple(self.messages) if self.messages else self.base_messages,
             history=self.base_history + tuple(self.history) if self.history else self.base_history,
             provider_session_id=self.provider_session_id,
+            idempotency_keys={**self.base_keys, **self.keys} if self.keys else self.base_keys,
         )
         return Folded(session=session, open_turn=open_turn, last_seq=self.last_seq)
 

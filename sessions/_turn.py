@@ -62,6 +62,8 @@ class _Turn:
         "from_",
         "helper_scope",
         "interrupting",
+        "joined",
+        "key",
         "messages",
         "number",
         "prompt",
@@ -72,10 +74,14 @@ class _Turn:
         "unsaid",
     )
 
-    def __init__(self, number: int, prompt: str, from_: otpy.From) -> None:
+    def __init__(
+        self, number: int, prompt: str, from_: otpy.From, key: str | None = None, joined: list[otpy.From] | None = None
+    ) -> None:
         self.number = number
         self.prompt = prompt
         self.from_ = from_
+        self.key = key  # its idempotency key
+        self.joined = joined if joined is not None else []  # callers who sent the same key meanwhile
         self.started_at = trio.current_time()
         self.text: list[str] = []
         self.unsaid: list[str] = []  # text deltas not yet part of a MessageAdded
@@ -322,6 +328,8 @@ class _TurnTask:
     async def _begin(self, work: _TurnWork) -> None:
         turn = work.turn
         data = {"turn": turn.number, "prompt": turn.prompt, "options": _jsonable(work.request.options)}
+        if turn.key is not None:
+            data["idempotency_key"] = turn.key
         await self._append(work, "turn_started", data, durable=True)
         turn.begun = True
         self.fanout.publish(TurnStarted(session_id=self.session_id, turn=turn.number, prompt=turn.prompt))

@@ -12,7 +12,7 @@ kind                data
 ==================  ======================================================================
 session_started     ``{"options": {...}}``: the session was created (first record)
 session_resumed     ``{}``: a server (re)started on an existing log
-turn_started        ``{"turn", "prompt", "options"}``: durable *before* the provider sees it
+turn_started        ``{"turn", "prompt", "options"[, "idempotency_key"]}``: durable *before* the provider sees it
 message             ``{"turn", "message": Message.to_dict()}``: a transcript message
 provider_session    ``{"id"}``: the provider's native session id changed
 turn_finished       ``{"turn", "result": Result.to_dict()}``: durable at the turn's end

@@ -330,6 +330,7 @@ class TestAKilledTurnIsNeverCompleted:
             assert third.turn == 3
             await otpy.stop("sup")
         finally:
+            store.gate.set()  # a failed check must not leave a shielded write waiting
             await store.aclose()
 
     @pytest.mark.parametrize("how", ["kill", "stop"])
@@ -358,6 +359,138 @@ class TestAKilledTurnIsNeverCompleted:
         await SessionServer.status("a")  # its init is done
         kinds = [r.kind for r in await store.load("s")]
         assert kinds == ["session_started", "turn_started", "message", "turn_interrupted", "session_resumed"]
+
+
+class TestIdempotencyKeys:
+    async def test_a_key_is_checked(self, nursery: trio.Nursery) -> None:
+        """A key is a non-empty str of at most 255 characters that UTF-8 can encode."""
+        pid = await SessionServer.start_link(provider=ScriptedProvider(), nursery=nursery)
+        for bad in ["", "k" * 256, 42, b"key", "lone \ud800"]:
+            with pytest.raises(sessions.InvalidOption, match="idempotency_key"):
+                await SessionServer.send_message(pid, "hi", idempotency_key=bad)  # type: ignore[arg-type]
+        assert (await SessionServer.send_message(pid, "hi", idempotency_key="k" * 255)).turn == 1
+        assert await SessionServer.turn_count(pid) == 1
+
+    async def test_the_same_key_replays_the_turn_and_joins_it_while_it_runs(
+        self, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Sent again while it runs, the key joins the turn; after it, it returns the stored Result;
+        the provider sees the turn once; another key is another turn."""
+        provider = script()
+        pid = await SessionServer.start_link(provider=provider, nursery=nursery)
+        outcomes: list[Result] = []
+
+        async def send() -> None:
+            outcomes.append(await SessionServer.send_message(pid, "one", idempotency_key="k1"))
+
+        async with trio.open_nursery() as senders:
+            for _ in range(3):
+                senders.start_soon(send)
+                await trio.sleep(0.5)  # the second and third arrive mid-turn
+        assert len(outcomes) == 3
+        assert outcomes[0] == outcomes[1] == outcomes[2]
+        again = await SessionServer.send_message(pid, "whatever", idempotency_key="k1", model="other")
+        assert again == outcomes[0]
+        other = await SessionServer.send_message(pid, "two", idempotency_key="k2")
+        assert (other.turn, [r.turn for r in provider.requests]) == (2, [1, 2])
+        session = await SessionServer.get_session(pid)
+        assert session.idempotency_keys == {"k1": 1, "k2": 2}
+        assert session.total_cost == cost(1) + cost(2)
+
+    async def test_a_queued_key_runs_while_one_of_its_callers_waits(
+        self, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """Two callers of one queued key: the first gives up, the turn still runs for the second."""
+        provider = script()
+        pid = await SessionServer.start_link(provider=provider, nursery=nursery)
+        nursery.start_soon(SessionServer.send_message, pid, "first")
+        await trio.sleep(0.1)
+        got: list[Result] = []
+        first_caller = trio.CancelScope()
+
+        async def give_up() -> None:
+            with first_caller:
+                await SessionServer.send_message(pid, "two", idempotency_key="k")
+
+        async def wait() -> None:
+            got.append(await SessionServer.send_message(pid, "two", idempotency_key="k"))
+
+        async with trio.open_nursery() as senders:
+            senders.start_soon(give_up)
+            await trio.sleep(0.1)
+            senders.start_soon(wait)
+            await trio.sleep(0.1)
+            assert (await SessionServer.status(pid)).queued == 1  # one entry, two callers
+            first_caller.cancel()
+        assert [r.turn for r in got] == [2]
+        assert [r.prompt for r in provider.requests] == ["first", "two"]
+
+    @pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+    @pytest.mark.parametrize("cut", ["queued", "turn_started", "message", "turn_finished"])
+    async def test_a_retry_after_server_exited_never_runs_a_turn_twice(
+        self, kind: str, cut: str, tmp_path: Path, supervised: Start, nursery: trio.Nursery
+    ) -> None:
+        """Killed while the turn waits in the queue, or while one of its records waits on the disk; the
+        caller gets ServerExited and sends again with its key: a turn that never started runs now; a
+        turn cut short answers as interrupted; a turn whose last record landed answers with its Result.
+        Never two turns for one key, and the key survives the restart."""
+        store = GatedStore(open_store(kind, tmp_path))
+        provider = script(delay=0, pace=0)
+        try:
+            with trio.fail_after(30):
+                await supervised(name="a", provider=provider, store=store, session_id="s")
+                outcomes: list[Any] = []
+
+                async def send() -> None:
+                    try:
+                        outcomes.append(await SessionServer.send_message("a", "deploy", idempotency_key="deploy-1"))
+                    except otpy.ServerExited as exc:
+                        outcomes.append(exc)
+
+                if cut == "queued":  # an earlier turn is running, its first record on the disk
+                    store.block = "turn_started"
+                    await send_soon(nursery, "a", "first", [])
+                    await store.waiting.wait()
+                    nursery.start_soon(send)
+                    await trio.sleep(0.01)
+                else:
+                    store.block = cut
+                    nursery.start_soon(send)
+                    await store.waiting.wait()
+                old = otpy.whereis("a")
+                assert old is not None
+                otpy.exit(old, "kill")
+                await wait_until(lambda: bool(outcomes))
+                assert isinstance(outcomes[0], otpy.ServerExited)
+                store.gate.set()
+                await restarted("a", old)
+                retry = await SessionServer.send_message("a", "deploy", idempotency_key="deploy-1")
+                again = await SessionServer.send_message("a", "deploy", idempotency_key="deploy-1")
+                history = await SessionServer.history("a")
+            assert again == retry
+            keyed = [r for r in history if r.turn == retry.turn]
+            assert keyed == [retry]
+            if cut == "turn_finished":
+                assert retry.finish_reason is FinishReason.STOP  # it had happened
+            elif cut == "queued":
+                assert retry.finish_reason is FinishReason.STOP  # it had not started: it ran now
+            else:
+                assert retry.finish_reason is FinishReason.INTERRUPTED  # cut short: not run again
+            prompts = [r.prompt for r in provider.requests]
+            assert prompts.count("deploy") <= 1
+            assert (await SessionServer.get_session("a")).idempotency_keys == {"deploy-1": retry.turn}
+            await otpy.stop("sup")
+            await store.aclose()
+            reopened = open_store(kind, tmp_path)  # the key survives the process, too
+            try:
+                pid = await SessionServer.start_link(provider=provider, store=reopened, session_id="s", nursery=nursery)
+                assert await SessionServer.send_message(pid, "deploy", idempotency_key="deploy-1") == retry
+                await SessionServer.stop(pid)
+            finally:
+                await reopened.aclose()
+        finally:
+            store.gate.set()  # a failed check must not leave a shielded write waiting
+            await store.aclose()
 
 
 class TestTurnTaskLifetime:
