@@ -57,6 +57,8 @@ from ._stores._sqlite import SqliteStore as SqliteStore
 
 # --- the server, the session value, the scripted provider -----------------------------
 # isort: split
+from ._follow import Follower as Follower
+from ._follow import SessionRestarted as SessionRestarted
 from ._providers._scripted import ScriptedCrash as ScriptedCrash
 from ._providers._scripted import ScriptedProvider as ScriptedProvider
 from ._providers._scripted import ScriptedReply as ScriptedReply

@@ -48,6 +48,7 @@ from ._events import (
     TurnSnapshot,
     Usage,
 )
+from ._follow import Follower, check_restart_timeout
 from ._providers._base import SessionContext, TurnRequest
 from ._session import Session, fold
 from ._stores._base import Record, Store
@@ -227,7 +228,7 @@ class SessionServer(otpy.GenServer):
         Every client function takes the server as a pid, a registered name or
         ``otpy.via(...)``: `send_message`, `session_id`, `history`, `last_result`,
         `messages`, `total_cost`, `turn_count`, `usage`, `status`, `get_session`,
-        `put_session`, `interrupt`, `subscribe`, `stop`.
+        `put_session`, `interrupt`, `subscribe`, `follow`, `stop`.
 
     Timeouts:
         `send_message` waits for the turn however long it takes: the session's own
@@ -511,6 +512,34 @@ class SessionServer(otpy.GenServer):
             raise InvalidOption("buffer", buffer, "expected an int >= 1")
         subscription: Subscription = await otpy.call(server, _Subscribe(buffer))
         return subscription
+
+    @staticmethod
+    def follow(server: ServerRef, *, restart_timeout: float = 5.0, buffer: int | None = None) -> Follower:
+        """Stream the session's events across its restarts: `subscribe`, again after each restart.
+
+        When the server exits, the `Follower` waits up to ``restart_timeout`` seconds for
+        a new server under the same name (its supervisor restarts it), subscribes to it,
+        and yields a `SessionRestarted` before its events. It ends when no server comes
+        back in time. ``buffer`` is each subscription's (see `subscribe`).
+
+        Raises:
+            InvalidOption: ``restart_timeout`` is not a finite number >= 0, or ``buffer``
+                not an int >= 1.
+
+        Example::
+
+            async with SessionServer.follow("agent") as events:
+                async for event in events:
+                    match event:
+                        case sessions.TurnFinished(result=result):
+                            print(result.turn, result.finish_reason)
+                        case sessions.SessionRestarted(reason=reason):
+                            print("the session restarted after", reason)
+        """
+        checked: object = buffer
+        if checked is not None and (isinstance(checked, bool) or not isinstance(checked, int) or checked < 1):
+            raise InvalidOption("buffer", buffer, "expected an int >= 1")
+        return Follower(server, check_restart_timeout(restart_timeout), buffer)
 
     @staticmethod
     async def stop(server: ServerRef, reason: object = "normal") -> None:
