@@ -24,6 +24,7 @@ from ._events import MessageAdded as MessageAdded
 from ._events import ProviderEvent as ProviderEvent
 from ._events import ProviderSessionId as ProviderSessionId
 from ._events import Result as Result
+from ._events import ResultCategory as ResultCategory
 from ._events import SessionEvent as SessionEvent
 from ._events import TextDelta as TextDelta
 from ._events import ThinkingDelta as ThinkingDelta

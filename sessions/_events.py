@@ -82,6 +82,62 @@ class FinishReason(enum.StrEnum):
     INTERRUPTED = "interrupted"
 
 
+class ResultCategory(enum.StrEnum):
+    """What kind of outcome a `Result` is, for a program that acts on it (``Result.category``).
+
+    ========================  ===============  ===========================================
+    `FinishReason`            category         ``Result.retryable``
+    ========================  ===============  ===========================================
+    ``STOP``                  ``OK``           no (nothing to retry)
+    ``INTERRUPTED``           ``INTERRUPTED``  no (someone stopped it; resend if you mean to)
+    ``TIMEOUT``               ``LIMIT``        yes (``turn_timeout``; a slow call may be quicker)
+    ``MAX_TURNS``             ``LIMIT``        no (the same limit would stop it again)
+    ``MAX_BUDGET``            ``LIMIT``        no
+    ``MAX_ITERATIONS``        ``LIMIT``        no
+    ``NO_PROGRESS``           ``TOOL``         no (the same tool call kept failing)
+    ``HALTED``                ``TOOL``         no (a hook or the permission policy halted it)
+    ``DURING_EXECUTION``      ``INTERNAL``     no (a callback raised, the CLI failed)
+    ``PROVIDER_ERROR``        ``PROVIDER``     the provider's word: `ProviderError.retryable`
+                                               if it was one, else the HTTP status
+                                               (408, 409, 425, 429, 5xx, 529)
+    ========================  ===============  ===========================================
+
+    A result with ``is_error`` set but ``STOP`` as its reason (a provider that said both)
+    is ``PROVIDER``.
+
+    Example::
+
+        match result.category:
+            case sessions.ResultCategory.OK:
+                print(result.text)
+            case sessions.ResultCategory.PROVIDER if result.retryable:
+                result = await SessionServer.send_message(server, prompt)
+            case other:
+                print("gave up:", other, result.error)
+    """
+
+    OK = "ok"
+    INTERRUPTED = "interrupted"
+    LIMIT = "limit"
+    PROVIDER = "provider"
+    TOOL = "tool"
+    INTERNAL = "internal"
+
+
+_CATEGORY = {
+    FinishReason.STOP: ResultCategory.OK,
+    FinishReason.INTERRUPTED: ResultCategory.INTERRUPTED,
+    FinishReason.TIMEOUT: ResultCategory.LIMIT,
+    FinishReason.MAX_TURNS: ResultCategory.LIMIT,
+    FinishReason.MAX_BUDGET: ResultCategory.LIMIT,
+    FinishReason.MAX_ITERATIONS: ResultCategory.LIMIT,
+    FinishReason.NO_PROGRESS: ResultCategory.TOOL,
+    FinishReason.HALTED: ResultCategory.TOOL,
+    FinishReason.DURING_EXECUTION: ResultCategory.INTERNAL,
+    FinishReason.PROVIDER_ERROR: ResultCategory.PROVIDER,
+}
+_RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 529})
+
 # --- the transcript -------------------------------------------------------------------
 
 
@@ -225,6 +281,39 @@ class Result:
     permission_denials: tuple[str, ...] = ()
     extra: dict[str, JSON] = attrs.field(factory=dict)
     """Provider-specific fields: ``model_usage``, ``stop_reason``, ``structured_output``..."""
+
+    @property
+    def category(self) -> ResultCategory:
+        """What kind of outcome this is (see the table in `ResultCategory`).
+
+        Example::
+
+            if result.category is sessions.ResultCategory.LIMIT:
+                print("raise the limit or stop:", result.finish_reason)
+        """
+        if self.is_error and self.finish_reason is FinishReason.STOP:
+            return ResultCategory.PROVIDER
+        return _CATEGORY[self.finish_reason]
+
+    @property
+    def retryable(self) -> bool:
+        """Whether sending the same prompt again may succeed (see the table in `ResultCategory`).
+
+        Example::
+
+            if result.retryable:
+                result = await SessionServer.send_message(server, prompt)
+        """
+        category = self.category
+        if category is ResultCategory.LIMIT:
+            return self.finish_reason is FinishReason.TIMEOUT
+        if category is not ResultCategory.PROVIDER:
+            return False
+        said = self.extra.get("retryable")
+        if isinstance(said, bool):
+            return said
+        status = self.api_error_status
+        return status is not None and (status in _RETRYABLE_STATUS or 500 <= status <= 599)
 
     def to_dict(self) -> dict[str, JSON]:
         """A JSON-ready dict."""
