@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -682,3 +683,203 @@ def test_kills_at_random_points_lose_nothing_and_count_nothing_twice(
     """Random sends, kills, crashes and interrupts over many turns: the store, the live server and the
     callers agree; each turn ends once; costs add up; no connection overlaps or is left open."""
     trio.run(_scenario, ops, crash_turns, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# --- the same property on the real stores, with kills landing around the end of a turn ---------------------
+
+
+class KillTap:
+    """A real store that can kill the session's server at one of its appends: just before the append
+    of a record kind reaches the disk (the kill lands while the write is on its way, and the disk takes
+    20 ms more just then) or just after it.
+
+    It also checks, at every turn_finished append, that the server of the task appending it is alive:
+    once a server has exited, its turn task begins no write."""
+
+    def __init__(self, inner: sessions.Store) -> None:
+        self.inner = inner
+        self.armed: tuple[str, str] | None = None  # (record kind, "before" | "after")
+        self.finished_by_dead_server: list[int] = []
+        self.in_flight = 0
+        self.loads_while_writing = 0
+
+    async def append(self, session_id: str, records: Any, *, durable: bool = False) -> None:
+        kinds = {r.kind for r in records}
+        answers = [r for r in records if r.kind == "message" and r.data["message"].get("role") == "assistant"]
+        if any(r.data["message"].get("content") for r in answers):
+            kinds.add("text")  # the turn's last message: its answer
+        task = otpy.current_process()
+        server = task.parent if task is not None else None
+        if "turn_finished" in kinds and server is not None and not server.alive:
+            self.finished_by_dead_server.extend(r.data["turn"] for r in records if r.kind == "turn_finished")
+        armed, kill = self.armed, None
+        if armed is not None and armed[0] in kinds and server is not None and server.alive:
+            self.armed, kill = None, (armed[1], server)
+        self.in_flight += 1
+        try:
+            if kill is not None and kill[0] == "before":
+                otpy.exit(kill[1], "kill")
+                await trio.sleep(0.02)  # the disk is slow just then: the restart comes meanwhile
+            await self.inner.append(session_id, records, durable=durable)
+        finally:
+            self.in_flight -= 1
+        if kill is not None and kill[0] == "after":
+            otpy.exit(kill[1], "kill")
+
+    async def load(self, session_id: str) -> list[sessions.Record]:
+        if self.in_flight:
+            self.loads_while_writing += 1
+        return await self.inner.load(session_id)
+
+    async def list_sessions(self) -> list[str]:
+        return await self.inner.list_sessions()
+
+    async def delete(self, session_id: str) -> None:
+        await self.inner.delete(session_id)
+
+    async def claim(self, session_id: str, *, wait: float = 5.0) -> Any:
+        return await self.inner.claim(session_id, wait=wait)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+DurableOp = tuple[str, int]
+
+durable_ops_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "send",
+                "send",
+                "send",
+                "kill:message:before",
+                "kill:text:before",
+                "kill:text:after",
+                "kill:turn_finished:before",
+                "kill:turn_finished:after",
+                "kill:turn_started:after",
+                "kill",
+                "crash",
+                "interrupt",
+            ]
+        ),
+        st.integers(0, 12),  # a pause, in milliseconds of real time (the disk's time is real)
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+async def _durable_scenario(kind: str, folder: Path, ops: list[DurableOp]) -> None:
+    store = KillTap(open_store(kind, folder))
+    provider = script(delay=0, pace=0)
+    sent: list[tuple[str, Any]] = []  # (idempotency key, what the caller got)
+    try:
+        with structlog.testing.capture_logs() as logs, trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                spec = SessionServer.child_spec(name="a", provider=provider, store=store)
+                sid = spec.start.keywords["session_id"]  # type: ignore[attr-defined]
+                sup = await otpy.Supervisor.start_link([spec], max_restarts=1000, max_seconds=1, nursery=nursery)
+                async with trio.open_nursery() as senders:
+                    for n, (op, pause) in enumerate(ops):
+                        pid = otpy.whereis("a")
+                        if op == "send":
+                            key = f"key-{n}"
+
+                            async def send(key: str = key, n: int = n) -> None:
+                                try:
+                                    outcome: Any = await SessionServer.send_message(
+                                        "a", f"prompt {n}", idempotency_key=key
+                                    )
+                                except (otpy.ServerExited, otpy.NoProcess) as exc:
+                                    outcome = exc
+                                sent.append((key, outcome))
+
+                            senders.start_soon(send)
+                        elif op.startswith("kill:"):
+                            _, record_kind, when = op.split(":")
+                            store.armed = (record_kind, when)
+                        elif pid is not None and op == "kill":
+                            otpy.exit(pid, "kill")
+                        elif pid is not None and op == "crash":
+                            with contextlib.suppress(otpy.ServerExited, otpy.NoProcess):
+                                await otpy.call(pid, "not a request")
+                        elif pid is not None and op == "interrupt":
+                            with contextlib.suppress(otpy.ServerExited, otpy.NoProcess):
+                                await SessionServer.interrupt(pid)
+                        await trio.sleep(pause / 1000)
+                store.armed = None
+                retried: dict[str, Result] = {}
+                for key, outcome in sent:
+                    if isinstance(outcome, Result):
+                        continue
+                    for _ in range(200):  # the last kill's restart may still be on its way
+                        try:
+                            retried[key] = await SessionServer.send_message("a", "again", idempotency_key=key)
+                            break
+                        except (otpy.ServerExited, otpy.NoProcess):
+                            await trio.sleep(0.01)
+                while True:
+                    try:
+                        live = await SessionServer.get_session("a")
+                        break
+                    except (otpy.ServerExited, otpy.NoProcess):
+                        await trio.sleep(0.01)
+                records = await store.load(sid)
+                await otpy.stop(sup)
+    finally:
+        await store.aclose()
+    assert provider.open_connections == 0
+
+    folded = fold(sid, records)
+    assert folded.session == live
+    assert folded.open_turn is None
+    history = live.history
+    assert [r.turn for r in history] == list(range(1, len(history) + 1))
+    # no restart was refused, and no turn_finished was begun by a task whose server had exited
+    refused = [e for e in logs if e["event"] == "child_start_failed" and e.get("reason") != "killed"]
+    assert refused == []  # (a kill that lands on a server still in init is the scenario's own)
+    assert store.finished_by_dead_server == []
+    assert store.loads_while_writing == 0  # a restart loads the log only once the old task's write has landed
+    # every acknowledged turn is in the history exactly once, unchanged
+    acknowledged = [outcome for _, outcome in sent if isinstance(outcome, Result)]
+    for result in acknowledged:
+        assert history[result.turn - 1] == result
+    assert len({r.turn for r in acknowledged}) == len(acknowledged)
+    # a key names one turn: never two turns for one key; a retry answers with that turn's Result
+    started = [r.data.get("idempotency_key") for r in records if r.kind == "turn_started"]
+    keyed = [key for key in started if key is not None]
+    assert len(keyed) == len(set(keyed))
+    for key, result in retried.items():
+        turn = live.idempotency_keys[key]
+        assert history[turn - 1] == result
+    # nothing counted twice: the cost is the sum of the turns that completed
+    assert live.total_cost == pytest.approx(sum(cost(r.turn) for r in history if r.finish_reason is FinishReason.STOP))
+    for result in history:
+        assert result.cost_usd == (cost(result.turn) if result.finish_reason is FinishReason.STOP else 0)
+    # no turn was sent to the provider twice, and connections never overlapped
+    assert all(count == 1 for count in collections.Counter(r.turn for r in provider.requests).values())
+    kinds = [kind for kind, _ in provider.log]
+    assert kinds == ["enter", "exit"] * (len(kinds) // 2)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_kills_around_the_end_of_a_turn_on_the_durable_stores(kind: str) -> None:
+    """The property above on JsonlStore and SqliteStore (real files, real time), with kills landing
+    while a turn's records are on their way to the disk and just after: every acknowledged turn once,
+    no turn completed by a dead server's task, no restart refused, a key never runs two turns."""
+
+    @hypothesis.settings(
+        max_examples=30,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[hypothesis.HealthCheck.too_slow],
+        database=None,
+    )
+    @hypothesis.given(ops=durable_ops_strategy)
+    def run(ops: list[DurableOp]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            trio.run(_durable_scenario, kind, Path(folder), ops)
+
+    run()
