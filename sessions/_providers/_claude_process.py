@@ -21,7 +21,9 @@ The flags, the environment, the line framing and the parsing stay the SDK's.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -52,6 +54,26 @@ def _children(pid: int) -> list[int]:
             return [int(p) for p in fh.read().split()]
     except (OSError, ValueError):
         return []
+
+
+_TAIL = 64 * 1024
+_TOTAL_COST = re.compile(r'"total_cost_usd"\s*:\s*(-?[0-9][0-9.eE+-]*)')
+
+
+def _result_of(head: str, tail: str, *, whole: bool) -> dict[str, Any] | None:
+    """A ``result`` message from a line's first and last 64 KiB: parsed when ``whole``, else
+    its cost. The keys' order is the CLI's own (seen both before and after the text); a key
+    written unescaped cannot come from inside a JSON string, so the search cannot be fooled."""
+    if whole:
+        with contextlib.suppress(ValueError):
+            data = json.loads(tail)
+            if isinstance(data, dict) and data.get("type") == "result":
+                return data
+        return None
+    if '"type":"result"' not in head and '"type":"result"' not in tail:
+        return None
+    match = _TOTAL_COST.search(head) or _TOTAL_COST.search(tail)
+    return {"type": "result", "total_cost_usd": float(match[1])} if match else None
 
 
 class LauncherTransport(SubprocessCLITransport):
@@ -93,6 +115,37 @@ class LauncherTransport(SubprocessCLITransport):
         suspended when cancelled, and the garbage collector would then report it."""
         self._reader = super().read_messages()
         return self._reader
+
+    async def result_after_a_broken_line(self, limit: int) -> dict[str, Any] | None:
+        """The turn's ``result``, read from the CLI's stdout after the SDK's reader gave up on a
+        line over ``limit``; None at end of file or when the CLI goes idle without one.
+
+        A ``result`` line over ``limit`` (its ``result`` field repeats the reply's text) is not
+        parsed: its ``total_cost_usd``, which the CLI writes after the text, is taken from the
+        line's first or last 64 KiB. The SDK's reader is gone by then: nothing else reads stdout."""
+        stream = self._stdout_stream
+        if stream is None:
+            return None
+        head, tail, size, skipping = "", "", 0, True  # skipping: the rest of the broken line
+        async for chunk in stream:
+            while chunk:
+                newline = chunk.find("\n")
+                piece = chunk if newline < 0 else chunk[:newline]
+                if not skipping:
+                    head = head if len(head) >= _TAIL else (head + piece)[:_TAIL]
+                    tail = (tail + piece)[-_TAIL:]
+                    size += len(piece)
+                if newline < 0:
+                    break
+                chunk = chunk[newline + 1 :]
+                if not skipping:
+                    found = _result_of(head, tail, whole=size <= _TAIL)
+                    if found is not None:
+                        return found
+                    if '"session_state_changed"' in head and '"idle"' in head:
+                        return None
+                head, tail, size, skipping = "", "", 0, False
+        return None
 
     @property
     def launcher_pid(self) -> int | None:

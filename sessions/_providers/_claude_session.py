@@ -465,6 +465,9 @@ class ClaudeSession:
                             message = None
                         except ClaudeSDKError as exc:
                             if self._transport is not None:
+                                if isinstance(exc, CLIJSONDecodeError):
+                                    with trio.CancelScope(shield=True):
+                                        await self._charge_of_a_broken_turn(self._transport)
                                 self._transport.kill_now()  # the SDK's reader is gone: nothing will end this turn
                             raise self._broken(exc) from exc
                         finally:
@@ -556,6 +559,22 @@ class ClaudeSession:
         transport = self._transport
         await self.stop(kill=True)
         return transport.returncode if transport is not None else None
+
+    async def _charge_of_a_broken_turn(self, transport: LauncherTransport) -> None:
+        """After a frame the SDK could not take (over ``max_buffer_size``), read the CLI's output
+        on to the turn's result, for its charge: carried to the next turn, never lost."""
+        with trio.move_on_after(self.provider.interrupt_grace):
+            result = await transport.result_after_a_broken_line(self.provider.max_buffer_size)
+            if result is None:
+                return
+            total = result.get("total_cost_usd")
+            unreported = self._cost(float(total) if isinstance(total, (int, float)) else None)[0]
+            self._carried_cost = cost_sum(self._carried_cost, unreported)
+            if self.mirror is not None:
+                await self.mirror.add_unreported_cost(unreported)
+            usage = result.get("modelUsage")
+            self._model_usage(usage if isinstance(usage, Mapping) else None)
+            self._log.info("claude_broken_turn_charged", cost_usd=unreported)
 
     async def _settle(self) -> None:
         """After a turn that did not complete: interrupt it and drain to its result, or

@@ -52,7 +52,8 @@ async def test_a_line_over_the_cap_is_a_protocol_error_and_the_session_survives(
         done = await turn(conn, "still here?")  # ...and the next turn starts another
         assert conn.pid not in (None, first_pid)
     assert done.text == "fake: still here?"
-    assert done.cost_usd == 1.0  # a new process: its running total starts again
+    assert done.cost_usd == 2.0  # its own $1 and the $1 the cut turn was charged, never lost
+    assert done.extra["carried_cost_usd"] == 1.0
 
 
 async def test_garbage_on_stdout_is_a_protocol_error(fake_claude: str, fake_claude_env: dict[str, str]):
