@@ -621,7 +621,8 @@ def create_app(
         async with trio.open_nursery() as nursery:
             url = await nursery.start(sessions.web.serve, app)
     """
-    if not isinstance(token, str) or len(token) < 16:
+    checked: object = token
+    if not isinstance(checked, str) or len(checked) < 16:
         raise InvalidOption("token", "<hidden>", "expected a str of at least 16 characters (see new_token())")
     web = _Web(root, token, dynamic, session_spec, limits if limits is not None else WebLimits())
 
@@ -638,6 +639,6 @@ def create_app(
         return Problem(status, title, f"{request.method} {request.url.path}").response()
 
     app = Starlette(routes=web.routes(), lifespan=lifespan, exception_handlers={404: not_routed, 405: not_routed})
-    app.add_middleware(_Guard, max_body=web.limits.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(_Guard, max_body=web.limits.max_body_bytes)
     app.state.web = web
     return app

@@ -39,7 +39,8 @@ async def serve(
             url = await nursery.start(functools.partial(sessions.web.serve, app))
             print(f"{url}/?token={token}")
     """
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+    checked: object = port
+    if isinstance(checked, bool) or not isinstance(checked, int) or not 0 <= checked <= 65535:
         raise InvalidOption("port", port, "expected an int in 0..65535")
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import json
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -100,8 +102,6 @@ async def web(nursery: trio.Nursery) -> AsyncIterator[Web]:
 
 async def read_events(response: httpx.Response, until: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
     """Parse SSE frames from a streaming response until ``until(events)`` holds."""
-    import json
-
     events: list[dict[str, Any]] = []
     frame: dict[str, Any] = {}
     lines = getattr(response, "sse_lines", None)
@@ -121,3 +121,47 @@ async def read_events(response: httpx.Response, until: Callable[[list[dict[str, 
         key, _, value = line.partition(": ")
         frame[key] = value
     return events
+
+
+class ServerThread:
+    """The same tree and app in a trio run of its own thread, for synchronous clients
+    (Playwright's sync API, schemathesis). Leaving the block stops the tree and the server."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.url = ""
+        self.token = TOKEN
+        self._ready = threading.Event()
+        self._stop: Callable[[], None] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                web = await start_web(nursery, **self.options)
+                self.url = web.url
+                token = trio.lowlevel.current_trio_token()
+                self._stop = lambda: trio.from_thread.run_sync(nursery.cancel_scope.cancel, trio_token=token)
+                self._ready.set()
+                await trio.sleep_forever()
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # noqa: BLE001 (reported to the test's thread)
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("the web server did not start in 30 s")
+        if self._error is not None:
+            raise RuntimeError("the web server failed to start") from self._error
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._stop is not None:
+            self._stop()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the web server's thread did not stop in 30 s"
