@@ -8,6 +8,7 @@
                              against the built wheel installed in a fresh environment
     python3 dev.py docs      the documentation site, warnings as errors
     python3 dev.py bench     otpy against its peers (see bench/README.md)
+    python3 dev.py web       the web dashboard over the demo's sessions; prints its URL and token
 
 Everything goes into one virtual environment, ``.venv`` in the repository, made on
 first use; the project is installed there in editable mode, so a second run installs
@@ -65,6 +66,7 @@ TASKS: dict[str, tuple[str, tuple[str, ...], list[list[str]]]] = {
         ],
     ),
     "bench": ("-e .", (), [["python", "bench/run.py"]]),
+    "web": ("-e .[web]", (), [["python", "examples/web.py"]]),
 }
 
 

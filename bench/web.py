@@ -69,19 +69,19 @@ async def row_a(turns: int, rounds: int) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     per_turn: dict[str, list[float]] = {"direct": [], "http_json": [], "http_sse": []}
     async with trio.open_nursery() as nursery:
-        url = await serve_tree(nursery, ["a"], provider)
+        url = await serve_tree(nursery, ["direct", "json", "sse"], provider)
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
 
             async def direct() -> None:
-                await SessionServer.send_message("a", "hi")
+                await SessionServer.send_message("direct", "hi")
 
             async def http_json() -> None:
-                response = await client.post("/api/sessions/a/messages", json={"prompt": "hi"})
+                response = await client.post("/api/sessions/json/messages", json={"prompt": "hi"})
                 response.raise_for_status()
 
             async def http_sse() -> None:
                 async with client.stream(
-                    "POST", "/api/sessions/a/messages", json={"prompt": "hi"}, headers={"accept": "text/event-stream"}
+                    "POST", "/api/sessions/sse/messages", json={"prompt": "hi"}, headers={"accept": "text/event-stream"}
                 ) as response:
                     async for line in response.aiter_lines():
                         if line == "event: result":
@@ -166,50 +166,65 @@ async def _lines(stream: trio.abc.ReceiveStream) -> Any:
             yield line.decode()
 
 
+async def subscribe_raw(host: str, port: int, name: str) -> trio.SocketStream:
+    """An SSE request on a plain socket: 1,000 httpx streams would make the client, not the
+    server, the bottleneck of row b (the events are counted, not parsed as JSON)."""
+    stream = await trio.open_tcp_stream(host, port)
+    request = (
+        f"GET /api/sessions/{name}/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    await stream.send_all(request.encode())
+    return stream
+
+
 async def client_main(url: str, n_sessions: int, per_session: int) -> None:
     """The subscribers (a process of their own): open all, say ready, send, read, report."""
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    limits = httpx.Limits(max_connections=n_sessions * per_session + n_sessions + 10)
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     names = [f"s{i}" for i in range(n_sessions)]
     attached = trio.Semaphore(0)
     finished_at: list[float] = []
     problems: list[str] = []
     delivered = 0
-    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as client:
 
-        async def subscriber(name: str) -> None:
-            nonlocal delivered
-            expected = 1
-            async with client.stream("GET", f"/api/sessions/{name}/events") as response:
-                event = ""
-                async for line in response.aiter_lines():
-                    if line.startswith("event: "):
-                        event = line[7:]
-                        if event == "snapshot":
-                            attached.release()
-                    elif line.startswith("id: ") and event != "snapshot":
-                        pass
-                    if line.startswith("id: "):
-                        n = int(line.rsplit(":", 1)[1])
-                        if n != expected and n != expected - 1:  # the snapshot's id is the last event before it
+    async def subscriber(name: str) -> None:
+        nonlocal delivered
+        stream = await subscribe_raw(host, int(port), name)
+        expected: int | None = None
+        pending = b""
+        async with stream:
+            while True:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    problems.append(f"{name}: the stream ended early")
+                    return
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.startswith(b"id: "):
+                        n = int(line.rsplit(b":", 1)[1])
+                        if expected is not None and n != expected:
                             problems.append(f"{name}: expected event {expected}, got {n}")
                         expected = n + 1
-                    if line == "" and event not in ("", "snapshot"):
+                    elif line == b"event: snapshot":
+                        attached.release()
+                    elif line.startswith(b"event: "):
                         delivered += 1
-                        if event == "turn_finished":
+                        if line == b"event: turn_finished":
                             finished_at.append(time.perf_counter())
                             return
 
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                for _ in range(per_session):
-                    nursery.start_soon(subscriber, name)
-            for _ in range(n_sessions * per_session):
-                await attached.acquire()
-            print("ready", flush=True)
-            start = time.perf_counter()
-            for name in names:
-                nursery.start_soon(functools.partial(client.post, f"/api/sessions/{name}/messages", json={"prompt": "go"}))
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=url, headers=auth, timeout=60) as client, trio.open_nursery() as nursery:
+        for name in names:
+            for _ in range(per_session):
+                nursery.start_soon(subscriber, name)
+        for _ in range(n_sessions * per_session):
+            await attached.acquire()
+        print("ready", flush=True)
+        start = time.perf_counter()
+        for name in names:
+            nursery.start_soon(functools.partial(client.post, f"/api/sessions/{name}/messages", json={"prompt": "go"}))
     report = {
         "events_delivered": delivered,
         "turn_finished_received": len(finished_at),
@@ -222,7 +237,7 @@ async def client_main(url: str, n_sessions: int, per_session: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--turns", type=int, default=300)
+    parser.add_argument("--turns", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--per-session", type=int, default=10)
@@ -238,7 +253,9 @@ def main() -> None:
         args.turns, args.rounds, args.sessions, args.per_session, args.words = 20, 2, 5, 4, 10
     a = trio.run(row_a, args.turns, args.rounds)
     b = trio.run(row_b, args.sessions, args.per_session, args.words, args.delta_delay)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     print(f"machine: {machine}; load average {os.getloadavg()[0]:.2f}\n")
     ms = a["ms_per_turn"]
     print("| row | figure |\n| --- | --- |")
@@ -247,12 +264,18 @@ def main() -> None:
     print(f"| a. turn over HTTP, SSE stream | {ms['http_sse']:.3f} ms ({a['ratio_sse']:.1f}x direct) |")
     rss = b["rss_mib"]
     print(f"| b. subscribers / sessions | {b['subscribers']} / {b['sessions']} |")
-    print(f"| b. server RSS before / with streams / after turns | {rss['before']:.1f} / {rss['with_streams']:.1f} / "
-          f"{rss['after_turns']:.1f} MiB ({b['kib_per_subscriber']:.1f} KiB per subscriber) |")
-    print(f"| b. events delivered | {b['events_delivered']} ({b['turn_finished_received']} turn_finished; "
-          f"order problems: {len(b['order_problems'])}) |")
-    print(f"| b. sends to the last subscriber's turn_finished | {b['seconds_to_last_subscriber']:.2f} s "
-          f"(the turn itself: {b['words'] * b['delta_delay_s']:.2f} s) |")
+    print(
+        f"| b. server RSS before / with streams / after turns | {rss['before']:.1f} / {rss['with_streams']:.1f} / "
+        f"{rss['after_turns']:.1f} MiB ({b['kib_per_subscriber']:.1f} KiB per subscriber) |"
+    )
+    print(
+        f"| b. events delivered | {b['events_delivered']} ({b['turn_finished_received']} turn_finished; "
+        f"order problems: {len(b['order_problems'])}) |"
+    )
+    print(
+        f"| b. sends to the last subscriber's turn_finished | {b['seconds_to_last_subscriber']:.2f} s "
+        f"(the turn itself: {b['words'] * b['delta_delay_s']:.2f} s) |"
+    )
     print(f"| b. server CPU over that phase | {b['server_cpu_s']:.2f} s |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

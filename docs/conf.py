@@ -97,7 +97,7 @@ nitpicky = True
 _EXTERNAL = (
     r"(builtins|typing|contextlib|typing_extensions|collections|collections\.abc|abc|enum|types|"
     r"contextvars|datetime|pathlib|os|signal|math|time|claude_agent_sdk|openai|ollama|anyio|functools|asyncio|concurrent\.futures|"
-    r"trio|trio\.[\w.]+|attrs|attr|outcome|structlog|httpx|sqlite3|json)"
+    r"trio|trio\.[\w.]+|attrs|attr|outcome|structlog|httpx|sqlite3|json|starlette|hypercorn)"
 )
 _BUILTINS = (
     r"(object|type|int|float|str|bytes|bool|None|NoneType|list|dict|tuple|set|frozenset|"

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -37,7 +38,7 @@ SessionSpecFactory = Callable[[str, dict[str, Any]], otpy.ChildSpec]
 
 
 def new_token() -> str:
-    """A fresh bearer token for `create_app`: 32 random bytes, URL-safe.
+    """A fresh bearer token for `sessions.web.create_app`: 32 random bytes, URL-safe.
 
     Example::
 
@@ -154,6 +155,7 @@ class SseResponse(Response):
     ) -> None:
         super().__init__(status_code=200, media_type="text/event-stream")
         self.next_frame = next_frame if next_frame is not None else outbox.get
+        self.batch = next_frame is None
         del self.headers["content-length"]  # a stream has none
         self.headers["cache-control"] = "no-store"
         self.headers["x-accel-buffering"] = "no"
@@ -179,6 +181,13 @@ class SseResponse(Response):
                         frame = b": keepalive\n\n"
                     elif frame is None:
                         break
+                    elif outbox.frames and self.batch:
+                        # what else is waiting goes out in the same write (a client that
+                        # fell behind catches up in fewer, larger sends)
+                        frames = [frame]
+                        while outbox.frames and len(frames) < 256:
+                            frames.append(outbox.frames.popleft())
+                        frame = b"".join(frames)
                     await send({"type": "http.response.body", "body": frame, "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 nursery.cancel_scope.cancel()
@@ -408,6 +417,7 @@ class _Web:
                 outcome.append(exc)
             finally:
                 done.set()
+                outbox.put(b"")  # wakes next_frame, which then sees the outcome
 
         def closed() -> None:
             outbox.close()
@@ -416,9 +426,19 @@ class _Web:
 
         assert self.hub._nursery is not None
         self.hub._nursery.start_soon(turn)
-        while relay.epoch < first and not done.is_set():
-            with trio.move_on_after(0.05):
+
+        async def until_started(cancel: trio.CancelScope) -> None:
+            while relay.epoch < first:
                 await relay.changed.wait()
+            cancel.cancel()
+
+        async def until_done(cancel: trio.CancelScope) -> None:
+            await done.wait()
+            cancel.cancel()
+
+        async with trio.open_nursery() as racing:  # the turn starts, or the call ends (a refusal)
+            racing.start_soon(until_started, racing.cancel_scope)
+            racing.start_soon(until_done, racing.cancel_scope)
         if outcome and isinstance(outcome[0], Exception):
             closed()
             raise problem_of(outcome[0], name)
@@ -440,10 +460,12 @@ class _Web:
                             return sse_frame("result", result.to_dict())
                         problem = problem_of(result, name)
                         return sse_frame("error", {"status": problem.status, "title": problem.title})
-                with trio.move_on_after(0.05):
+                with trio.move_on_after(max(deadline - trio.current_time(), 0.0) if deadline else math.inf):
                     frame = await outbox.get()
                     if frame is None:
                         return None
+                    if not frame:
+                        continue  # the wake-up from turn()
                     turn_number = _frame_turn(frame)
                     if turn_number >= first:
                         if b"event: turn_finished\n" in frame:
@@ -604,13 +626,13 @@ def create_app(
 ) -> Starlette:
     """The web API and dashboard over the supervision tree under ``root``, as an ASGI app.
 
-    The sessions are the `SessionServer` processes under ``root`` that have a name; the
+    The sessions are the `sessions.SessionServer` processes under ``root`` that have a name; the
     app reaches each one through the client functions, by that name. ``dynamic`` (a
     ``DynamicSupervisor``) and ``session_spec`` (``(name, options) -> ChildSpec``) enable
     ``POST /api/sessions`` and ``DELETE /api/sessions/{name}``. Every route but
     ``/healthz`` needs ``token``: as ``Authorization: Bearer <token>``, or, for the
     dashboard in a browser, the cookie that ``/?token=<token>`` sets. Serve it with
-    `serve` (Hypercorn on trio); it runs in the trio run of the tree it watches.
+    `sessions.web.serve` (Hypercorn on trio); it runs in the trio run of the tree it watches.
 
     Raises:
         InvalidOption: an empty or short token (fewer than 16 characters).

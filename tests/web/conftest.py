@@ -22,10 +22,7 @@ TOKEN = "test-token-0123456789abcdef"
 
 # A test stops reading an endless SSE stream in the middle; httpx and httpcore body generators are then
 # collected unfinished, which trio reports. Closing the response does close the connection.
-UNFINISHED_STREAM = (
-    "ignore:Exception ignored in. <async_generator object "
-    ":pytest.PytestUnraisableExceptionWarning"
-)
+UNFINISHED_STREAM = "ignore:Exception ignored in. <async_generator object :pytest.PytestUnraisableExceptionWarning"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -148,7 +145,7 @@ class ServerThread:
 
         try:
             trio.run(main)
-        except BaseException as exc:  # noqa: BLE001 (reported to the test's thread)
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
 

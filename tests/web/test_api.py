@@ -15,7 +15,6 @@ import sessions.web
 from .conftest import TOKEN, Web, read_events, start_web
 
 
-
 def ids(events: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
     out = []
     for event in events:
@@ -54,11 +53,15 @@ async def test_the_token_url_sets_a_strict_http_only_cookie_once(web: Web) -> No
     c = web.client
     assert (await c.get("/", params={"token": "wrong-token-wrong-token"})).status_code == 401
     response = await c.get("/", params={"token": TOKEN})
-    assert response.status_code == 303 and response.headers["location"] == "/"  # the token leaves the URL
+    assert response.status_code == 303
+    assert response.headers["location"] == "/"
     cookie = response.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    assert "Path=/" in cookie
     page = await c.get("/")  # the client keeps the cookie
-    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
     assert page.headers["content-security-policy"].startswith("default-src 'self'")
     assert page.headers["x-content-type-options"] == "nosniff"
     assert (await c.get("/api/sessions")).status_code == 200  # a GET by cookie is fine
@@ -70,15 +73,18 @@ async def test_state_changes_by_cookie_need_the_csrf_header_and_same_origin(web:
     csrf = web.app.state.web.csrf
     assert f'content="{csrf}"' in (await c.get("/")).text
     refused = await c.post("/api/sessions/alpha/interrupt")
-    assert refused.status_code == 403 and "X-CSRF-Token" in refused.json()["detail"]
+    assert refused.status_code == 403
+    assert "X-CSRF-Token" in refused.json()["detail"]
     forged = await c.post("/api/sessions/alpha/interrupt", headers={"X-CSRF-Token": csrf[:-1] + "0"})
     assert forged.status_code == 403
     cross = await c.post(
         "/api/sessions/alpha/interrupt", headers={"X-CSRF-Token": csrf, "Origin": "http://evil.example"}
     )
-    assert cross.status_code == 403 and "cross-origin" in cross.json()["detail"]
+    assert cross.status_code == 403
+    assert "cross-origin" in cross.json()["detail"]
     same = await c.post("/api/sessions/alpha/interrupt", headers={"X-CSRF-Token": csrf, "Origin": web.url})
-    assert same.status_code == 200 and same.json() == {"interrupted": False}
+    assert same.status_code == 200
+    assert same.json() == {"interrupted": False}
 
 
 def test_a_short_token_is_refused() -> None:
@@ -98,13 +104,17 @@ async def test_list_state_history_and_transcript(web: Web) -> None:
     listing = (await c.get("/api/sessions", headers=h)).json()["sessions"]
     assert [s["name"] for s in listing] == ["alpha", "beta"]
     alpha = listing[0]
-    assert alpha["turns"] == 3 and alpha["status"] == "idle" and alpha["restarts"] == 0
-    assert alpha["cost_usd"] == pytest.approx(0.003) and alpha["tokens"] == 45
+    assert alpha["turns"] == 3
+    assert alpha["status"] == "idle"
+    assert alpha["restarts"] == 0
+    assert alpha["cost_usd"] == pytest.approx(0.003)
+    assert alpha["tokens"] == 45
     assert alpha["last_activity"] is not None
     state = (await c.get("/api/sessions/alpha", headers=h)).json()
     assert state["session_id"] == alpha["session_id"]
     page = (await c.get("/api/sessions/alpha/history", headers=h, params={"offset": 1, "limit": 1})).json()
-    assert page["total"] == 3 and [r["turn"] for r in page["items"]] == [2]
+    assert page["total"] == 3
+    assert [r["turn"] for r in page["items"]] == [2]
     transcript = (await c.get("/api/sessions/alpha/messages", headers=h, params={"limit": 2})).json()
     assert transcript["total"] == 6
     assert [(m["role"], m["content"]) for m in transcript["items"]] == [("user", "one"), ("assistant", "You said: one")]
@@ -115,7 +125,8 @@ async def test_errors_are_problems_with_the_python_meaning(nursery: trio.Nursery
     async with web.client as c:
         h = web.headers
         missing = await c.get("/api/sessions/nobody", headers=h)
-        assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
         assert (await c.get("/api/nowhere", headers=h)).status_code == 404
         bad_page = await c.get("/api/sessions/alpha/history", headers=h, params={"limit": 0})
         assert bad_page.status_code == 422
@@ -126,7 +137,8 @@ async def test_errors_are_problems_with_the_python_meaning(nursery: trio.Nursery
         no_prompt = await c.post("/api/sessions/alpha/messages", headers=h, json={"prompt": 3})
         assert no_prompt.status_code == 422
         bad_option = await c.post("/api/sessions", headers=h, json={"name": "x", "options": {"colour": 1}})
-        assert bad_option.status_code == 422 and bad_option.json()["option"] == "options"
+        assert bad_option.status_code == 422
+        assert bad_option.json()["option"] == "options"
         too_big = await c.post("/api/sessions/alpha/messages", headers=h, json={"prompt": "x" * 70_000})
         assert too_big.status_code == 413
 
@@ -144,21 +156,24 @@ async def test_errors_are_problems_with_the_python_meaning(nursery: trio.Nursery
 
         nursery.start_soon(queued_turn)
         await queued.wait()
-        while (await c.get("/api/sessions/alpha", headers=h)).json()["queued"] < 1:
+        while (await c.get("/api/sessions/alpha", headers=h)).json()["queued"] < 1:  # noqa: ASYNC110 (polled over HTTP, as a client would)
             await trio.sleep(0.01)
         busy = await c.post("/api/sessions/alpha/messages", headers=h, json={"prompt": "one too many"})
-        assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
-        assert busy.json()["title"] == "Session busy" and busy.json()["queued"] == 1
+        assert busy.status_code == 429
+        assert busy.headers["retry-after"] == "1"
+        assert busy.json()["title"] == "Session busy"
+        assert busy.json()["queued"] == 1
         await wait_for_status(c, h, "alpha", "idle")
         spent = await c.post("/api/sessions/alpha/messages", headers=h, json={"prompt": "more"})
         assert spent.status_code == 409
-        assert spent.json()["kind"] == "turns" and spent.json()["limit"] == 1
+        assert spent.json()["kind"] == "turns"
+        assert spent.json()["limit"] == 1
     nursery.cancel_scope.cancel()
 
 
 async def wait_for_status(c: httpx.AsyncClient, h: dict[str, str], name: str, status: str) -> None:
     with trio.fail_after(10):
-        while (await c.get(f"/api/sessions/{name}", headers=h)).json()["status"] != status:
+        while (await c.get(f"/api/sessions/{name}", headers=h)).json()["status"] != status:  # noqa: ASYNC110 (polled over HTTP, as a client would)
             await trio.sleep(0.01)
 
 
@@ -168,10 +183,12 @@ async def test_send_streaming_gives_the_turns_events_then_the_result(web: Web) -
         async with web.client.stream(
             "POST", "/api/sessions/beta/messages", headers=headers, json={"prompt": "slow:4"}
         ) as response:
-            assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
             events = await read_events(response, lambda e: e[-1]["event"] == "result")
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "turn_started" and kinds[-2:] == ["turn_finished", "result"]
+    assert kinds[0] == "turn_started"
+    assert kinds[-2:] == ["turn_finished", "result"]
     text = "".join(e["data"]["text"] for e in events if e["event"] == "text_delta")
     assert text == events[-1]["data"]["text"] == "w0 w1 w2 w3"
     numbers = [n for _, _, n in ids(events[:-1])]
@@ -186,7 +203,8 @@ async def test_a_refused_streaming_send_is_a_problem_not_a_stream(nursery: trio.
             headers={**web.headers, "accept": "text/event-stream"},
             json={"prompt": "hi"},
         )
-        assert response.status_code == 409 and response.json()["title"] == "Budget exceeded"
+        assert response.status_code == 409
+        assert response.json()["title"] == "Budget exceeded"
     nursery.cancel_scope.cancel()
 
 
@@ -207,7 +225,8 @@ async def test_interrupt_ends_the_running_turn(web: Web) -> None:
 async def test_start_and_stop_sessions_under_the_dynamic_supervisor(web: Web) -> None:
     c, h = web.client, web.headers
     started = await c.post("/api/sessions", headers=h, json={"name": "gamma", "options": {"max_turns": 5}})
-    assert started.status_code == 201 and started.json()["name"] == "gamma"
+    assert started.status_code == 201
+    assert started.json()["name"] == "gamma"
     assert (await c.post("/api/sessions", headers=h, json={"name": "gamma"})).status_code == 409
     reply = await c.post("/api/sessions/gamma/messages", headers=h, json={"prompt": "hello"})
     assert reply.json()["text"] == "You said: hello"
@@ -232,10 +251,9 @@ async def test_reconnect_with_last_event_id_mid_turn_has_no_gap_and_no_duplicate
         with trio.fail_after(10):
             async with c.stream("GET", "/api/sessions/alpha/events", headers=h) as response:
                 nursery.start_soon(turn)
-                first = await read_events(
-                    response, lambda e: sum(x["event"] == "text_delta" for x in e) >= 5
-                )
-            assert first[0]["event"] == "snapshot" and first[0]["data"]["turn"] is None
+                first = await read_events(response, lambda e: sum(x["event"] == "text_delta" for x in e) >= 5)
+            assert first[0]["event"] == "snapshot"
+            assert first[0]["data"]["turn"] is None
             await trio.sleep(0.2)  # the turn goes on while this client is away
             last_id = first[-1]["id"]
             async with c.stream(
@@ -258,12 +276,15 @@ async def test_reconnect_past_the_replay_buffer_gets_a_snapshot_then_the_rest(nu
     async def turn() -> None:
         results.append((await c.post("/api/sessions/alpha/messages", headers=h, json={"prompt": "slow:40"})).json())
 
-    async with c:
+    async with c, trio.open_nursery() as turns:
         with trio.fail_after(10):
             async with c.stream("GET", "/api/sessions/alpha/events", headers=h) as response:
-                nursery.start_soon(turn)
+                turns.start_soon(turn)
                 first = await read_events(response, lambda e: sum(x["event"] == "text_delta" for x in e) >= 3)
-            await trio.sleep(0.2)
+            relay = web.app.state.web.hub.relays["alpha"]
+            seen = ids(first)[-1][2]
+            while relay.replay[0][0] <= seen + 1:  # noqa: ASYNC110 (until the replay no longer has what it missed)
+                await trio.sleep(0.01)
             async with c.stream(
                 "GET", "/api/sessions/alpha/events", headers={**h, "Last-Event-ID": first[-1]["id"]}
             ) as response:
@@ -283,7 +304,8 @@ async def test_a_kill_and_the_restart_are_seen_by_an_open_stream(web: Web) -> No
 
     async def turn() -> None:
         response = await c.post("/api/sessions/alpha/messages", headers=h, json={"prompt": "slow:100"})
-        assert response.status_code == 503 and response.json()["title"] == "Session exited"
+        assert response.status_code == 503
+        assert response.json()["title"] == "Session exited"
 
     async with trio.open_nursery() as nursery:
         with trio.fail_after(10):
@@ -323,7 +345,8 @@ async def test_subscribers_per_session_are_bounded(nursery: trio.Nursery) -> Non
         await opened.acquire()
         await opened.acquire()
         third = await c.get("/api/sessions/alpha/events", headers=web.headers)
-        assert third.status_code == 503 and third.json()["title"] == "Too many subscribers"
+        assert third.status_code == 503
+        assert third.json()["title"] == "Too many subscribers"
         done.set()
     nursery.cancel_scope.cancel()
 
@@ -340,7 +363,7 @@ async def test_a_slow_client_is_dropped_and_the_session_does_not_wait(nursery: t
                 assert hub.streams == 1
                 reply = await c.post("/api/sessions/alpha/messages", headers=web.headers, json={"prompt": "go"})
                 assert len(reply.json()["text"]) == 400 * 65536  # the turn finished while the client read nothing
-                while hub.streams:
+                while hub.streams:  # noqa: ASYNC110 (a count with no event to wait on)
                     await trio.sleep(0.01)
                 assert hub.relays["alpha"].clients == set()
                 with pytest.raises(httpx.RemoteProtocolError):
@@ -353,10 +376,29 @@ async def test_openapi_lists_every_route(web: Web) -> None:
     spec = (await web.client.get("/openapi.json", headers=web.headers)).json()
     routes = {(r.path, m) for r in web.app.routes for m in (r.methods or ()) if m != "HEAD"}
     described = {
-        (path.replace("{pid}", "{pid:int}"), method.upper())
-        for path, ops in spec["paths"].items()
-        for method in ops
+        (path.replace("{pid}", "{pid:int}"), method.upper()) for path, ops in spec["paths"].items() for method in ops
     }
     undocumented = {("/", "GET"), ("/static/{file}", "GET"), ("/openapi.json", "GET")}
     assert routes - undocumented == described
     json.dumps(spec)
+
+
+async def test_the_body_limit_is_exact_with_and_without_a_content_length(nursery: trio.Nursery) -> None:
+    web = await start_web(nursery, names=("alpha",), limits=sessions.web.WebLimits(max_body_bytes=100))
+    json_headers = {**web.headers, "content-type": "application/json"}
+
+    def body(size: int) -> bytes:
+        prefix, suffix = b'{"prompt": "', b'"}'
+        return prefix + b"x" * (size - len(prefix) - len(suffix)) + suffix
+
+    async def chunked(data: bytes) -> Any:
+        for i in range(0, len(data), 30):
+            yield data[i : i + 30]
+
+    async with web.client as c:
+        url = "/api/sessions/alpha/messages"
+        assert (await c.post(url, headers=json_headers, content=body(100))).status_code == 200
+        assert (await c.post(url, headers=json_headers, content=body(101))).status_code == 413
+        assert (await c.post(url, headers=json_headers, content=chunked(body(100)))).status_code == 200
+        assert (await c.post(url, headers=json_headers, content=chunked(body(101)))).status_code == 413
+    nursery.cancel_scope.cancel()

@@ -31,7 +31,11 @@ FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-XSS = 'say:<script>window.__xss=1</script> <img src=x onerror="window.__xss=2"> <a href="javascript:window.__xss=3">go</a>'
+XSS = (
+    "say:<script>window.__xss=1</script> "
+    '<img src=x onerror="window.__xss=2"> '
+    '<a href="javascript:window.__xss=3">go</a>'
+)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +95,8 @@ def test_the_dashboard_shows_the_tree_and_the_sessions(page: Any) -> None:
     for key in ("/root", "/root/agents", "/root/agents/alpha", "/root/agents/beta", "/root/more"):
         page.wait_for_selector(f'.node[data-key="{key}"]')
     alpha = page.locator('.node[data-key="/root/agents/alpha"]')
-    assert "SessionServer" in alpha.inner_text() and "running" in alpha.inner_text()
+    assert "SessionServer" in alpha.inner_text()
+    assert "running" in alpha.inner_text()
     page.wait_for_selector('[data-session="alpha"]')
     page.wait_for_selector('[data-session="beta"]')
 
@@ -110,7 +115,8 @@ def test_a_streamed_reply_appears_as_it_streams(page: Any, server: ServerThread)
     page.wait_for_function(
         "() => document.querySelector('[data-session=\"beta\"] .live-text').textContent.endsWith('w149')"
     )
-    assert partial is not None and len(partial) < len(text.text_content() or "")
+    assert partial is not None
+    assert len(partial) < len(text.text_content() or "")
 
 
 def test_the_kill_button_makes_a_restart_visible(page: Any) -> None:

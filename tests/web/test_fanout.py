@@ -60,6 +60,6 @@ async def test_every_subscriber_gets_every_event_once(nursery: trio.Nursery) -> 
         assert numbers == list(range(1, len(numbers) + 1))  # every event, once, in order
         text = "".join(e["data"]["text"] for e in events if e["event"] == "text_delta")
         assert text == results[name]["text"]
-    while web.app.state.web.hub.streams:  # every stream is let go when its client leaves
+    while web.app.state.web.hub.streams:  # noqa: ASYNC110 (every stream is let go when its client leaves)
         await trio.sleep(0.01)
     nursery.cancel_scope.cancel()

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 import schemathesis
-from schemathesis.checks import positive_data_acceptance
 from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import positive_data_acceptance
 
 from sessions.web._openapi import openapi
 
@@ -44,7 +44,9 @@ def auth(server: ServerThread) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("operation_id", OPERATIONS)
-def test_the_app_answers_as_its_openapi_description_says(operation_id: str, api_schema: Any, server: ServerThread) -> None:
+def test_the_app_answers_as_its_openapi_description_says(
+    operation_id: str, api_schema: Any, server: ServerThread
+) -> None:
     operation = api_schema.find_operation_by_id(operation_id)
 
     @given(case=operation.as_strategy())

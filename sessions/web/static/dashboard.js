@@ -51,7 +51,6 @@ function treeItem(node, flashed) {
     el("span", { class: "label", text: node.label + (node.strategy ? " " + node.strategy : "") }),
     el("span", { class: statusClass(node.status), text: node.status }),
     el("span", { class: "restarts", text: "restarts " + node.restarts }),
-    node.info ? el("span", { class: "info", text: node.info }) : null,
   );
   if (node.pid != null && node.status === "running") {
     row.append(
@@ -63,6 +62,7 @@ function treeItem(node, flashed) {
       }),
     );
   }
+  if (node.info) row.append(el("span", { class: "info", text: node.info }));
   if (before !== undefined && node.restarts > before) flashed.push(row);
   const item = el("li", {}, row);
   if (node.children.length) {
@@ -208,7 +208,7 @@ async function showDetail() {
   document.getElementById("detail-title").textContent = name;
   const live = document.getElementById("detail-live");
   const entry = state.sessions.get(name);
-  live.textContent = entry && entry.turn ? entry.turn.text || "" : "";
+  live.textContent = entry ? entry.text.textContent : "";
   await loadHistory(name);
 }
 
