@@ -66,7 +66,7 @@ TASKS: dict[str, tuple[str, tuple[str, ...], list[list[str]]]] = {
         ],
     ),
     "bench": ("-e .", (), [["python", "bench/run.py"]]),
-    "web": ("-e .[web]", (), [["python", "examples/web.py"]]),
+    "web": ("-e .[web,demo]", (), [["python", "examples/web.py"]]),
 }
 
 
