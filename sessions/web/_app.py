@@ -34,6 +34,7 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+_BATCH_BYTES = 64 * 1024  # one write's worth of waiting frames: what a stream holds beyond its outbox
 SessionSpecFactory = Callable[[str, dict[str, Any]], otpy.ChildSpec]
 
 
@@ -184,8 +185,9 @@ class SseResponse(Response):
                     elif outbox.frames and self.batch:
                         # what else is waiting goes out in the same write (a client that
                         # fell behind catches up in fewer, larger sends)
-                        frames = [frame]
-                        while outbox.frames and len(frames) < 256:
+                        frames, size = [frame], len(frame)
+                        while outbox.frames and size + len(outbox.frames[0]) <= _BATCH_BYTES:
+                            size += len(outbox.frames[0])
                             frames.append(outbox.frames.popleft())
                         frame = b"".join(frames)
                     await send({"type": "http.response.body", "body": frame, "more_body": True})
