@@ -160,7 +160,8 @@ class Relay:
         self.epoch = 0  # the latest turn that started
         self.n = 0  # events since it started
         self.previous: tuple[int, int] | None = None  # (turn, its last n) of the turn before
-        self.replay: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=hub.limits.replay_events)
+        self.replay: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.replay_bytes = 0
         self.turn: dict[str, Any] | None = None  # the running (or last) turn so far, but its text
         self.pieces: list[str] = []  # the turn's text (joined only for a snapshot: deltas may be many)
         self.finished_turn = 0  # the latest turn whose result was passed on
@@ -191,6 +192,7 @@ class Relay:
         self.previous = (self.epoch, self.n)
         self.epoch, self.n = turn, 0
         self.replay.clear()
+        self.replay_bytes = 0
 
     def emit(self, kind: str, data: dict[str, Any]) -> None:
         self.n += 1
@@ -198,6 +200,11 @@ class Relay:
         data = {"name": self.name, "turn": self.epoch, **data}
         frame = sse_frame(kind, data, event_id)
         self.replay.append((self.n, frame))
+        self.replay_bytes += len(frame)
+        while len(self.replay) > self.hub.limits.replay_events or (
+            self.replay_bytes > self.hub.limits.replay_bytes and len(self.replay) > 1
+        ):
+            self.replay_bytes -= len(self.replay.popleft()[1])
         self.summary["last_activity"] = time.time()
         for outbox in list(self.clients):
             outbox.put(frame)
@@ -286,6 +293,7 @@ class Relay:
             self.sid = sid
             self.previous = None
             self.replay.clear()
+            self.replay_bytes = 0
             self.turn = None
             self.pieces = []
             self.finished_turn = 0

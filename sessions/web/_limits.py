@@ -27,6 +27,7 @@ class WebLimits:
             with ``Last-Event-ID`` and gets what it missed.
         replay_events: events of the running turn kept per session for reconnecting
             clients; a client that missed more gets a snapshot instead.
+        replay_bytes: the same replay's size bound, in bytes of encoded events.
         relay_buffer: the web app's own subscription buffer on each session.
         keepalive: seconds between SSE comments on a quiet stream (they also find
             clients that went away).
@@ -43,6 +44,7 @@ class WebLimits:
     max_streams: int = attrs.field(default=2048, validator=_positive)
     client_buffer: int = attrs.field(default=1024, validator=_positive)
     replay_events: int = attrs.field(default=4096, validator=_positive)
+    replay_bytes: int = attrs.field(default=4 * 1024 * 1024, validator=_positive)
     relay_buffer: int = attrs.field(default=4096, validator=_positive)
     keepalive: float = attrs.field(default=15.0, validator=_positive)
     max_page: int = attrs.field(default=500, validator=_positive)

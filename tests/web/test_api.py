@@ -268,8 +268,15 @@ async def test_reconnect_with_last_event_id_mid_turn_has_no_gap_and_no_duplicate
     assert text == results[0]["text"] == " ".join(f"w{i}" for i in range(60))
 
 
-async def test_reconnect_past_the_replay_buffer_gets_a_snapshot_then_the_rest(nursery: trio.Nursery) -> None:
-    web = await start_web(nursery, names=("alpha",), limits=sessions.web.WebLimits(replay_events=4))
+@pytest.mark.parametrize(
+    "limits",
+    [sessions.web.WebLimits(replay_events=4), sessions.web.WebLimits(replay_bytes=600)],
+    ids=["events", "bytes"],
+)
+async def test_reconnect_past_the_replay_buffer_gets_a_snapshot_then_the_rest(
+    nursery: trio.Nursery, limits: sessions.web.WebLimits
+) -> None:
+    web = await start_web(nursery, names=("alpha",), limits=limits)
     c, h = web.client, web.headers
     results: list[dict[str, Any]] = []
 
