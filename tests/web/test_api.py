@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -408,4 +409,37 @@ async def test_the_body_limit_is_exact_with_and_without_a_content_length(nursery
         assert (await c.post(url, headers=json_headers, content=body(101))).status_code == 413
         assert (await c.post(url, headers=json_headers, content=chunked(body(100)))).status_code == 200
         assert (await c.post(url, headers=json_headers, content=chunked(body(101)))).status_code == 413
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_relay_that_fails_hurts_neither_the_app_nor_another_session(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sessions.web import _hub
+
+    original = _hub.Relay.on_event
+
+    def broken(self: _hub.Relay, event: Any) -> None:
+        if self.name == "alpha":
+            raise RuntimeError("a relay bug")
+        original(self, event)
+
+    monkeypatch.setattr(_hub.Relay, "on_event", broken)
+    web = await start_web(nursery)
+    async with web.client as c, trio.open_nursery() as turns:
+        h = web.headers
+        with trio.fail_after(10):
+            async with c.stream("GET", "/api/sessions/beta/events", headers=h) as response:
+                turns.start_soon(
+                    functools.partial(c.post, "/api/sessions/alpha/messages", headers=h, json={"prompt": "hi"})
+                )
+                turns.start_soon(
+                    functools.partial(c.post, "/api/sessions/beta/messages", headers=h, json={"prompt": "say:fine"})
+                )
+                events = await read_events(response, lambda e: e[-1]["event"] == "turn_finished")
+        assert events[-1]["data"]["result"]["text"] == "fine"
+        assert (await c.get("/api/sessions/alpha/history", headers=h)).json()[
+            "total"
+        ] == 1  # the session itself is fine
+        assert (await c.get("/healthz")).json() == {"ok": True}
     nursery.cancel_scope.cancel()
