@@ -16,6 +16,7 @@ from ._errors import ProviderUnavailable as ProviderUnavailable
 from ._errors import ResumeRejected as ResumeRejected
 from ._errors import SessionBusy as SessionBusy
 from ._errors import SessionError as SessionError
+from ._errors import SessionNotFound as SessionNotFound
 from ._errors import StoreError as StoreError
 from ._events import EventsDropped as EventsDropped
 from ._events import FinishReason as FinishReason
@@ -70,6 +71,7 @@ from ._server import SessionServer as SessionServer
 from ._server import SessionStatus as SessionStatus
 from ._server import new_session_id as new_session_id
 from ._session import Session as Session
+from ._stored import SessionInfo as SessionInfo
 from ._subscribers import Subscription as Subscription
 
 # --- the Claude Code provider ---------------------------------------------------------

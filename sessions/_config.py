@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 
 from ._errors import InvalidOption
-from ._events import JSON
+from ._events import JSON, Message
 from ._providers._base import Provider
 from ._stores._base import Store
 from ._text import check_text
@@ -113,6 +113,34 @@ def _check_cwd(_instance: Any, _attribute: Any, value: Any) -> None:
     check_text("cwd", value)
 
 
+def _as_messages(value: Any) -> Any:
+    """``messages=``: `Message` values, or dicts in `Message.to_dict` form, as a tuple."""
+    if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__iter__"):
+        raise InvalidOption("messages", value, "expected a list of sessions.Message (or of dicts like Message.to_dict)")
+    seed = []
+    for index, item in enumerate(value):
+        if isinstance(item, Mapping):
+            try:
+                item = Message.from_dict(dict(item))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise InvalidOption(f"messages[{index}]", item, f"not a message: {exc}") from None
+        if not isinstance(item, Message):
+            raise InvalidOption(f"messages[{index}]", item, "expected a sessions.Message or a dict")
+        check_text(f"messages[{index}]", item.to_dict())
+        seed.append(item)
+    return tuple(seed)
+
+
+def _check_system_prompt(instance: Any, _attribute: Any, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise InvalidOption("system_prompt", value, "expected a str")
+    check_text("system_prompt", value)
+    if instance.query_opts.get("system_prompt") is not None:
+        raise InvalidOption("system_prompt", value, "given twice: also in query_opts; keep one")
+
+
 @attrs.frozen(kw_only=True)
 class _Config:
     """A SessionServer's options, checked once (in `child_spec` and in ``init``)."""
@@ -129,6 +157,8 @@ class _Config:
     turn_timeout: float | None = attrs.field(default=None, validator=_number("turn_timeout"))
     close_timeout: float = attrs.field(default=10.0, validator=_number("close_timeout"))
     subscriber_buffer: int = attrs.field(default=256, validator=_number("subscriber_buffer", integer=True))
+    messages: tuple[Message, ...] = attrs.field(default=(), converter=_as_messages)
+    system_prompt: str | None = attrs.field(default=None, validator=_check_system_prompt)
 
 
 _REQUIRED = frozenset({"provider"})

@@ -6,6 +6,7 @@
     ├── SessionBusy               the turn queue is full; .session_id, .queued
     ├── BudgetExceeded            a budget is spent before a turn starts; .limit, .spent, .kind
     ├── InvalidOption             an option or argument is malformed; .option, .value
+    ├── SessionNotFound           a store holds no records of the session; .session_id
     ├── StoreError                a store could not read or write
     │   ├── CorruptRecord         a stored record cannot be read; .location, .line, .detail
     │   ├── UnstorableRecord      a record cannot be written (not JSON, not UTF-8); .session_id, .seq
@@ -99,6 +100,24 @@ class InvalidOption(SessionError, ValueError):
 
     def __str__(self) -> str:
         return f"invalid {self.option}={self.value!r}: {self.problem}"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class SessionNotFound(SessionError, LookupError):
+    """A store holds no records of ``session_id`` (`SessionServer.load`, `SessionServer.fork`).
+
+    Example::
+
+        try:
+            session = await SessionServer.load(store, "s-typo")
+        except sessions.SessionNotFound as exc:
+            print("no such session:", exc.session_id)
+    """
+
+    session_id: str
+
+    def __str__(self) -> str:
+        return f"the store holds no session {self.session_id!r}"
 
 
 @attrs.define(eq=False, repr=False, slots=False)

@@ -51,6 +51,7 @@ from ._events import (
 from ._follow import Follower, check_restart_timeout
 from ._providers._base import SessionContext, TurnRequest
 from ._session import Session, fold
+from ._stored import OPEN_TURN_REASON, SessionInfo, list_sessions, load_session
 from ._stores._base import Record, Store
 from ._stores._memory import InMemoryStore
 from ._subscribers import Fanout, SubscriberBuffer, Subscription
@@ -223,12 +224,18 @@ class SessionServer(otpy.GenServer):
         before it is cancelled. ``turn_timeout`` (none): a turn running longer ends
         with ``FinishReason.TIMEOUT``. ``close_timeout`` (10 s): how long closing the
         provider may take. ``subscriber_buffer`` (256): events buffered per subscriber.
+        ``messages``: seed a *new* session with this transcript (`Message` values or
+        their dicts); a session that already has records keeps its own (restarts pass
+        the same options, so the seed is not an error then, and is not applied again).
+        ``system_prompt``: pinned for every turn (a turn's override of it is refused
+        with `InvalidOption`).
 
     Client API:
         Every client function takes the server as a pid, a registered name or
         ``otpy.via(...)``: `send_message`, `session_id`, `history`, `last_result`,
         `messages`, `total_cost`, `turn_count`, `usage`, `status`, `get_session`,
-        `put_session`, `interrupt`, `subscribe`, `follow`, `stop`.
+        `put_session`, `interrupt`, `subscribe`, `follow`, `stop`. Without a server, on a
+        store: `load`, `list_sessions`.
 
     Timeouts:
         `send_message` waits for the turn however long it takes: the session's own
@@ -555,6 +562,41 @@ class SessionServer(otpy.GenServer):
         await otpy.stop(server, reason)
 
     @staticmethod
+    async def load(store: Store, session_id: str) -> Session:
+        """The stored session ``session_id``, as a server resumed on ``store`` would start
+        from it, without starting one and without writing anything.
+
+        A turn that started and never finished (its server exited during it, or is running
+        it now) reads as interrupted, as a resumed server records it. ExAthena's
+        ``resume/2`` maps here (then start a server with the same ``session_id`` to go on).
+
+        Raises:
+            SessionNotFound: ``store`` holds no records of ``session_id``.
+            CorruptRecord: a record cannot be read.
+
+        Example::
+
+            session = await SessionServer.load(store, session_id)
+            print(session.turn_count, session.total_cost, session.messages[-1].content)
+        """
+        return await load_session(store, session_id)
+
+    @staticmethod
+    async def list_sessions(store: Store) -> list[SessionInfo]:
+        """Every session in ``store``, most recently active first, with its id, turns, cost
+        and last activity (a `SessionInfo` each); it only reads.
+
+        It folds each session's log, so it reads the whole store: for admin tools and
+        UIs, not for a request path.
+
+        Example::
+
+            for info in await SessionServer.list_sessions(store):
+                print(info.session_id, info.turn_count, info.total_cost, info.last_activity)
+        """
+        return await list_sessions(store)
+
+    @staticmethod
     async def _session_field(server: ServerRef, field: Literal["history", "messages"]) -> tuple[Any, ...]:
         session = await SessionServer.get_session(server)
         values: tuple[Any, ...] = getattr(session, field)
@@ -592,7 +634,7 @@ class SessionServer(otpy.GenServer):
         if records:
             if folded.open_turn is not None:
                 seq += 1
-                reason = "the session's server exited during the turn"
+                reason = OPEN_TURN_REASON
                 added.append(
                     Record(session_id, seq, "turn_interrupted", {"turn": folded.open_turn.turn, "reason": reason})
                 )
@@ -603,6 +645,10 @@ class SessionServer(otpy.GenServer):
             seq += 1
             data = {"options": _jsonable(config.query_opts), "provider": self._provider.name, "cwd": config.cwd}
             added.append(Record(session_id, seq, "session_started", data))
+            if config.messages:  # a seed (messages=) is written once, as a put_session would be
+                seed = Session(session_id=session_id, messages=config.messages)
+                seq += 1
+                added.append(Record(session_id, seq, "session_put", {"session": seed.to_dict()}))
         await self._store.append(session_id, added, durable=True)
         folded = fold(session_id, [*records, *added])
         if added[0].kind == "turn_interrupted":
@@ -651,8 +697,13 @@ class SessionServer(otpy.GenServer):
             messages=self._session.messages,
             provider_session_id=self._session.provider_session_id,
             store=self._store,
-            options=dict(self._config.query_opts),
+            options=self._pinned(self._config.query_opts),
         )
+
+    def _pinned(self, options: dict[str, Any]) -> dict[str, Any]:
+        if self._config.system_prompt is None:
+            return dict(options)
+        return {**options, "system_prompt": self._config.system_prompt}
 
     async def handle_call(self, request: Any, from_: otpy.From) -> Any:
         match request:
@@ -664,6 +715,10 @@ class SessionServer(otpy.GenServer):
                     if self._join(key, from_):
                         return otpy.NoReply()
                 refusal: SessionError | None = self._budget_refusal()
+                pinned = self._config.system_prompt
+                if pinned is not None and overrides.get("system_prompt", pinned) != pinned:
+                    problem = "this session's system_prompt is pinned (the system_prompt= start option)"
+                    refusal = InvalidOption("system_prompt", overrides["system_prompt"], problem)
                 if refusal is None and self._busy() and len(self._queue) >= self._config.max_queued_turns:
                     refusal = SessionBusy(self._sid, len(self._queue))
                 if refusal is not None:
@@ -802,7 +857,7 @@ class SessionServer(otpy.GenServer):
             turn=turn.number,
             prompt=item.prompt,
             messages=session.messages,
-            options={**self._config.query_opts, **item.overrides},
+            options=self._pinned({**self._config.query_opts, **item.overrides}),
         )
         work = _TurnWork(turn, request, self._context(), self._last_seq + 1, session.provider_session_id)
         self._running = turn
