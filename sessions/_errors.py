@@ -104,7 +104,7 @@ class InvalidOption(SessionError, ValueError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class SessionNotFound(SessionError, LookupError):
-    """A store holds no records of ``session_id`` (`SessionServer.load`, `SessionServer.fork`).
+    """A store holds no records of ``session_id`` (`SessionServer.load`).
 
     Example::
 
