@@ -9,6 +9,7 @@
     python3 dev.py docs      the documentation site, warnings as errors
     python3 dev.py bench     otpy against its peers (see bench/README.md)
     python3 dev.py web       the web dashboard over the demo's sessions; prints its URL and token
+    python3 dev.py mutate    the hand-written mutants of tests/mutants.py, and the share the tests kill
 
 Everything goes into one virtual environment, ``.venv`` in the repository, made on
 first use; the project is installed there in editable mode, so a second run installs
@@ -67,6 +68,7 @@ TASKS: dict[str, tuple[str, tuple[str, ...], list[list[str]]]] = {
     ),
     "bench": ("-e .", (), [["python", "bench/run.py"]]),
     "web": ("-e .[web,demo]", (), [["python", "examples/web.py"]]),
+    "mutate": (f"-e {EXTRAS}", ("tests",), [["python", "tests/mutants.py"]]),
 }
 
 
