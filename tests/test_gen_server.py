@@ -907,7 +907,7 @@ class TestCallErrors:
 
     async def test_bad_server_type(self) -> None:
         """A call to something that is neither a pid nor a name raises TypeError."""
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=r"expected a Pid, a name or otpy\.via\(\.\.\.\), not int: 42"):
             await otpy.call(42, "get")  # type: ignore[arg-type]
 
     async def test_call_timeout(self, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
@@ -1090,7 +1090,7 @@ class TestNames:
 
     async def test_bad_name_type(self, nursery: trio.Nursery) -> None:
         """A name that is neither a str nor via(...) is rejected with TypeError."""
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=r"a process name must be a str or otpy\.via\(\.\.\.\), not int: 42"):
             otpy.whereis(42)  # type: ignore[arg-type]
 
 
@@ -1353,9 +1353,9 @@ class TestLinks:
 
         async def main() -> None:
             assert otpy.current_process() is None
-            with pytest.raises(RuntimeError):
+            with pytest.raises(RuntimeError, match=r"otpy\.self\(\) called outside an otpy process"):
                 otpy.self()
-            with pytest.raises(RuntimeError):
+            with pytest.raises(RuntimeError, match=r"otpy\.self\(\) called outside an otpy process"):
                 otpy.trap_exit()
 
         trio.run(main)
@@ -1443,5 +1443,5 @@ class TestMonitors:
         watcher = await Watcher.start_link(nursery=nursery)
         target = await Echo.start_link(nursery=nursery)
         ref = await otpy.call(watcher, ("monitor", target))
-        with pytest.raises(RuntimeError):
+        with pytest.raises(RuntimeError, match=r"MonitorRef\.wait\(\) is for monitors taken outside a process"):
             await ref.wait()

@@ -61,5 +61,5 @@ def test_from_plain_synchronous_code_it_names_no_event_loop() -> None:
 
 
 def test_code_that_caught_runtime_error_still_does() -> None:
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"otpy was used outside trio\.run"):
         otpy.cast("counter", "increment")

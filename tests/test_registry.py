@@ -566,7 +566,7 @@ class TestQueries:
         def fail(entries: object) -> None:
             raise KeyError("bad registration")
 
-        with pytest.raises(KeyError):
+        with pytest.raises(KeyError, match="bad registration"):
             otpy.Registry.dispatch("reg", "k", fail)
 
     async def test_dispatch_refuses_async_functions(self, nursery: trio.Nursery) -> None:
