@@ -40,7 +40,7 @@ import trio
 import otpy
 
 from ._config import _as_provider, _jsonable, check_startable, check_turn_options, make_config
-from ._errors import BudgetExceeded, InvalidOption, SessionBusy, SessionError, StoreError
+from ._errors import BudgetExceeded, InvalidOption, SessionBusy, SessionError, SessionInUse
 from ._events import (
     Message,
     Result,
@@ -678,17 +678,14 @@ class SessionServer(otpy.GenServer):
         more, so that the log this server loads is the whole log, and nothing lands behind it.
 
         Raises:
-            StoreError: it still writes after ``close_timeout`` (a store write that hangs,
-                or a live server of the same session on the same store object).
+            SessionInUse: it still writes after ``close_timeout`` (a store write that hangs).
         """
+        started = trio.current_time()
         with trio.move_on_after(self._config.close_timeout):
             await previous.writes_ended()
             return
-        what = "is still running" if previous.server.alive else "is still writing to the store"
-        raise StoreError(
-            f"session {self._sid!r}: the previous server of this session {what}"
-            f" after close_timeout={self._config.close_timeout:g} s; a session has one writer"
-        )
+        holder = f"the turn task {previous.pid!r} of its previous server, still writing,"
+        raise SessionInUse(self._sid, repr(self._store), holder, trio.current_time() - started)
 
     def _context(self) -> SessionContext:
         return SessionContext(

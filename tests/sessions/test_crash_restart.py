@@ -362,6 +362,36 @@ class TestAKilledTurnIsNeverCompleted:
         assert kinds == ["session_started", "turn_started", "message", "turn_interrupted", "session_resumed"]
 
 
+class TestTheRestartWaitsForTheLastWrite:
+    async def test_a_write_that_hangs_past_close_timeout_fails_the_restart_with_session_in_use(
+        self, supervised: Start, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    ) -> None:
+        """The killed server's last write hangs: each restart waits close_timeout (2 s), then fails
+        with SessionInUse naming the writer; once the write lands, the next restart carries on."""
+        store = GatedStore(sessions.InMemoryStore())
+        await supervised(name="a", provider=script(delay=0, pace=0), store=store, session_id="s", close_timeout=2)
+        old = otpy.whereis("a")
+        assert old is not None
+        store.block = "turn_started"
+        try:
+            with structlog.testing.capture_logs() as logs:
+                await send_soon(nursery, "a", "one", [])
+                await store.waiting.wait()
+                killed_at = trio.current_time()
+                otpy.exit(old, "kill")
+                await trio.sleep(2.1)
+                failed = [e for e in logs if e["event"] == "child_start_failed"]
+                assert trio.current_time() - killed_at >= 2
+        finally:
+            store.gate.set()
+        assert len(failed) == 1
+        assert isinstance(failed[0]["reason"], sessions.SessionInUse)
+        assert "still writing" in str(failed[0]["reason"])
+        await restarted("a", old)
+        history = await SessionServer.history("a")
+        assert [(r.turn, r.finish_reason) for r in history] == [(1, FinishReason.INTERRUPTED)]
+
+
 class TestIdempotencyKeys:
     async def test_a_key_is_checked(self, nursery: trio.Nursery) -> None:
         """A key is a non-empty str of at most 255 characters that UTF-8 can encode."""
