@@ -348,7 +348,16 @@ class _TurnTask:
             events = None
             try:
                 events = conn.run_turn(work.request)
+                text, unsaid, fanout = turn.text, turn.unsaid, self.fanout
                 async for event in events:
+                    # A text delta, most of a reply's events, is handled here, without
+                    # _event's coroutine and match: a delta costs the turn well under 1 µs.
+                    if type(event) is TextDelta:
+                        text.append(event.text)
+                        unsaid.append(event.text)
+                        if fanout.subscribers:
+                            fanout.publish(event)
+                        continue
                     if isinstance(event, TurnCompleted):
                         completed = event
                         break
