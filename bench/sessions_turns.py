@@ -29,7 +29,6 @@ per-delta figures are the 100-delta turn's cost minus the 1-delta turn's cost, o
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
 import os
@@ -48,10 +47,11 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # measure the working tree's sessions
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from sessions_stores import measure_sqlite_session, measure_store
+
 import otpy
 import sessions
 from sessions import InMemoryStore, JsonlStore, ScriptedProvider, ScriptedReply, SessionServer, SqliteStore
-from sessions_stores import measure_sqlite_session, measure_store
 
 ONE_KB = ("lorem ipsum " * 86)[:1024]
 REPLY = ScriptedReply(ONE_KB, deltas=(ONE_KB,))
@@ -209,7 +209,8 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 def rows_cd(args: argparse.Namespace) -> dict[str, Any]:
     turns, rounds, length = args.cpu_turns, args.cpu_rounds, args.session_length
-    one_kb, d100, d1 = ScriptedProvider(default=REPLY), ScriptedProvider(default=DELTAS_100), ScriptedProvider(default=DELTAS_1)
+    one_kb = ScriptedProvider(default=REPLY)
+    d100, d1 = ScriptedProvider(default=DELTAS_100), ScriptedProvider(default=DELTAS_1)
     samples: dict[str, list[float]] = {}
 
     def add(name: str, seconds: float) -> None:
@@ -280,8 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.turns, args.rounds, args.cpu_turns, args.cpu_rounds = 10, 3, 1, 50, 1
-    print(f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, trio {trio.__version__}, "
-          f"{os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.2f}")
+    print(
+        f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, trio {trio.__version__}, "
+        f"{os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.2f}"
+    )
     results: dict[str, Any] = {}
     if "e" in args.rows:
         results["e"] = row_e(args)
