@@ -114,25 +114,20 @@ class Subscription:
             trio.EndOfChannel: the subscription ended and nothing is left to read.
         """
         inner = self._inner
-        waited = False  # a wait is a checkpoint already: no second trip through the scheduler
         while True:
             if inner.dropped:
                 count, inner.dropped = inner.dropped, 0
-                if not waited:
-                    await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
                 return EventsDropped(count)
             if inner.buffer:
-                if not waited:
-                    await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
                 return inner.buffer.popleft()
             if inner.closed:
-                if not waited:
-                    await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
                 raise trio.EndOfChannel
             if inner.wakeup is None:
                 inner.wakeup = trio.Event()
             await inner.wakeup.wait()
-            waited = True
 
     def __aiter__(self) -> Subscription:
         return self
