@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     if args.quick:
-        args.sessions, args.turns, args.rounds, args.cpu_turns, args.cpu_rounds = 10, 3, 1, 50, 1
+        args.sessions, args.turns, args.rounds, args.cpu_turns, args.cpu_rounds = 10, 3, 1, 20, 1
     print(
         f"python {platform.python_version()}, sqlite {sqlite3.sqlite_version}, trio {trio.__version__}, "
         f"{os.cpu_count()} cores; load average at start {os.getloadavg()[0]:.2f}"
