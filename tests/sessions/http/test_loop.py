@@ -446,6 +446,15 @@ async def test_a_negative_cost_counts_as_zero_and_the_budget_binds(tmp_path: Pat
     assert done.cost_usd == 1.2
 
 
+async def test_a_budget_reached_exactly_stops_the_turn(tmp_path: Path) -> None:
+    """The turn stops once its cost reaches max_budget_usd, not only once it exceeds it."""
+    model = CostModel(0.5, 0.5, 0.5)
+    done = final(await run_turn(sessions.AgentLoop(model), cwd=tmp_path, max_budget_usd=1.0))
+    assert done.finish_reason is FinishReason.MAX_BUDGET
+    assert done.cost_usd == 1.0
+    assert model.costs == [0.5]  # no third model call
+
+
 async def test_a_turn_that_ends_in_a_provider_error_is_logged_at_warning(tmp_path: Path, autojump_clock: Any) -> None:
     """After its retries, the failure is a WARNING (seen with default logging); retry delays are rounded."""
     policy = sessions.RetryPolicy(max_attempts=3, base_delay=0.3, max_delay=1.0)

@@ -486,3 +486,21 @@ def test_the_second_line_refuses_a_path_that_is_not_below_cwd(real: str) -> None
         _files.below("/srv/work", Path(real), "p")
     assert _files.below("/srv/work", Path("/srv/work/a/b"), "p") == ("a", "b")
     assert _files.below("/srv/work", Path("/srv/work"), "p") == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [
+        ("read", {"path": "a\x00.txt"}),
+        ("write", {"path": "new\x00.txt", "content": "x"}),
+        ("list", {"path": ".\x00"}),
+        ("glob", {"pattern": "*", "path": ".\x00"}),
+        ("grep", {"pattern": "alpha", "path": "a\x00.txt"}),
+    ],
+    ids=["read", "write", "list", "glob", "grep"],
+)
+async def test_a_path_with_a_nul_byte_is_refused_by_name(sibling: Path, name: str, arguments: dict[str, Any]) -> None:
+    """A NUL byte cannot be in a file name: the tool says so, and writes nothing."""
+    with pytest.raises(ToolError, match="contains a NUL byte"):
+        await run(name, sibling, **arguments)
+    assert sorted(os.listdir(sibling)) == ["a.txt"]
