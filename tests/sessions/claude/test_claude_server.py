@@ -98,10 +98,12 @@ async def test_killing_the_server_mid_turn_then_carrying_on(
     # Exact: if the CLI charged the stalled call (it records that cost when it ends the
     # call, which a CLI stopped after its server was killed may or may not reach first),
     # the next server reports it with the next turn, once; otherwise nothing was charged.
-    charged = fake_api.usage[0] / 1e6 * 1 + 2 / 1e6 * 5  # the stalled call's input, 2 output tokens
+    # the stalled call's input, and the output tokens the CLI had counted when it ended it (0 to 2:
+    # it depends on how far the stream had got; seen 0 once in 16 runs)
+    possible = [fake_api.usage[0] / 1e6 * 1 + tokens / 1e6 * 5 for tokens in (0, 1, 2)]
     assert history[1].cost_usd == 0.0
     carried = after.extra.get("carried_cost_usd", 0.0)
-    assert carried == pytest.approx(charged, abs=1e-9) or carried == 0.0
+    assert carried == 0.0 or any(carried == pytest.approx(charged, abs=1e-9) for charged in possible)
     assert after.cost_usd == pytest.approx(6.0 + carried, abs=1e-9)
     assert await SessionServer.total_cost("agent") == pytest.approx(12.0 + carried, abs=1e-9)
 
