@@ -12,7 +12,7 @@ PYPROJECT = nox.project.load_toml("pyproject.toml")
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite, with the oracle scenarios, on the installed package."""
-    session.install(".[claude,ollama,openai,demo]", *nox.project.dependency_groups(PYPROJECT, "tests"))
+    session.install(".[claude,ollama,openai,demo,telemetry]", *nox.project.dependency_groups(PYPROJECT, "tests"))
     session.run("pytest", *session.posargs)
 
 

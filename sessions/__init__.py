@@ -73,6 +73,7 @@ from ._server import new_session_id as new_session_id
 from ._session import Session as Session
 from ._stored import SessionInfo as SessionInfo
 from ._subscribers import Subscription as Subscription
+from ._telemetry import configure_telemetry as configure_telemetry
 
 # --- the Claude Code provider ---------------------------------------------------------
 # isort: split

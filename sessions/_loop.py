@@ -21,6 +21,7 @@ and cost over the model calls (``num_turns`` = model calls).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -52,6 +53,7 @@ from ._events import (
 )
 from ._providers._base import ModelProvider, SessionContext, TurnRequest
 from ._providers._http_common import checked_usage
+from ._telemetry import active
 from ._text import TextJoiner, clean_data, clean_text
 from ._tools._builtin import builtin_tools
 from ._tools._core import Tool, ToolContext, ToolFunction
@@ -499,6 +501,9 @@ class LoopSession:
             completed: TurnCompleted | None = None
             sent = for_model(compact(history, loop.max_context_chars, loop.keep_tool_results))
             stream = loop.model.chat(sent, specs, options)
+            if (telemetry := active()) is not None:
+                model = options.get("model") or getattr(loop.model, "model", None)
+                stream = telemetry.traced_chat(stream, provider=loop.model.name, model=model)
             said, thought = TextJoiner(), TextJoiner()
             try:
                 while True:
@@ -735,7 +740,11 @@ class LoopSession:
         async with limiter:
             try:
                 with trio.fail_after(loop.tool_timeout) if loop.tool_timeout is not None else nullcontext():
-                    content = await found.run(dict(call.arguments), context)
+                    if (telemetry := active()) is None:
+                        content = await found.run(dict(call.arguments), context)
+                    else:
+                        run = functools.partial(found.run, dict(call.arguments), context)
+                        content = await telemetry.traced_tool(run, call)
                 result = ToolResult(call.id, call.name, content)
             except ToolError as exc:
                 result = _error(call, str(exc))

@@ -55,6 +55,7 @@ from ._stored import OPEN_TURN_REASON, SessionInfo, list_sessions, load_session
 from ._stores._base import Record, Store
 from ._stores._memory import InMemoryStore
 from ._subscribers import Fanout, SubscriberBuffer, Subscription
+from ._telemetry import active
 from ._text import check_text
 from ._turn import _Reconnect, _Turn, _turn_tasks, _TurnDone, _TurnTask, _TurnWork
 
@@ -719,6 +720,8 @@ class SessionServer(otpy.GenServer):
                 if refusal is None and self._busy() and len(self._queue) >= self._config.max_queued_turns:
                     refusal = SessionBusy(self._sid, len(self._queue))
                 if refusal is not None:
+                    if (telemetry := active()) is not None:
+                        telemetry.refused(self._sid, refusal)
                     return _Refused(refusal)
                 self._queue.append(_QueuedTurn(from_, prompt, overrides, key))
                 await self._advance()

@@ -8,6 +8,7 @@ the server when a turn is done (`_TurnDone`).
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import attrs
@@ -36,6 +37,7 @@ from ._events import (
 from ._providers._base import Provider, ProviderSession, SessionContext, TurnRequest
 from ._stores._base import Record, Store
 from ._subscribers import Fanout
+from ._telemetry import _Telemetry, active
 
 _log = otpy.get_logger("sessions.server")
 
@@ -104,6 +106,7 @@ class _TurnWork:
     records: list[Record] = attrs.field(factory=list)
     objects: dict[int, object] = attrs.field(factory=dict)  # seq -> the Message or Result it holds
     finished: bool = False
+    result: Result | None = None
 
 
 @attrs.frozen
@@ -259,7 +262,11 @@ class _TurnTask:
                     if isinstance(work, _Reconnect):
                         outcome = work
                         break
-                    broke = await self._turn(conn, work)
+                    telemetry = active()
+                    if telemetry is None:
+                        broke = await self._turn(conn, work)
+                    else:
+                        broke = await self._traced_turn(telemetry, conn, work)
                     work = None
                     if broke:
                         break
@@ -396,6 +403,17 @@ class _TurnTask:
         await self._finish(work, result)
         return broke
 
+    async def _traced_turn(self, telemetry: _Telemetry, conn: ProviderSession, work: _TurnWork) -> bool:
+        return await telemetry.run_turn(
+            functools.partial(self._turn, conn, work),
+            session_id=self.session_id,
+            provider=self.provider.name,
+            turn=work.turn.number,
+            prompt=work.request.prompt,
+            options=work.request.options,
+            outcome=lambda: work.result,
+        )
+
     async def _event(self, work: _TurnWork, event: ProviderEvent) -> None:
         turn = work.turn
         match event:
@@ -474,5 +492,6 @@ class _TurnTask:
         # The server hears of the end before any subscriber does: a subscriber that
         # calls the server on TurnFinished finds the turn counted.
         work.finished = True
+        work.result = result
         otpy.send(self.server, _TurnDone(result, tuple(work.records), work.objects))
         self.fanout.publish(TurnFinished(result))
