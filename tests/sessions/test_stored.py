@@ -4,7 +4,7 @@ start options messages= (a seed for a new session) and system_prompt= (pinned fo
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,22 @@ async def wait_until(predicate: Callable[[], bool]) -> None:
 
 
 @pytest.fixture(params=["memory", "jsonl", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> sessions.Store:
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[sessions.Store]:
+    """A real store of each kind, closed at the end (requested before the servers' fixtures,
+    so that it is closed after them)."""
     match request.param:
         case "memory":
-            return sessions.InMemoryStore()
+            opened: sessions.Store = sessions.InMemoryStore()
         case "jsonl":
-            return sessions.JsonlStore(tmp_path / "logs")
+            opened = sessions.JsonlStore(tmp_path / "logs")
         case _:
-            return sessions.SqliteStore(tmp_path / "s.db")
+            opened = sessions.SqliteStore(tmp_path / "s.db")
+    yield opened
+    await opened.aclose()
 
 
 class TestLoad:
-    async def test_load_is_what_the_live_server_holds(self, supervised: Start, store: sessions.Store) -> None:
+    async def test_load_is_what_the_live_server_holds(self, store: sessions.Store, supervised: Start) -> None:
         provider = ScriptedProvider([ScriptedReply("one", cost_usd=0.25), ScriptedReply("two", cost_usd=0.5)])
         await supervised(name="a", provider=provider, store=store, session_id="s1")
         for prompt in ("1", "2"):
@@ -47,7 +51,7 @@ class TestLoad:
         assert (loaded.turn_count, loaded.total_cost) == (2, 0.75)
 
     async def test_an_open_turn_loads_as_interrupted_and_nothing_is_written(
-        self, nursery: trio.Nursery, store: sessions.Store
+        self, store: sessions.Store, nursery: trio.Nursery
     ) -> None:
         """A server killed mid-turn: load shows the turn interrupted, as the resumed server does,
         and writes no record; the resumed server then holds the same session."""
@@ -87,7 +91,7 @@ class TestLoad:
 
 
 class TestListSessions:
-    async def test_lists_id_turns_cost_and_last_activity(self, supervised: Start, store: sessions.Store) -> None:
+    async def test_lists_id_turns_cost_and_last_activity(self, store: sessions.Store, supervised: Start) -> None:
         before = datetime.datetime.now(datetime.UTC)
         provider = ScriptedProvider(default=ScriptedReply("x", cost_usd=0.125))
         await supervised(name="a", provider=provider, store=store, session_id="older")
@@ -114,7 +118,7 @@ class TestListSessions:
 
 
 class TestSeed:
-    async def test_messages_seed_a_new_session(self, supervised: Start, store: sessions.Store) -> None:
+    async def test_messages_seed_a_new_session(self, store: sessions.Store, supervised: Start) -> None:
         seed = [Message("user", "My name is Ada."), {"role": "assistant", "content": "Hello, Ada."}]
         provider = ScriptedProvider(["You are Ada."])
         await supervised(name="a", provider=provider, store=store, session_id="s1", messages=seed)
@@ -131,7 +135,7 @@ class TestSeed:
             "Who am I?",
         ]
 
-    async def test_a_resumed_session_keeps_its_own_transcript(self, supervised: Start, store: sessions.Store) -> None:
+    async def test_a_resumed_session_keeps_its_own_transcript(self, store: sessions.Store, supervised: Start) -> None:
         """The child spec's messages= is passed again on every restart: it is not applied twice."""
         provider = ScriptedProvider(default=ScriptedReply("ok"))
         await supervised(name="a", provider=provider, store=store, session_id="s1", messages=[Message("user", "seed")])
