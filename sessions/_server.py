@@ -51,7 +51,7 @@ from ._events import (
 from ._follow import Follower, check_restart_timeout
 from ._providers._base import SessionContext, TurnRequest
 from ._session import Session, fold
-from ._stored import OPEN_TURN_REASON, SessionInfo, list_sessions, load_session
+from ._stored import OPEN_TURN_REASON, SessionInfo, fork_session, list_sessions, load_session
 from ._stores._base import Record, Store
 from ._stores._memory import InMemoryStore
 from ._subscribers import Fanout, SubscriberBuffer, Subscription
@@ -236,7 +236,7 @@ class SessionServer(otpy.GenServer):
         ``otpy.via(...)``: `send_message`, `session_id`, `history`, `last_result`,
         `messages`, `total_cost`, `turn_count`, `usage`, `status`, `get_session`,
         `put_session`, `interrupt`, `subscribe`, `follow`, `stop`. Without a server, on a
-        store: `load`, `list_sessions`.
+        store: `load`, `list_sessions`, `fork`.
 
     Timeouts:
         `send_message` waits for the turn however long it takes: the session's own
@@ -581,6 +581,29 @@ class SessionServer(otpy.GenServer):
             print(session.turn_count, session.total_cost, session.messages[-1].content)
         """
         return await load_session(store, session_id)
+
+    @staticmethod
+    async def fork(store: Store, session_id: str, *, at_turn: int | None = None) -> str:
+        """A new session in ``store`` whose history is that of ``session_id`` up to the end of
+        turn ``at_turn`` (all of it for None, nothing for 0); returns the new session id.
+
+        The fork shares nothing mutable with its source: it is a new log (a
+        ``session_started`` record naming the source, and a ``session_put`` of the
+        prefix, written in one durable append), and its results count towards its own
+        budgets. Start a server with ``session_id=`` the new id to go on from there. The
+        provider's own session is not forked: the fork's first turn starts a new one with
+        the transcript (for Claude, not the CLI's ``fork_session``).
+
+        Raises:
+            SessionNotFound: ``store`` holds no records of ``session_id``.
+            InvalidOption: ``at_turn`` is not a turn of the session.
+
+        Example::
+
+            branch = await SessionServer.fork(store, session_id, at_turn=2)
+            await SessionServer.start_link(provider=provider, store=store, session_id=branch, nursery=nursery)
+        """
+        return await fork_session(store, session_id, at_turn, new_session_id())
 
     @staticmethod
     async def list_sessions(store: Store) -> list[SessionInfo]:

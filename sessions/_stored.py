@@ -11,7 +11,7 @@ import datetime
 
 import attrs
 
-from ._errors import SessionNotFound
+from ._errors import InvalidOption, SessionNotFound
 from ._session import Session, fold
 from ._stores._base import Record, Store
 
@@ -91,3 +91,50 @@ async def list_sessions(store: Store) -> list[SessionInfo]:
         )
     infos.sort(key=lambda info: info.last_activity, reverse=True)
     return infos
+
+
+def _prefix(records: list[Record], at_turn: int | None) -> list[Record]:
+    """The records up to the end of turn ``at_turn`` (all of them for None)."""
+    if at_turn is None:
+        return records
+    for index, record in enumerate(records):
+        ends = record.kind in ("turn_finished", "turn_interrupted")
+        if ends and record.data.get("turn") == at_turn:
+            return records[: index + 1]
+    return records
+
+
+async def fork_session(store: Store, session_id: str, at_turn: int | None, new_id: str) -> str:
+    """See `SessionServer.fork`."""
+    given: object = at_turn  # checked: a caller's value may be any type
+    if given is not None and (isinstance(given, bool) or not isinstance(given, int) or given < 0):
+        raise InvalidOption("at_turn", at_turn, "expected an int >= 0 (a turn number), or None for all")
+    records = await store.load(session_id)
+    if not records:
+        raise SessionNotFound(session_id)
+    whole, _ = session_from_records(session_id, records)
+    if at_turn is not None and at_turn > whole.turn_count:
+        raise InvalidOption("at_turn", at_turn, f"session {session_id!r} has {whole.turn_count} turns")
+    if at_turn == 0:
+        source = Session(session_id=session_id)
+    elif at_turn is not None and at_turn == whole.turn_count:
+        source = whole
+    else:
+        source = session_from_records(session_id, _prefix(records, at_turn))[0]
+    if at_turn is not None:
+        source = attrs.evolve(source, history=source.history[:at_turn])
+    forked = Session(
+        session_id=new_id,
+        messages=source.messages,
+        history=tuple(attrs.evolve(result, session_id=new_id) for result in source.history),
+        provider_session_id=None,  # the provider's conversation is not shared: the fork starts its own
+    )
+    started = {"options": {}, "forked_from": {"session_id": session_id, "at_turn": source.turn_count}}
+    fork_records = [
+        Record(new_id, 1, "session_started", started),
+        Record(new_id, 2, "session_put", {"session": forked.to_dict()}),
+    ]
+    if await store.load(new_id):
+        raise InvalidOption("new_session_id", new_id, "a session with this id exists already")
+    await store.append(new_id, fork_records, durable=True)
+    return new_id

@@ -205,3 +205,43 @@ class TestSystemPrompt:
         await SessionServer.send_message("a", "hi")
         assert seen
         assert seen[0][0] == Message("system", "Be brief.")
+
+
+class TestFork:
+    async def test_a_fork_is_a_prefix_and_goes_its_own_way(self, store: sessions.Store, nursery: trio.Nursery) -> None:
+        provider = ScriptedProvider(default=ScriptedReply("ok", cost_usd=0.5))
+        pid = await SessionServer.start_link(provider=provider, store=store, session_id="src", nursery=nursery)
+        for prompt in ("1", "2", "3"):
+            await SessionServer.send_message(pid, prompt)
+        await SessionServer.stop(pid)
+        source_log = await store.load("src")
+        branch = await SessionServer.fork(store, "src", at_turn=2)
+        assert await store.load("src") == source_log  # the source is untouched
+        forked = await SessionServer.load(store, branch)
+        assert (forked.turn_count, forked.total_cost) == (2, 1.0)
+        assert [m.content for m in forked.messages] == ["1", "ok", "2", "ok"]
+        assert {r.session_id for r in forked.history} == {branch}
+        pid = await SessionServer.start_link(provider=provider, store=store, session_id=branch, nursery=nursery)
+        result = await SessionServer.send_message(pid, "other")
+        assert result.turn == 3
+        assert [m.content for m in provider.requests[-1].messages] == ["1", "ok", "2", "ok"]
+        await SessionServer.stop(pid)
+        assert [m.content for m in (await SessionServer.load(store, "src")).messages][-2:] == ["3", "ok"]
+        whole = await SessionServer.load(store, await SessionServer.fork(store, "src"))
+        assert whole.turn_count == 3
+        empty = await SessionServer.load(store, await SessionServer.fork(store, "src", at_turn=0))
+        assert (empty.turn_count, empty.messages) == (0, ())
+
+    @pytest.mark.parametrize("at_turn", [-1, 4, True, 1.5, "2"])
+    async def test_a_turn_that_is_not_there_is_refused(self, store: sessions.Store, at_turn: Any) -> None:
+        provider = ScriptedProvider(default=ScriptedReply("ok"))
+        async with trio.open_nursery() as nursery:
+            pid = await SessionServer.start_link(provider=provider, store=store, session_id="src", nursery=nursery)
+            for prompt in ("1", "2", "3"):
+                await SessionServer.send_message(pid, prompt)
+            await SessionServer.stop(pid)
+        with pytest.raises(sessions.InvalidOption, match="at_turn"):
+            await SessionServer.fork(store, "src", at_turn=at_turn)
+        with pytest.raises(sessions.SessionNotFound):
+            await SessionServer.fork(store, "nope")
+        assert await store.list_sessions() == ["src"]
