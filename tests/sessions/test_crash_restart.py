@@ -9,7 +9,7 @@ import collections
 import contextlib
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -236,31 +236,33 @@ class TestCarriesOn:
         assert [r.seq for r in records] == [1, 2, 3, 4, 5]
 
 
-class GatedStore:
-    """A real store whose appends of one kind wait at a gate before they reach it: the disk is slow
-    exactly there (the append is shielded, as a write to a disk is; a kill cannot stop it).
-
-    It also records whether the session's log was ever loaded while an append to it was in flight:
-    a second writer."""
+class StoreTap:
+    """A real store seen through a tap: every call reaches ``inner``. It counts the loads of a log
+    made while an append was in flight (a second writer, which a session never has)."""
 
     def __init__(self, inner: sessions.Store) -> None:
         self.inner = inner
-        self.block: str | None = None  # the record kind whose append waits at the gate
-        self.gate = trio.Event()
-        self.waiting = trio.Event()
         self.in_flight = 0
         self.loads_while_writing = 0
 
-    async def append(self, session_id: str, records: Any, *, durable: bool = False) -> None:
+    async def _write(
+        self,
+        session_id: str,
+        records: Any,
+        durable: bool,
+        on_the_way: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Append through to ``inner``, counted in flight; ``on_the_way`` runs first (the disk is slow)."""
         self.in_flight += 1
         try:
-            if self.block is not None and any(r.kind == self.block for r in records):
-                self.block = None
-                self.waiting.set()
-                await self.gate.wait()
+            if on_the_way is not None:
+                await on_the_way()
             await self.inner.append(session_id, records, durable=durable)
         finally:
             self.in_flight -= 1
+
+    async def append(self, session_id: str, records: Any, *, durable: bool = False) -> None:
+        await self._write(session_id, records, durable)
 
     async def load(self, session_id: str) -> list[sessions.Record]:
         if self.in_flight:
@@ -273,11 +275,32 @@ class GatedStore:
     async def delete(self, session_id: str) -> None:
         await self.inner.delete(session_id)
 
+    async def claim(self, session_id: str, *, wait: float = 5.0) -> Any:
+        return await self.inner.claim(session_id, wait=wait)
+
     async def aclose(self) -> None:
         await self.inner.aclose()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)  # what a later Store protocol adds
+
+class GatedStore(StoreTap):
+    """A real store whose appends of one kind wait at a gate before they reach it: the disk is slow
+    exactly there (the append is shielded, as a write to a disk is; a kill cannot stop it)."""
+
+    def __init__(self, inner: sessions.Store) -> None:
+        super().__init__(inner)
+        self.block: str | None = None  # the record kind whose append waits at the gate
+        self.gate = trio.Event()
+        self.waiting = trio.Event()
+
+    async def append(self, session_id: str, records: Any, *, durable: bool = False) -> None:
+        gated = self.block is not None and any(r.kind == self.block for r in records)
+        if gated:
+            self.block = None
+        await self._write(session_id, records, durable, self._wait_at_the_gate if gated else None)
+
+    async def _wait_at_the_gate(self) -> None:
+        self.waiting.set()
+        await self.gate.wait()
 
 
 def open_store(kind: str, tmp_path: Path) -> sessions.Store:
@@ -718,7 +741,7 @@ def test_kills_at_random_points_lose_nothing_and_count_nothing_twice(
 # --- the same property on the real stores, with kills landing around the end of a turn ---------------------
 
 
-class KillTap:
+class KillTap(StoreTap):
     """A real store that can kill the session's server at one of its appends: just before the append
     of a record kind reaches the disk (the kill lands while the write is on its way, and the disk takes
     20 ms more just then) or just after it.
@@ -727,11 +750,9 @@ class KillTap:
     once a server has exited, its turn task begins no write."""
 
     def __init__(self, inner: sessions.Store) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.armed: tuple[str, str] | None = None  # (record kind, "before" | "after")
         self.finished_by_dead_server: list[int] = []
-        self.in_flight = 0
-        self.loads_while_writing = 0
 
     async def append(self, session_id: str, records: Any, *, durable: bool = False) -> None:
         kinds = {r.kind for r in records}
@@ -742,36 +763,20 @@ class KillTap:
         server = task.parent if task is not None else None
         if "turn_finished" in kinds and server is not None and not server.alive:
             self.finished_by_dead_server.extend(r.data["turn"] for r in records if r.kind == "turn_finished")
-        armed, kill = self.armed, None
-        if armed is not None and armed[0] in kinds and server is not None and server.alive:
-            self.armed, kill = None, (armed[1], server)
-        self.in_flight += 1
-        try:
-            if kill is not None and kill[0] == "before":
-                otpy.exit(kill[1], "kill")
-                await trio.sleep(0.02)  # the disk is slow just then: the restart comes meanwhile
-            await self.inner.append(session_id, records, durable=durable)
-        finally:
-            self.in_flight -= 1
-        if kill is not None and kill[0] == "after":
-            otpy.exit(kill[1], "kill")
+        armed = self.armed
+        if armed is None or armed[0] not in kinds or server is None or not server.alive:
+            await self._write(session_id, records, durable)
+            return
+        self.armed = None
+        target = server
 
-    async def load(self, session_id: str) -> list[sessions.Record]:
-        if self.in_flight:
-            self.loads_while_writing += 1
-        return await self.inner.load(session_id)
+        async def kill_on_the_way() -> None:
+            otpy.exit(target, "kill")
+            await trio.sleep(0.02)  # the disk is slow just then: the restart comes meanwhile
 
-    async def list_sessions(self) -> list[str]:
-        return await self.inner.list_sessions()
-
-    async def delete(self, session_id: str) -> None:
-        await self.inner.delete(session_id)
-
-    async def claim(self, session_id: str, *, wait: float = 5.0) -> Any:
-        return await self.inner.claim(session_id, wait=wait)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+        await self._write(session_id, records, durable, kill_on_the_way if armed[1] == "before" else None)
+        if armed[1] == "after":
+            otpy.exit(target, "kill")
 
 
 DurableOp = tuple[str, int]
