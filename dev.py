@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
-EXTRAS = ".[claude,ollama,openai,demo,web,telemetry]"
+EXTRAS = ".[claude,ollama,openai,demo,web,telemetry,postgres,cluster]"
 
 # task: (what to install: the project spec and dependency groups, the commands to run)
 TASKS: dict[str, tuple[str, tuple[str, ...], list[list[str]]]] = {
