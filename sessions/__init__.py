@@ -57,6 +57,13 @@ from ._stores._claims import SessionClaim as SessionClaim
 from ._stores._jsonl import JsonlStore as JsonlStore
 from ._stores._sqlite import SqliteStore as SqliteStore
 
+# --- PostgresStore: leases, epochs, fencing (psycopg imported on first use) -----------
+# isort: split
+from ._errors import LeaseLost as LeaseLost
+from ._stores._postgres import Lease as Lease
+from ._stores._postgres import NodeInfo as NodeInfo
+from ._stores._postgres import PostgresStore as PostgresStore
+
 # --- the server, the session value, the scripted provider -----------------------------
 # isort: split
 from ._follow import Follower as Follower

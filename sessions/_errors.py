@@ -10,7 +10,8 @@
     ├── StoreError                a store could not read or write
     │   ├── CorruptRecord         a stored record cannot be read; .location, .line, .detail
     │   ├── UnstorableRecord      a record cannot be written (not JSON, not UTF-8); .session_id, .seq
-    │   └── SessionInUse          another writer holds the session in the store; .session_id, .store
+    │   ├── SessionInUse          another writer holds the session in the store; .session_id, .store
+    │   └── LeaseLost             the writer's lease is no longer the session's current one; .epoch, .current_epoch
     ├── ProviderError             a provider failed; .provider, .kind, .retryable, .status
     │   ├── ProviderUnavailable   missing binary/package, wrong version, cannot connect
     │   ├── ProviderAuthError     bad or missing key (401/403)
@@ -191,6 +192,39 @@ class SessionInUse(StoreError):
         self.store = store
         self.holder = holder
         self.waited = waited
+
+
+class LeaseLost(StoreError):
+    """An append (or a claim) was refused because this writer no longer owns the session:
+    its lease's ``epoch`` is not the session's ``current_epoch`` (another node took the
+    session over, or the lease was released), or the store's node is fenced (it was cut
+    off from the database, or paused, past its lease). Nothing of the refused append was
+    written. ``holder`` is the node that holds the session now (None: nobody, or unknown).
+
+    A writer that gets it must stop writing the session: another copy of it may be live.
+
+    Example::
+
+        try:
+            await store.append("s1", records, durable=True)
+        except sessions.LeaseLost as exc:
+            print(f"{exc.session_id}: epoch {exc.epoch} is stale (now {exc.current_epoch}, {exc.holder})")
+    """
+
+    def __init__(
+        self, session_id: str, epoch: int | None, current_epoch: int | None, holder: str | None, detail: str = ""
+    ) -> None:
+        now = "no lease" if current_epoch is None else f"epoch {current_epoch}, held by {holder or 'nobody'}"
+        mine = "no claim" if epoch is None else f"epoch {epoch}"
+        super().__init__(
+            f"lease of session {session_id!r} lost: this writer has {mine}, the session has {now}"
+            + (f" ({detail})" if detail else "")
+        )
+        self.session_id = session_id
+        self.epoch = epoch
+        self.current_epoch = current_epoch
+        self.holder = holder
+        self.detail = detail
 
 
 @attrs.define(eq=False, repr=False, slots=False)

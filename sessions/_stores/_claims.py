@@ -28,7 +28,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -73,6 +73,9 @@ class SessionClaim:
         self._released: trio.Event | None = None
         self._watcher: trio.CancelScope | None = None
         self._owners_changed: trio.Event | None = None
+        self.epoch: int | None = None
+        """The lease's epoch, for a store whose claims are leases with epochs
+        (`PostgresStore`); None for the others."""
 
     def __repr__(self) -> str:
         state = "held" if self._held else "released"
@@ -199,6 +202,18 @@ async def _cancel_after(wait: Callable[[], Awaitable[object]], scope: trio.Cance
     scope.cancel()
 
 
+class ProcessLock(Protocol):
+    """What a claim holds across OS processes besides its place in the claim table."""
+
+    def try_acquire(self) -> str | None:
+        """Take the lock, or return who holds it."""
+        ...
+
+    def release(self) -> None:
+        """Let it go (called once, under the table's lock)."""
+        ...
+
+
 class FileLock:
     """An exclusive ``flock`` on a lock file, for claims across OS processes.
 
@@ -275,7 +290,7 @@ class ClaimTable:
         session_id: str,
         store: str,
         wait: float,
-        file_lock: Callable[[], FileLock] | None = None,
+        file_lock: Callable[[], ProcessLock] | None = None,
     ) -> SessionClaim:
         """Claim ``key``, waiting up to ``wait`` seconds for its holder to let go.
 
@@ -307,7 +322,7 @@ class ClaimTable:
             poll = min(2 * poll, _LAST_POLL)
 
     def _try(
-        self, key: object, session_id: str, store: str, file_lock: Callable[[], FileLock] | None
+        self, key: object, session_id: str, store: str, file_lock: Callable[[], ProcessLock] | None
     ) -> SessionClaim | tuple[str, trio.Event | None]:
         with self._lock:
             current = self._held.get(key)

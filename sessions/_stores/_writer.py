@@ -20,6 +20,7 @@ and a run that has gone away is simply not woken.
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -85,9 +86,10 @@ class BatchWorker:
         await worker.aclose()
     """
 
-    def __init__(self, name: str, make_handler: Callable[[], Handler]) -> None:
+    def __init__(self, name: str, make_handler: Callable[[], Handler], *, idle_seconds: float | None = None) -> None:
         self._name = name
         self._make_handler = make_handler
+        self._idle_seconds = idle_seconds  # None: IDLE_SECONDS; math.inf: the thread lives until aclose
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Job] | None = None
         self._thread: threading.Thread | None = None
@@ -116,6 +118,15 @@ class BatchWorker:
         if job.error is not None:
             raise job.error
         return job.result
+
+    def post(self, job: Job) -> bool:
+        """Hand ``job`` to the running thread without waiting for it (from any thread);
+        False, and nothing done, when no thread runs (the store is closed)."""
+        with self._lock:
+            if self._queue is None:
+                return False
+            self._queue.put(job)
+            return True
 
     async def aclose(self) -> None:
         """Finish every job handed over so far, release the handler, and end the thread."""
@@ -153,7 +164,8 @@ class BatchWorker:
         stops: list[Job] = []
         while not stops:
             try:
-                jobs = [q.get(timeout=IDLE_SECONDS)]
+                idle = IDLE_SECONDS if self._idle_seconds is None else self._idle_seconds
+                jobs = [q.get(timeout=None if math.isinf(idle) else idle)]
             except queue.Empty:
                 with self._lock:  # submit puts under this lock: nothing can slip in after the check
                     idle = self._queue is q and q.empty()

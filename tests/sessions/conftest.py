@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+import types
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,3 +43,25 @@ async def supervised(nursery: trio.Nursery) -> AsyncIterator[SessionFactory]:
         await otpy.stop(sup)
     for provider in providers:
         assert provider.open_connections == 0, provider.log
+
+
+# --- PostgreSQL: a DSN and a fresh schema per test (tests/sessions/postgres.py) ----------
+def _load_postgres_fixtures() -> types.ModuleType:
+    """Load tests/sessions/postgres.py by path (the tests run with --import-mode=importlib,
+    so test directories are not on sys.path)."""
+    path = Path(__file__).with_name("postgres.py")
+    spec = importlib.util.spec_from_file_location("_otpy_tests_sessions_postgres", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = sys.modules.get(spec.name)
+    if module is None:
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+_postgres = _load_postgres_fixtures()
+postgres_dsn = _postgres.postgres_dsn
+postgres = _postgres.postgres
+PostgresTarget = _postgres.PostgresTarget
