@@ -50,7 +50,7 @@ from ._events import (
 )
 from ._follow import Follower, check_restart_timeout
 from ._providers._base import SessionContext, TurnRequest
-from ._session import Session, fold
+from ._session import Folder, Session, fold
 from ._stored import OPEN_TURN_REASON, SessionInfo, fork_session, list_sessions, load_session
 from ._stores._base import Record, Store
 from ._stores._memory import InMemoryStore
@@ -126,6 +126,11 @@ class _Put(otpy.Call[Any]):
 
 
 @attrs.frozen
+class _Rewind(otpy.Call[Any]):
+    to_turn: int
+
+
+@attrs.frozen
 class _Refused:
     """A reply that the client function raises (a deferred reply cannot raise by itself)."""
 
@@ -172,6 +177,16 @@ class SessionStatus:
 class _QueuedPut:
     from_: otpy.From
     session: Session
+
+    @property
+    def waiting(self) -> bool:
+        return self.from_.waiting
+
+
+@attrs.frozen
+class _QueuedRewind:
+    from_: otpy.From
+    to_turn: int
 
     @property
     def waiting(self) -> bool:
@@ -235,7 +250,7 @@ class SessionServer(otpy.GenServer):
         Every client function takes the server as a pid, a registered name or
         ``otpy.via(...)``: `send_message`, `session_id`, `history`, `last_result`,
         `messages`, `total_cost`, `turn_count`, `usage`, `status`, `get_session`,
-        `put_session`, `interrupt`, `subscribe`, `follow`, `stop`. Without a server, on a
+        `put_session`, `rewind`, `interrupt`, `subscribe`, `follow`, `stop`. Without a server, on a
         store: `load`, `list_sessions`, `fork`.
 
     Timeouts:
@@ -486,6 +501,45 @@ class SessionServer(otpy.GenServer):
         _unwrap(await otpy.call(server, _Put(session), timeout=math.inf))
 
     @staticmethod
+    async def rewind(server: ServerRef, to_turn: int) -> None:
+        """Make the next turn continue from the end of turn ``to_turn`` (0: from the start).
+
+        The rewind is a record appended to the log (``session_rewound``), never a rewrite
+        of it: the whole past stays in the store. `messages` becomes the transcript as it
+        stood when turn ``to_turn`` ended (the seed's for 0), and the next turn sees only
+        that. `history` keeps every turn's `Result`, the rewound ones too: ``turn_count``,
+        ``total_cost`` and the budgets keep counting what was spent, turn numbers keep
+        growing (the next turn is ``turn_count + 1``), and an ``idempotency_key`` of a
+        rewound turn still answers with its result. A later rewind may go to any turn
+        whose end is in the log, on either side of an earlier rewind.
+
+        Like `put_session`, it waits for the running and queued turns first. The
+        provider's own session cannot go back, so its id is dropped and the provider is
+        reconnected with the rewound transcript: a provider that is sent the transcript
+        each turn (`AgentLoop` with Ollama or an OpenAI-compatible server, the
+        `ScriptedProvider`) continues from it; the Claude Code CLI starts a new CLI
+        session, which is not given the rewound transcript by the CLI's ``--resume``.
+
+        Raises:
+            InvalidOption: ``to_turn`` is not an int >= 0 (a bool is not), is beyond the
+                last turn, or is a turn whose end is not in this session's log (it came
+                whole with a `put_session`, a ``messages=`` seed or a `fork`).
+
+        Example::
+
+            for prompt in ("Plan the release.", "Write the changelog.", "Make it shorter."):
+                await SessionServer.send_message("agent", prompt)
+            await SessionServer.rewind("agent", to_turn=2)    # forget "Make it shorter."
+            result = await SessionServer.send_message("agent", "Make it funnier.")
+            assert result.turn == 4                            # numbers go on
+            assert await SessionServer.turn_count("agent") == 4
+        """
+        checked: object = to_turn
+        if isinstance(checked, bool) or not isinstance(checked, int) or checked < 0:
+            raise InvalidOption("to_turn", to_turn, "expected an int >= 0 (a turn number)")
+        _unwrap(await otpy.call(server, _Rewind(to_turn), timeout=math.inf))
+
+    @staticmethod
     async def interrupt(server: ServerRef) -> bool:
         """End the running turn early, keeping the session; False if no turn was running.
 
@@ -637,7 +691,7 @@ class SessionServer(otpy.GenServer):
         session_id = config.session_id or new_session_id()
         self._sid = session_id
         self._fanout = Fanout()
-        self._queue: collections.deque[_QueuedTurn | _QueuedPut] = collections.deque()
+        self._queue: collections.deque[_QueuedTurn | _QueuedPut | _QueuedRewind] = collections.deque()
         self._running: _Turn | None = None
         self._recovered: Result | None = None
         self._watchers: dict[otpy.MonitorRef, SubscriberBuffer] = {}
@@ -770,6 +824,10 @@ class SessionServer(otpy.GenServer):
                 self._queue.append(_QueuedPut(from_, session))
                 await self._advance()
                 return otpy.NoReply()
+            case _Rewind(to_turn=to_turn):
+                self._queue.append(_QueuedRewind(from_, to_turn))
+                await self._advance()
+                return otpy.NoReply()
         raise ValueError(f"SessionServer got an unknown request: {request!r}")
 
     async def handle_info(self, message: Any) -> otpy.Stop | None:
@@ -866,6 +924,9 @@ class SessionServer(otpy.GenServer):
                 await self._put(item.session)
                 otpy.reply(item.from_, None)
                 continue
+            if isinstance(item, _QueuedRewind):
+                otpy.reply(item.from_, await self._rewind(item.to_turn))
+                continue
             refusal = self._budget_refusal()
             if refusal is not None:
                 for from_ in (item.from_, *item.joined):
@@ -895,6 +956,32 @@ class SessionServer(otpy.GenServer):
         self._session, self._last_seq = folded.session, folded.last_seq
         self._recovered = None
         self._inbox.send_nowait(_Reconnect(self._context()))
+
+    async def _rewind(self, to_turn: int) -> _Refused | None:
+        """Append ``session_rewound``, folded over the whole log: a checkpoint of every turn's
+        end is only kept by a fold from the log's start (a restart makes the same fold)."""
+        records = await self._store.load(self._sid)
+        folder = Folder(Session(session_id=self._sid))
+        for record in records:
+            folder.apply(record)
+        count = self._session.turn_count
+        if to_turn > count:
+            return _Refused(InvalidOption("to_turn", to_turn, f"session {self._sid!r} has {count} turns"))
+        if to_turn not in folder.checkpoints:
+            problem = (
+                f"the end of turn {to_turn} is not in session {self._sid!r}'s log"
+                " (it came whole with a put_session, a messages= seed or a fork)"
+            )
+            return _Refused(InvalidOption("to_turn", to_turn, problem))
+        record = Record(self._sid, self._last_seq + 1, "session_rewound", {"to_turn": to_turn})
+        await self._store.append(self._sid, [record], durable=True)
+        folder.apply(record)
+        folded = folder.folded()
+        self._session, self._last_seq = folded.session, folded.last_seq
+        self._recovered = None
+        _log.debug("session_rewound", session_id=self._sid, to_turn=to_turn, turn_count=count)
+        self._inbox.send_nowait(_Reconnect(self._context()))
+        return None
 
     def _subscribe(self, buffer: int | None, caller: otpy.Pid | None) -> Subscription:
         inner = self._fanout.add(buffer if buffer is not None else max(1, self._config.subscriber_buffer))

@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from ._errors import CorruptRecord
 from ._events import FinishReason, Message, Result, Usage
 from ._stores._base import Record
 
@@ -28,6 +29,11 @@ class Session:
     `SessionServer.get_session` returns one; `SessionServer.put_session` replaces the
     server's with one.
 
+    After `SessionServer.rewind`, ``messages`` is the rewound transcript (what the next
+    turn continues from), while ``history`` still holds every turn that ran, the rewound
+    ones too: the budgets, ``turn_count`` and ``total_cost`` keep counting what was spent,
+    and turn numbers keep growing. The log keeps the rewound turns' messages as well.
+
     Example::
 
         session = await SessionServer.get_session("agent")
@@ -37,9 +43,11 @@ class Session:
 
     session_id: str
     messages: tuple[Message, ...] = ()
-    """The normalized transcript: prompts, replies, tool calls and results, notes."""
+    """The normalized transcript: prompts, replies, tool calls and results, notes (after a
+    `SessionServer.rewind`, the transcript the next turn continues from)."""
     history: tuple[Result, ...] = ()
-    """One `Result` per turn, in order (interrupted and failed turns included)."""
+    """One `Result` per turn, in order (interrupted and failed turns included, and the turns
+    a `SessionServer.rewind` went back over)."""
     provider_session_id: str | None = None
     """The provider's own session id (the Claude CLI's), kept apart from ``session_id``."""
     idempotency_keys: Mapping[str, int] = attrs.field(factory=dict, hash=False)
@@ -111,13 +119,33 @@ class OpenTurn:
     messages: tuple[Message, ...] = ()
 
 
+Checkpoint = tuple[tuple[Message, ...], list[Message], int]
+"""Where a transcript stood (internal): ``base + tuple(added[:length])``. ``added`` is only
+ever appended to, so a checkpoint stays true while the fold goes on."""
+
+
 @attrs.frozen
 class Folded:
-    """What `fold` returns: the session, a turn left open, and the last ``seq`` seen (internal)."""
+    """What `fold` returns: the session, a turn left open, and the last ``seq`` seen (internal).
+
+    ``checkpoints`` maps a turn count to where the transcript stood the last time a turn
+    ended with that count (or a ``session_put`` left the session with it): what
+    ``session_rewound`` goes back to. Only the turns whose ends are in the folded records
+    (and the count the fold started from) are there.
+    """
 
     session: Session
     open_turn: OpenTurn | None
     last_seq: int
+    checkpoints: Mapping[int, Checkpoint] = attrs.field(factory=dict, eq=False, repr=False)
+
+    def transcript_at(self, turn: int) -> tuple[Message, ...] | None:
+        """The transcript as it stood at the end of turn ``turn``, or None if the fold did not see it."""
+        checkpoint = self.checkpoints.get(turn)
+        if checkpoint is None:
+            return None
+        base, added, length = checkpoint
+        return base + tuple(added[:length])
 
 
 def interrupted_result(session_id: str, turn: OpenTurn, reason: str, provider_session_id: str | None) -> Result:
@@ -165,6 +193,15 @@ class Folder:
         self.open_messages: list[Message] = []
         self.last_seq = last_seq
         self.known = known or {}
+        self.checkpoints: dict[int, Checkpoint] = {}
+        self._checkpoint()
+
+    def _count(self) -> int:
+        return len(self.base_history) + len(self.history)
+
+    def _checkpoint(self) -> None:
+        """Remember where the transcript stands now, as the end of the current turn count."""
+        self.checkpoints[self._count()] = (self.base_messages, self.messages, len(self.messages))
 
     def apply(self, record: Record) -> None:
         """Fold one record in."""
@@ -197,6 +234,7 @@ class Folder:
                 self.history.append(result)
                 self.open = None
                 self.open_messages = []
+                self._checkpoint()
             case "turn_interrupted":
                 self._interrupt(str(data.get("reason", "interrupted")))
             case "session_put":
@@ -207,6 +245,9 @@ class Folder:
                 self.base_keys, self.keys = session.idempotency_keys, {}
                 self.open = None
                 self.open_messages = []
+                self._checkpoint()
+            case "session_rewound":
+                self._rewind(record)
             case _:
                 # session_started, session_resumed, provider_data, and kinds written by
                 # a later release: nothing to rebuild from them.
@@ -220,6 +261,29 @@ class Folder:
         self.messages.append(interrupted_note(turn.turn, reason))
         self.open = None
         self.open_messages = []
+        self._checkpoint()
+
+    def _rewind(self, record: Record) -> None:
+        """``session_rewound``: the transcript goes back to the end of turn ``to_turn``; the
+        history (what was spent) and the idempotency keys stay; the provider's session is
+        dropped (its own conversation cannot go back).
+
+        Raises:
+            CorruptRecord: ``to_turn`` is not a turn whose end this fold has seen.
+        """
+        to_turn = record.data.get("to_turn")
+        where = f"the log of session {self.session_id!r}"
+        if isinstance(to_turn, bool) or not isinstance(to_turn, int):
+            raise CorruptRecord(where, record.seq, f"session_rewound: to_turn must be an int, got {to_turn!r}")
+        self._interrupt("the session was rewound before it finished")
+        checkpoint = self.checkpoints.get(to_turn)
+        if to_turn < 0 or to_turn > self._count() or checkpoint is None:
+            problem = f"session_rewound: to_turn={to_turn} is not a turn whose end is in the log before it"
+            raise CorruptRecord(where, record.seq, problem)
+        base, added, length = checkpoint
+        self.base_messages = base + tuple(added[:length])
+        self.messages = []  # a new list: the checkpoints hold the old one, which is never cut
+        self.provider_session_id = None
 
     def folded(self) -> Folded:
         """The session so far, and the turn left open, if any."""
@@ -233,7 +297,7 @@ class Folder:
             provider_session_id=self.provider_session_id,
             idempotency_keys={**self.base_keys, **self.keys} if self.keys else self.base_keys,
         )
-        return Folded(session=session, open_turn=open_turn, last_seq=self.last_seq)
+        return Folded(session=session, open_turn=open_turn, last_seq=self.last_seq, checkpoints=self.checkpoints)
 
 
 def fold(

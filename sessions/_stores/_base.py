@@ -18,6 +18,8 @@ provider_session    ``{"id"}``: the provider's native session id changed
 turn_finished       ``{"turn", "result": Result.to_dict()}``: durable at the turn's end
 turn_interrupted    ``{"turn", "reason"}``: a started turn never finished (found at resume)
 session_put         ``{"session": Session.to_dict()}``: `put_session` replaced the state
+session_rewound     ``{"to_turn"}``: `rewind`: the transcript goes back to the end of turn ``to_turn``
+                    (history, cost and turn numbers go on; the provider's session id is dropped)
 provider_data       ``{"key", "value"}``: a provider's own records (e.g. a CLI transcript)
 ==================  ======================================================================
 """
