@@ -517,8 +517,9 @@ class SessionServer(otpy.GenServer):
         provider's own session cannot go back, so its id is dropped and the provider is
         reconnected with the rewound transcript: a provider that is sent the transcript
         each turn (`AgentLoop` with Ollama or an OpenAI-compatible server, the
-        `ScriptedProvider`) continues from it; the Claude Code CLI starts a new CLI
-        session, which is not given the rewound transcript by the CLI's ``--resume``.
+        `ScriptedProvider`) continues from it. `ClaudeCode` keeps the conversation in the
+        CLI: with no CLI session id it starts a new CLI session, which today is not sent
+        the rewound transcript (the next turn starts without that context).
 
         Raises:
             InvalidOption: ``to_turn`` is not an int >= 0 (a bool is not), is beyond the
