@@ -642,6 +642,10 @@ class SessionServer(otpy.GenServer):
         """A new session in ``store`` whose history is that of ``session_id`` up to the end of
         turn ``at_turn`` (all of it for None, nothing for 0); returns the new session id.
 
+        Its transcript is the one the source had when turn ``at_turn`` ended (the point
+        `rewind` goes back to; a rewind after that turn does not reach into the fork), or,
+        for None, the source's as it is now.
+
         The fork shares nothing mutable with its source: it is a new log (a
         ``session_started`` record naming the source, and a ``session_put`` of the
         prefix, written in one durable append), and its results count towards its own
@@ -651,7 +655,8 @@ class SessionServer(otpy.GenServer):
 
         Raises:
             SessionNotFound: ``store`` holds no records of ``session_id``.
-            InvalidOption: ``at_turn`` is not a turn of the session.
+            InvalidOption: ``at_turn`` is not a turn of the session, or one whose end is not
+                in its log (it came whole with a `put_session`, a seed or a `fork`).
 
         Example::
 

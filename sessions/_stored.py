@@ -12,7 +12,7 @@ import datetime
 import attrs
 
 from ._errors import InvalidOption, SessionNotFound
-from ._session import Session, fold
+from ._session import Folded, Session, fold
 from ._stores._base import Record, Store
 
 OPEN_TURN_REASON = "the session's server exited during the turn"
@@ -48,8 +48,8 @@ def _utc(ts: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
 
 
-def session_from_records(session_id: str, records: list[Record]) -> tuple[Session, int | None]:
-    """The session a resumed server would start from, and the number of a turn left open.
+def folded_from_records(session_id: str, records: list[Record]) -> tuple[Folded, int | None]:
+    """The fold a resumed server would start from, and the number of a turn left open.
 
     The open turn is closed by the record a resumed server would write, folded but not
     written, so the two cannot differ.
@@ -57,10 +57,16 @@ def session_from_records(session_id: str, records: list[Record]) -> tuple[Sessio
     folded = fold(session_id, records)
     open_turn = folded.open_turn
     if open_turn is None:
-        return folded.session, None
+        return folded, None
     data = {"turn": open_turn.turn, "reason": OPEN_TURN_REASON}
     closing = Record(session_id, folded.last_seq + 1, "turn_interrupted", data)
-    return fold(session_id, [*records, closing]).session, open_turn.turn
+    return fold(session_id, [*records, closing]), open_turn.turn
+
+
+def session_from_records(session_id: str, records: list[Record]) -> tuple[Session, int | None]:
+    """The session a resumed server would start from, and the number of a turn left open."""
+    folded, open_turn = folded_from_records(session_id, records)
+    return folded.session, open_turn
 
 
 async def load_session(store: Store, session_id: str) -> Session:
@@ -93,17 +99,6 @@ async def list_sessions(store: Store) -> list[SessionInfo]:
     return infos
 
 
-def _prefix(records: list[Record], at_turn: int | None) -> list[Record]:
-    """The records up to the end of turn ``at_turn`` (all of them for None)."""
-    if at_turn is None:
-        return records
-    for index, record in enumerate(records):
-        ends = record.kind in ("turn_finished", "turn_interrupted")
-        if ends and record.data.get("turn") == at_turn:
-            return records[: index + 1]
-    return records
-
-
 async def fork_session(store: Store, session_id: str, at_turn: int | None, new_id: str) -> str:
     """See `SessionServer.fork`."""
     given: object = at_turn  # checked: a caller's value may be any type
@@ -112,17 +107,21 @@ async def fork_session(store: Store, session_id: str, at_turn: int | None, new_i
     records = await store.load(session_id)
     if not records:
         raise SessionNotFound(session_id)
-    whole, _ = session_from_records(session_id, records)
-    if at_turn is not None and at_turn > whole.turn_count:
-        raise InvalidOption("at_turn", at_turn, f"session {session_id!r} has {whole.turn_count} turns")
-    if at_turn == 0:
-        source = Session(session_id=session_id)
-    elif at_turn is not None and at_turn == whole.turn_count:
-        source = whole
-    else:
-        source = session_from_records(session_id, _prefix(records, at_turn))[0]
+    folded, _ = folded_from_records(session_id, records)
+    source = folded.session
     if at_turn is not None:
-        source = attrs.evolve(source, history=source.history[:at_turn])
+        if at_turn > source.turn_count:
+            raise InvalidOption("at_turn", at_turn, f"session {session_id!r} has {source.turn_count} turns")
+        # The transcript as it stood at the end of turn at_turn (what rewind goes back to): a
+        # rewind or a put_session after that turn does not reach into the fork.
+        messages = folded.transcript_at(at_turn)
+        if messages is None:
+            problem = (
+                f"the end of turn {at_turn} is not in session {session_id!r}'s log"
+                " (it came whole with a put_session, a messages= seed or a fork)"
+            )
+            raise InvalidOption("at_turn", at_turn, problem)
+        source = attrs.evolve(source, messages=messages, history=source.history[:at_turn])
     forked = Session(
         session_id=new_id,
         messages=source.messages,

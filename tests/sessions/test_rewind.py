@@ -288,3 +288,35 @@ class TestRewindRecord:
         await store.append("s", self.records(("session_rewound", {"to_turn": 7})), durable=True)
         with pytest.raises(sessions.CorruptRecord):
             await SessionServer.load(store, "s")
+
+
+class TestForkAndRewind:
+    async def test_a_fork_takes_the_transcript_at_the_end_of_its_turn(self, nursery: trio.Nursery) -> None:
+        """fork(at_turn=n) copies the transcript as it stood when turn n ended, as rewind(n) would give
+        it, whatever rewinds came after; fork(at_turn=None) copies the session as it is (rewound)."""
+        store = sessions.InMemoryStore()
+        pid = await SessionServer.start_link(provider=echo(), store=store, session_id="src", nursery=nursery)
+        for prompt in ("one", "two", "three"):
+            await SessionServer.send_message(pid, prompt)
+        await SessionServer.rewind(pid, 1)
+        await SessionServer.stop(pid)
+        at_three = await SessionServer.load(store, await SessionServer.fork(store, "src", at_turn=3))
+        assert contents(at_three.messages) == ["one", "re: one", "two", "re: two", "three", "re: three"]
+        as_is = await SessionServer.load(store, await SessionServer.fork(store, "src"))
+        assert contents(as_is.messages) == ["one", "re: one"]
+        assert (as_is.turn_count, as_is.total_cost) == (3, 0.75)
+
+    async def test_a_fork_of_a_fork_at_a_turn_it_came_with_is_refused(self, nursery: trio.Nursery) -> None:
+        """A fork's earlier turns came whole in its session_put: forking it there is refused by name
+        (their transcripts are not in its log), not made with the later turns' messages."""
+        store = sessions.InMemoryStore()
+        pid = await SessionServer.start_link(provider=echo(), store=store, session_id="src", nursery=nursery)
+        for prompt in ("one", "two", "three"):
+            await SessionServer.send_message(pid, prompt)
+        await SessionServer.stop(pid)
+        first = await SessionServer.fork(store, "src", at_turn=3)
+        with pytest.raises(sessions.InvalidOption, match="end of turn 1 is not in") as info:
+            await SessionServer.fork(store, first, at_turn=1)
+        assert info.value.option == "at_turn"
+        again = await SessionServer.load(store, await SessionServer.fork(store, first, at_turn=3))
+        assert contents(again.messages) == ["one", "re: one", "two", "re: two", "three", "re: three"]
