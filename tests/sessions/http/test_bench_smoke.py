@@ -1,4 +1,4 @@
-"""bench/sessions_loop.py --quick runs and prints its tables (no timing is checked)."""
+"""The sessions benches run with --quick and print their tables (no timing is checked)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,28 @@ def test_the_loop_bench_runs() -> None:
     assert "| openai | wall ratio loop/client |" in done.stdout
     assert "| ollama | SessionServer + AgentLoop |" in done.stdout
     assert "20 concurrent sessions" in done.stdout
+
+
+def test_the_providers_bench_runs() -> None:
+    """bench/sessions_providers.py --quick runs one family's three rows and prints them."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "sessions_providers.py"),
+            "--quick",
+            "--families",
+            "ollama",
+            "--deltas",
+            "20",
+            "--repeats",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for name in ("ollama.client", "ollama.provider", "ollama.server"):
+        assert f"\n{name} " in done.stdout
