@@ -22,6 +22,7 @@ from ._events import EventsDropped as EventsDropped
 from ._events import FinishReason as FinishReason
 from ._events import Message as Message
 from ._events import MessageAdded as MessageAdded
+from ._events import ModelCallFinished as ModelCallFinished
 from ._events import ProviderEvent as ProviderEvent
 from ._events import ProviderSessionId as ProviderSessionId
 from ._events import Result as Result

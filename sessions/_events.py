@@ -417,6 +417,28 @@ class ToolCallFinished:
 
 
 @attrs.frozen
+class ModelCallFinished:
+    """One model (API) call inside the turn finished, with the usage the provider reported
+    for it: yielded by providers that run their own agent loop and report each call (the
+    Claude Code CLI, one per API message). ``stop_reason`` is the API's own (``"end_turn"``,
+    ``"tool_use"``); ``error`` the API's error kind (``"server_error"``, ``"rate_limit"``)
+    when the call failed, else None. The turn's `Result.usage` is the sum the provider
+    reports at the end; telemetry makes one ``chat`` span of each of these.
+
+    Example::
+
+        case sessions.ModelCallFinished(model=model, usage=usage):
+            print(model, usage.input_tokens, usage.output_tokens)
+    """
+
+    model: str | None
+    usage: Usage
+    stop_reason: str | None = None
+    error: str | None = None
+    response_id: str | None = None
+
+
+@attrs.frozen
 class MessageAdded:
     """A complete message joined the transcript (assistant text, tool output, a note).
 
@@ -471,7 +493,14 @@ class TurnCompleted:
 
 
 ProviderEvent = (
-    TextDelta | ThinkingDelta | ToolCallRequested | ToolCallFinished | MessageAdded | ProviderSessionId | TurnCompleted
+    TextDelta
+    | ThinkingDelta
+    | ToolCallRequested
+    | ToolCallFinished
+    | ModelCallFinished
+    | MessageAdded
+    | ProviderSessionId
+    | TurnCompleted
 )
 """What a provider's turn yields; it ends with exactly one `TurnCompleted`."""
 

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._events import ToolCall
+
 if TYPE_CHECKING:
-    from ._events import ProviderEvent, Result, ToolCall
+    from ._events import ModelCallFinished, ProviderEvent, Result
 
 _INSTRUMENTATION = "sessions"
 
@@ -115,7 +117,7 @@ class _Telemetry:
         provider: str,
         turn: int,
         prompt: str,
-        options: dict[str, Any],
+        model: str | None,
         outcome: Callable[[], Result | None],
     ) -> bool:
         """Run ``run`` (the turn) inside its ``invoke_agent`` span, and end the span however
@@ -128,8 +130,7 @@ class _Telemetry:
             "gen_ai.conversation.id": session_id,
             "otpy_sessions.turn": turn,
         }
-        model = options.get("model")
-        if isinstance(model, str):
+        if model is not None:
             attributes["gen_ai.request.model"] = model
         if self.capture_content:
             attributes["gen_ai.input.messages"] = json.dumps(
@@ -249,6 +250,145 @@ class _Telemetry:
                 metric["error.type"] = error
             self.operation_duration.record(time.perf_counter() - started, metric)
             span.end()
+
+    # --- the model and tool calls of a provider's own agent loop (the Claude Code CLI) ----------
+
+    async def traced_agent(
+        self, stream: AsyncIterator[ProviderEvent], *, provider: str, model: str | None
+    ) -> AsyncIterator[ProviderEvent]:
+        """``stream`` (a turn of a provider that runs its own agent loop), passed through, with
+        a ``chat`` span per `ModelCallFinished` it yields and an ``execute_tool`` span per tool
+        call it reports (`ToolCallRequested` .. `ToolCallFinished`), children of the turn's span.
+
+        The provider says when a call ended, not when it began: a model call is taken to
+        begin when the turn began or the call or tool before it ended, and a tool call when
+        it was requested or, if later, when the model call that asked for it ended. A turn
+        cut short ends its running tool calls' spans, or else its model call's, in error.
+        """
+        from opentelemetry import context
+
+        from ._events import ModelCallFinished, ToolCallFinished, ToolCallRequested, TurnCompleted
+
+        parent = context.get_current()
+        boundary = chat_ended = time.time_ns()
+        running: dict[str, tuple[ToolCall, int]] = {}
+        completed = False
+        failure: str | None = None
+        try:
+            async for event in stream:
+                kind = type(event)
+                if kind is ModelCallFinished:
+                    assert isinstance(event, ModelCallFinished)
+                    now = time.time_ns()
+                    self._reported_chat(parent, provider, model, event, boundary, now)
+                    boundary = chat_ended = now
+                elif kind is ToolCallRequested:
+                    assert isinstance(event, ToolCallRequested)
+                    running[event.call.id] = (event.call, time.time_ns())
+                elif kind is ToolCallFinished:
+                    assert isinstance(event, ToolCallFinished)
+                    now = time.time_ns()
+                    call, asked = running.pop(event.result.tool_call_id, (None, chat_ended))
+                    if call is None:
+                        call = ToolCall(id=event.result.tool_call_id, name=event.result.name, arguments={})
+                    error = "tool_error" if event.result.is_error else None
+                    self._reported_tool(parent, call, max(asked, chat_ended), now, error, event.result.content)
+                    boundary = max(boundary, now)
+                elif kind is TurnCompleted:
+                    completed = True
+                yield event
+        except BaseException as exc:
+            failure = _error_type(exc)
+            raise
+        finally:
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                with trio.CancelScope(shield=True):
+                    await close()
+            if not completed:
+                now = time.time_ns()
+                for call, asked in running.values():
+                    self._reported_tool(parent, call, max(asked, chat_ended), now, failure or "unfinished", None)
+                if not running:
+                    self._reported_chat(parent, provider, model, None, boundary, now, failure or "unfinished")
+
+    def _reported_chat(
+        self,
+        parent: Any,
+        provider: str,
+        model: str | None,
+        call: ModelCallFinished | None,
+        start: int,
+        end: int,
+        failure: str | None = None,
+    ) -> None:
+        """A ``chat`` span (and its metrics) for a model call that ran from ``start`` to ``end``
+        (ns), as the provider reported it (``call``), or cut short (``failure``)."""
+        from opentelemetry.trace import Status, StatusCode
+
+        attributes: dict[str, Any] = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": provider}
+        if model:
+            attributes["gen_ai.request.model"] = model
+        named = model or (call.model if call is not None else None)  # the CLI's, if the turn named none
+        span = self.tracer.start_span(
+            f"chat {named}" if named else "chat",
+            context=parent,
+            kind=self.trace.SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=start,
+        )
+        metric = dict(attributes)
+        error = failure
+        if call is not None:
+            if call.model:
+                span.set_attribute("gen_ai.response.model", call.model)
+                metric["gen_ai.response.model"] = call.model
+            if call.response_id:
+                span.set_attribute("gen_ai.response.id", call.response_id)
+            if call.stop_reason:
+                span.set_attribute("gen_ai.response.finish_reasons", [call.stop_reason])
+            usage = call.usage
+            span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
+            span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
+            if call.error is None:
+                self.token_usage.record(usage.input_tokens, {**metric, "gen_ai.token.type": "input"})
+                self.token_usage.record(usage.output_tokens, {**metric, "gen_ai.token.type": "output"})
+            else:
+                error = call.error
+        if error is not None:
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR, "the model call failed or was cut short"))
+            metric["error.type"] = error
+        self.operation_duration.record((end - start) / 1e9, metric)
+        span.end(end_time=end)
+
+    def _reported_tool(
+        self, parent: Any, call: ToolCall, start: int, end: int, error: str | None, result: str | None
+    ) -> None:
+        """An ``execute_tool`` span for a tool call the provider ran itself."""
+        from opentelemetry.trace import Status, StatusCode
+
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "execute_tool",
+            "gen_ai.tool.name": call.name,
+            "gen_ai.tool.call.id": call.id,
+            "gen_ai.tool.type": "function",
+        }
+        if self.capture_content:
+            attributes["gen_ai.tool.call.arguments"] = json.dumps(call.arguments, default=str)
+            if result is not None:
+                attributes["gen_ai.tool.call.result"] = result
+        span = self.tracer.start_span(
+            f"execute_tool {call.name}",
+            context=parent,
+            kind=self.trace.SpanKind.INTERNAL,
+            attributes=attributes,
+            start_time=start,
+        )
+        if error is not None:
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR, "the tool call failed or was cut short"))
+        span.end(end_time=end)
 
     # --- a tool call of the agent loop ----------------------------------------------------------
 

@@ -22,6 +22,7 @@ from ._events import (
     FinishReason,
     Message,
     MessageAdded,
+    ModelCallFinished,
     ProviderEvent,
     ProviderSessionId,
     Result,
@@ -341,8 +342,11 @@ class _TurnTask:
         turn.begun = True
         self.fanout.publish(TurnStarted(session_id=self.session_id, turn=turn.number, prompt=turn.prompt))
 
-    async def _turn(self, conn: ProviderSession, work: _TurnWork) -> bool:
-        """Run one turn to its end; True if the provider broke and must be reconnected."""
+    async def _turn(self, conn: ProviderSession, work: _TurnWork, telemetry: _Telemetry | None = None) -> bool:
+        """Run one turn to its end; True if the provider broke and must be reconnected.
+
+        ``telemetry`` (on) wraps the stream of a provider that runs its own agent loop, for
+        its model calls' and tool calls' spans (the agent loop makes its own)."""
         turn = work.turn
         if not turn.begun:
             await self._begin(work)
@@ -355,6 +359,8 @@ class _TurnTask:
             events = None
             try:
                 events = conn.run_turn(work.request)
+                if telemetry is not None and self.provider.runs_own_tools:
+                    events = telemetry.traced_agent(events, provider=self.provider.name, model=self._model(work))
                 text, unsaid, fanout = turn.text, turn.unsaid, self.fanout
                 async for event in events:
                     # A text delta, most of a reply's events, is handled here, without
@@ -405,14 +411,20 @@ class _TurnTask:
 
     async def _traced_turn(self, telemetry: _Telemetry, conn: ProviderSession, work: _TurnWork) -> bool:
         return await telemetry.run_turn(
-            functools.partial(self._turn, conn, work),
+            functools.partial(self._turn, conn, work, telemetry),
             session_id=self.session_id,
             provider=self.provider.name,
             turn=work.turn.number,
             prompt=work.request.prompt,
-            options=work.request.options,
+            model=self._model(work),
             outcome=lambda: work.result,
         )
+
+    def _model(self, work: _TurnWork) -> str | None:
+        """The model the turn asks for: its ``model`` option, else the provider's own default
+        (`ClaudeCode.model`), for telemetry."""
+        model = work.request.options.get("model", getattr(self.provider, "model", None))
+        return model if isinstance(model, str) else None
 
     async def _event(self, work: _TurnWork, event: ProviderEvent) -> None:
         turn = work.turn
@@ -420,7 +432,7 @@ class _TurnTask:
             case TextDelta(text=text):
                 turn.text.append(text)
                 turn.unsaid.append(text)
-            case ThinkingDelta() | ToolCallFinished():
+            case ThinkingDelta() | ToolCallFinished() | ModelCallFinished():
                 pass
             case ToolCallRequested(call=call):
                 turn.tool_calls.append(call)

@@ -135,6 +135,11 @@ class ClaudeCode:
     def __repr__(self) -> str:
         return f"ClaudeCode(transport={self.transport!r}, model={self.options.model!r})"
 
+    @property
+    def model(self) -> str | None:
+        """The model the CLI runs when a turn names none (``model=``), None for the CLI's default."""
+        return self.options.model
+
     def connect(self, ctx: SessionContext) -> AbstractAsyncContextManager[ProviderSession]:
         """Open the provider for one session: in duplex mode the CLI starts here."""
         return self._connect(ctx)

@@ -29,6 +29,7 @@ from .._events import (
     FinishReason,
     Message,
     MessageAdded,
+    ModelCallFinished,
     ProviderEvent,
     ProviderSessionId,
     TextDelta,
@@ -73,6 +74,8 @@ class TurnMapper:
         self._pending_text: list[str] = []
         self._pending_calls: list[ToolCall] = []
         self._running_tools: set[str] = set()
+        self._call: dict[str, Any] | None = None
+        """The API message streaming now: its id, model, usage so far and stop reason."""
 
     @property
     def tools_running(self) -> bool:
@@ -103,15 +106,19 @@ class TurnMapper:
             return events  # a subagent's inner messages stay inside its tool call
         if isinstance(message, StreamEvent):
             event = message.event
-            if event.get("type") == "content_block_delta":
+            kind = event.get("type")
+            if kind == "content_block_delta":
                 delta = event.get("delta") or {}
                 if delta.get("type") == "text_delta" and delta.get("text"):
                     events.append(TextDelta(delta["text"]))
                 elif delta.get("type") == "thinking_delta" and delta.get("thinking"):
                     events.append(ThinkingDelta(delta["thinking"]))
+            else:
+                events += self._api_call(kind, event)
         elif isinstance(message, AssistantMessage):
             if message.error is not None or message.model == "<synthetic>":
                 self.error_text = "".join(b.text for b in message.content if isinstance(b, TextBlock)) or message.error
+                events += self._call_ended(error=str(message.error or "api_error"))
                 return events + self._flush()
             if self._message_id is not None and message.message_id != self._message_id:
                 events += self._flush()
@@ -144,8 +151,55 @@ class TurnMapper:
                         events.append(MessageAdded(Message(role="tool", content=result.content, tool_result=result)))
         elif isinstance(message, ResultMessage):
             self._running_tools.clear()
+            events += self._call_ended()
             events += self._flush()
         return events
+
+    def _api_call(self, kind: object, event: Mapping[str, Any]) -> list[ProviderEvent]:
+        """Follow the usage the CLI passes on from the API's stream (``message_start`` has the
+        input tokens, ``message_delta`` the output tokens so far): one `ModelCallFinished`
+        per API message, at its ``message_stop``."""
+        if kind == "message_start":
+            ended = self._call_ended()  # the one before never said message_stop
+            start = event.get("message") or {}
+            self._call = {
+                "id": start.get("id"),
+                "model": start.get("model"),
+                "usage": dict(start.get("usage") or {}),
+                "stop_reason": None,
+            }
+            return ended
+        call = self._call
+        if call is None:
+            return []
+        if kind == "message_delta":
+            call["usage"].update(event.get("usage") or {})
+            call["stop_reason"] = (event.get("delta") or {}).get("stop_reason") or call["stop_reason"]
+        elif kind == "message_stop":
+            return self._call_ended()
+        return []
+
+    def _call_ended(self, error: str | None = None) -> list[ProviderEvent]:
+        """The `ModelCallFinished` of the API message streaming now; with ``error`` (the API
+        failed) one even when no message had started (an HTTP error has no stream)."""
+        call, self._call = self._call, None
+        if call is None:
+            if error is None:
+                return []
+            requested = self.session._query_opts.get("model", self.session.provider.options.model)
+            model = self.model or (requested if isinstance(requested, str) else None)
+            return [ModelCallFinished(model=model, usage=Usage(), error=error)]
+        raw = call["usage"]
+        usage = Usage(
+            input_tokens=_count(raw.get("input_tokens")),
+            output_tokens=_count(raw.get("output_tokens")),
+            cache_creation_tokens=_count(raw.get("cache_creation_input_tokens")),
+            cache_read_tokens=_count(raw.get("cache_read_input_tokens")),
+        )
+        model = call["model"] if isinstance(call["model"], str) else None
+        response_id = call["id"] if isinstance(call["id"], str) else None
+        stop = call["stop_reason"] if isinstance(call["stop_reason"], str) else None
+        return [ModelCallFinished(model=model, usage=usage, stop_reason=stop, error=error, response_id=response_id)]
 
     def interrupted(self, note: str) -> TurnCompleted:
         return TurnCompleted(
@@ -241,6 +295,11 @@ async def receive_messages(client: ClaudeSDKClient) -> AsyncGenerator[Any, None]
             message = parse_message(data)
             if message is not None:
                 yield message
+
+
+def _count(value: object) -> int:
+    """A token count from the API's usage (0 for anything that is not a count)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def tool_text(content: Any) -> str:

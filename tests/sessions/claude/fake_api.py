@@ -15,7 +15,8 @@ server serves every test, and several CLI processes, without shared script state
   this one by the CLI is answered normally.
 
 Every response reports ``usage`` of ``input_tokens`` / ``output_tokens`` set by
-`FakeAnthropic.usage` (default 1M + 1M: with a haiku model a call costs exactly $6).
+`FakeAnthropic.usage` (default 1M + 1M: with a haiku model a call costs exactly $6), or
+by the next pair of `FakeAnthropic.usages` while that list has any (one per streamed call).
 Every request is recorded (`FakeAnthropic.requests`).
 """
 
@@ -85,6 +86,7 @@ class FakeAnthropic:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.usage = (1_000_000, 1_000_000)
+        self.usages: list[tuple[int, int]] = []
         self.release = threading.Event()
         self.stalled = threading.Event()
         self._stop = threading.Event()
@@ -148,6 +150,7 @@ class FakeAnthropic:
         with self._lock:
             self.requests = []
         self.usage = (1_000_000, 1_000_000)
+        self.usages = []
         self.release = threading.Event()
         self.stalled = threading.Event()
         self._big_once_done = False
@@ -240,7 +243,8 @@ class FakeAnthropic:
         handler.send_header("request-id", f"req_fake_{n}")
         handler.send_header("connection", "close")
         handler.end_headers()
-        input_tokens, output_tokens = self.usage
+        with self._lock:
+            input_tokens, output_tokens = self.usages.pop(0) if self.usages else self.usage
 
         def send(event: str, data: dict[str, Any]) -> None:
             handler.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())

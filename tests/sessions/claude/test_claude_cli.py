@@ -113,6 +113,15 @@ async def test_tool_round_trip_read(fake_api: FakeAnthropic, claude_kwargs: dict
     assert "the secret is 42" in done.text
     assert done.num_turns == 2
     assert done.cost_usd == 12.0
+    # one ModelCallFinished per API call, with the usage the API reported for it
+    calls = [e for e in events if isinstance(e, sessions.ModelCallFinished)]
+    assert [(c.stop_reason, c.usage.input_tokens, c.usage.output_tokens, c.error) for c in calls] == [
+        ("tool_use", 1_000_000, 1_000_000, None),
+        ("end_turn", 1_000_000, 1_000_000, None),
+    ]
+    assert [c.model for c in calls] == [claude_kwargs["model"]] * 2
+    kinds = [type(e).__name__ for e in events if not isinstance(e, sessions.TextDelta)]
+    assert kinds.index("ModelCallFinished") > kinds.index("ToolCallRequested")  # after the call's tool_use
     # the tool result went back to the model
     last = fake_api.message_requests()[-1]["messages"][-1]
     assert any(block.get("type") == "tool_result" for block in last["content"])
