@@ -119,6 +119,10 @@ class Heartbeat:
         conn: psycopg.Connection[Any] | None = None
         incarnation = self.node.incarnation
         try:
+            try:
+                conn = self._connect()  # at once: the next renewal should not wait for a connect
+            except Exception as exc:  # noqa: BLE001 (retried at the first renewal)
+                _log.warning("postgres_heartbeat_failed", node_id=self.node.node_id, error=" ".join(str(exc).split()))
             while not self._stop.wait(self.node.heartbeat_interval):
                 if self.node.check() is not None:
                     return  # fenced for good: nothing left to renew

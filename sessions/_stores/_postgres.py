@@ -151,14 +151,26 @@ class _PgHandler(Handler):
 
     # --- connections ---------------------------------------------------------------------
 
-    def connect(self) -> psycopg.Connection[Any]:
+    def connect(self, role: str = "writer") -> psycopg.Connection[Any]:
+        """A connection named ``otpy-sessions:<role>:<node_id>`` (``pg_stat_activity``).
+
+        The writer's sessions end on the server when they sit in an open transaction for
+        half a lease (a paused node cannot keep the lease rows it locked); the
+        heartbeat's statements give up after a third of one.
+        """
         import psycopg
 
+        ttl_ms = max(1, int(self.node.lease_ttl * 1000))
+        if role == "writer":
+            options = f"-c idle_in_transaction_session_timeout={max(1, ttl_ms // 2)}"
+        else:
+            options = f"-c statement_timeout={max(1, ttl_ms // 3)}"
         return psycopg.connect(
             self.store._dsn,
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT,
-            application_name=f"otpy-sessions:{self.node.node_id}",
+            application_name=f"otpy-sessions:{role}:{self.node.node_id}"[:63],
+            options=options,
         )
 
     def open(self) -> None:
@@ -206,7 +218,7 @@ class _PgHandler(Handler):
             lease_ttl=self.node.lease_ttl,
         )
         self.conn = conn
-        self.heartbeat = Heartbeat(self.node, self.connect, f"{self.s}.nodes")
+        self.heartbeat = Heartbeat(self.node, lambda: self.connect("heartbeat"), f"{self.s}.nodes")
         self.heartbeat.start()
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
@@ -536,7 +548,7 @@ class _LeaseLock:
 
 
 _CLAIMS: Final = ClaimTable()
-"""The PostgresStore claims of this process, keyed by (dsn, schema, session)."""
+"""The PostgresStore claims of this process, keyed by (store object, session)."""
 
 _PENDING_LOCK: Final = threading.Lock()
 _PENDING: dict[tuple[str, str, str, str], threading.Event] = {}
@@ -626,6 +638,7 @@ class PostgresStore:
         self.node_id: str = node_id or f"node-{uuid.uuid4().hex[:12]}"
         self._node = Node(self.node_id, cluster, address, float(lease_ttl))
         self._where = f"PostgreSQL schema {schema!r}"
+        self._key = uuid.uuid4().hex  # this object's claims in the process's claim table
         self._epochs: dict[str, int] = {}  # the epoch of this store's claim of each session
         self._epochs_lock = threading.Lock()
         self._worker = BatchWorker(f"sessions-pg:{self.node_id}", lambda: _PgHandler(self), idle_seconds=math.inf)
@@ -772,10 +785,12 @@ class PostgresStore:
         _check_id(session_id)
         self._check_fence(session_id)
         key = ("pg", self._dsn, self.schema, session_id)
-        await _await_release(key)
+        await _await_release(key)  # a release by any store object of this process, still on its way
         start = trio.current_time()
         lock = _LeaseLock(self, key, session_id)
-        claim = await _CLAIMS.claim(key, session_id, self._where, wait, lambda: lock)
+        # The table holds this store object's claims (its node's, in this process); the
+        # lease in the database excludes every other node, in this process or not.
+        claim = await _CLAIMS.claim((self._key, session_id), session_id, self._where, wait, lambda: lock)
         poll = _FIRST_POLL
         try:
             while True:
