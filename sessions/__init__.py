@@ -120,6 +120,16 @@ from ._tools import Transform as Transform
 from ._tools import builtin_tools as builtin_tools
 from ._tools import tool as tool
 
+# --- the cluster: sessions across nodes (sessions._cluster) -------------------------------
+# isort: split
+from ._cluster._node import ClusterNode as ClusterNode
+from ._cluster._node import SessionFactory as SessionFactory
+from ._cluster._node import rendezvous as rendezvous
+from ._cluster._node import serve_node as serve_node
+from ._errors import ClusterError as ClusterError
+from ._errors import ClusterUnavailable as ClusterUnavailable
+from ._errors import SessionElsewhere as SessionElsewhere
+
 # isort: split
 # One distribution (otpy-sessions) ships both packages, at one version.
 from otpy import __version__ as __version__

@@ -19,7 +19,10 @@
     │   ├── ProviderTimeout       start-up, idle or whole-turn timeout; .phase
     │   ├── ProviderProtocolError garbage or an oversized frame on the wire; .detail
     │   └── ResumeRejected        the provider does not know the session to resume
-    └── ToolError                 a tool failed; the loop sends .message to the model
+    ├── ToolError                 a tool failed; the loop sends .message to the model
+    └── ClusterError              a call by name could not be placed in the cluster
+        ├── SessionElsewhere      subscribe/follow of a session that lives on another node; .node_id
+        └── ClusterUnavailable    no node could take the call in time; .session_id, .detail
 
 A failed *turn* is not an exception: `send_message` returns a `Result` with ``is_error``
 and a `FinishReason`. These errors are raised when there is no turn to report on (a
@@ -335,3 +338,59 @@ class ToolError(SessionError):
 
     def __str__(self) -> str:
         return self.message
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ClusterError(SessionError):
+    """A call by name could not be placed in the cluster (see `sessions.ClusterNode`).
+
+    Example::
+
+        try:
+            await SessionServer.send_message("my_agent", "hi")
+        except sessions.ClusterError as exc:
+            log.warning("cluster call failed", error=str(exc))
+    """
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class SessionElsewhere(ClusterError):
+    """`SessionServer.subscribe` (or ``follow``) of a session that lives on another node.
+
+    A subscription is a stream inside one OS process; subscribe on the node that owns
+    the session (``node_id``, reachable at ``address``), or use `SessionServer.history`
+    and `SessionServer.status`, which work from any node.
+
+    Example::
+
+        try:
+            events = await SessionServer.subscribe("my_agent")
+        except sessions.SessionElsewhere as exc:
+            print(f"{exc.session_id} lives on {exc.node_id} ({exc.address})")
+    """
+
+    session_id: str
+    node_id: str
+    address: str | None = None
+
+    def __str__(self) -> str:
+        return f"session {self.session_id!r} lives on node {self.node_id!r} ({self.address}): subscribe there"
+
+
+@attrs.define(eq=False, repr=False, slots=False)
+class ClusterUnavailable(ClusterError):
+    """No node could take a call by name within the node's ``route_timeout``: the database is
+    unreachable, this node is stopped or fenced, or the session's owner kept refusing.
+    Nothing ran; calling again later is safe (with an ``idempotency_key`` for a turn).
+
+    Example::
+
+        except sessions.ClusterUnavailable as exc:
+            print(f"{exc.session_id}: {exc.detail}")
+    """
+
+    session_id: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"no node of the cluster could take the call to {self.session_id!r}: {self.detail}"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import math
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import attrs
@@ -63,6 +64,24 @@ _log = otpy.get_logger("sessions.server")
 
 ServerRef = otpy.Pid | str | otpy.Via
 """What the client functions take: a pid, a registered name, or ``otpy.via(...)``."""
+
+
+# --- how the client functions reach a server -----------------------------------------------------
+
+_call: Callable[..., Awaitable[Any]] = otpy.call
+"""What every client function calls: `otpy.call` itself until a `sessions.ClusterNode` starts in
+this OS process; then the cluster's router, which sends a call by name to wherever the session
+lives (this process, another node, or activated here) and is `otpy.call` for a pid, a via, and
+outside the trio run of a node. One module global: a process with no node pays nothing."""
+
+_stop: Callable[[Any, object], Awaitable[None]] = otpy.stop
+"""What `SessionServer.stop` calls: `otpy.stop`, or the cluster's router (as `_call`)."""
+
+
+def _route_through(call: Callable[..., Awaitable[Any]], stop: Callable[[Any, object], Awaitable[None]]) -> None:
+    """Send the client functions' calls through ``call`` and ``stop`` (the cluster's router)."""
+    global _call, _stop
+    _call, _stop = call, stop
 
 
 _IDEMPOTENCY_KEY_MAX = 255  # the longest idempotency_key send_message takes, in characters (Stripe's limit)
@@ -378,7 +397,7 @@ class SessionServer(otpy.GenServer):
         check_text("prompt", prompt)
         check_turn_options("overrides", overrides)
         _check_idempotency_key(idempotency_key)
-        reply = await otpy.call(server, _Send(prompt, overrides, idempotency_key), timeout=math.inf)
+        reply = await _call(server, _Send(prompt, overrides, idempotency_key), timeout=math.inf)
         result: Result = _unwrap(reply)
         return result
 
@@ -390,7 +409,7 @@ class SessionServer(otpy.GenServer):
 
             sid = await SessionServer.session_id("agent")
         """
-        value: str = await otpy.call(server, _Get("session_id"))
+        value: str = await _call(server, _Get("session_id"))
         return value
 
     @staticmethod
@@ -467,7 +486,7 @@ class SessionServer(otpy.GenServer):
 
             print(await SessionServer.status("agent"))
         """
-        value: SessionStatus = await otpy.call(server, _Get("status"))
+        value: SessionStatus = await _call(server, _Get("status"))
         return value
 
     @staticmethod
@@ -478,7 +497,7 @@ class SessionServer(otpy.GenServer):
 
             session = await SessionServer.get_session("agent")
         """
-        value: Session = await otpy.call(server, _Get("session"))
+        value: Session = await _call(server, _Get("session"))
         return value
 
     @staticmethod
@@ -498,7 +517,7 @@ class SessionServer(otpy.GenServer):
         """
         if not isinstance(session, Session):
             raise InvalidOption("session", session, "expected a sessions.Session")
-        _unwrap(await otpy.call(server, _Put(session), timeout=math.inf))
+        _unwrap(await _call(server, _Put(session), timeout=math.inf))
 
     @staticmethod
     async def rewind(server: ServerRef, to_turn: int) -> None:
@@ -538,7 +557,7 @@ class SessionServer(otpy.GenServer):
         checked: object = to_turn
         if isinstance(checked, bool) or not isinstance(checked, int) or checked < 0:
             raise InvalidOption("to_turn", to_turn, "expected an int >= 0 (a turn number)")
-        _unwrap(await otpy.call(server, _Rewind(to_turn), timeout=math.inf))
+        _unwrap(await _call(server, _Rewind(to_turn), timeout=math.inf))
 
     @staticmethod
     async def interrupt(server: ServerRef) -> bool:
@@ -552,7 +571,7 @@ class SessionServer(otpy.GenServer):
 
             await SessionServer.interrupt("agent")
         """
-        value: bool = await otpy.call(server, _Interrupt())
+        value: bool = await _call(server, _Interrupt())
         return value
 
     @staticmethod
@@ -573,7 +592,7 @@ class SessionServer(otpy.GenServer):
         checked: object = buffer
         if checked is not None and (isinstance(checked, bool) or not isinstance(checked, int) or checked < 1):
             raise InvalidOption("buffer", buffer, "expected an int >= 1")
-        subscription: Subscription = await otpy.call(server, _Subscribe(buffer))
+        subscription: Subscription = await _call(server, _Subscribe(buffer))
         return subscription
 
     @staticmethod
@@ -615,7 +634,7 @@ class SessionServer(otpy.GenServer):
 
             await SessionServer.stop("agent")
         """
-        await otpy.stop(server, reason)
+        await _stop(server, reason)
 
     @staticmethod
     async def load(store: Store, session_id: str) -> Session:
@@ -1039,5 +1058,5 @@ class SessionServer(otpy.GenServer):
 
             cli_session = await SessionServer.provider_session_id("agent")
         """
-        session: Session = await otpy.call(server, _Get("session"))
+        session: Session = await _call(server, _Get("session"))
         return session.provider_session_id

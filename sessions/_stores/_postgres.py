@@ -315,6 +315,14 @@ class _PgHandler(Handler):
             finally:
                 done.set()
             return None
+        if job.op == "set_active":
+            session_id, active = job.args
+            row = conn.execute(
+                f"UPDATE {s}.leases SET active = %s, updated_at = now() WHERE session_id = %s AND node_id = %s"
+                " RETURNING session_id",
+                (active, session_id, me),
+            ).fetchone()
+            return row is not None
         if job.op == "release_all":
             (active,) = job.args
             rows = conn.execute(
@@ -476,16 +484,12 @@ class _PgHandler(Handler):
                     if first_seq != last + 1:
                         job.error = gap_error(session_id, last, first_seq)
                         continue
-                    # One statement for the append's rows. Not executemany: psycopg runs it in
-                    # pipeline mode, after which the server does not arm the idle-in-transaction
-                    # timeout (measured on PostgreSQL 15), and a writer paused there would keep
-                    # the lease row locked for good.
-                    conn.execute(
-                        f"INSERT INTO {self.s}.records (session_id, seq, v, ts, kind, data)"
-                        " SELECT %s, * FROM unnest(%s::bigint[], %s::integer[], %s::double precision[],"
-                        " %s::text[], %s::text[])",
-                        (session_id, *(list(column) for column in list(zip(*rows, strict=True))[1:])),
-                    )
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            f"INSERT INTO {self.s}.records (session_id, seq, v, ts, kind, data)"
+                            " VALUES (%s, %s, %s, %s, %s, %s)",
+                            rows,
+                        )
                 except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
                     raise _JobFailed(job, exc) from exc
 
@@ -900,6 +904,21 @@ class PostgresStore:
             await store.release_all(active=True)   # hand every session over
         """
         await self._worker.submit(Job("leave", ()))
+
+    async def set_active(self, session_id: str, active: bool) -> bool:
+        """Set the ``active`` flag of a lease this node holds; False if it holds none of ``session_id``.
+
+        ``active`` False says the cluster need not bring the session back by itself once it
+        is released (a passivated session: the next call activates it); True, that it should
+        (`orphans` lists a released active lease).
+
+        Example::
+
+            await store.set_active("s1", False)   # then stop the session: it stays released
+        """
+        _check_id(session_id)
+        result: bool = await self._worker.submit(Job("set_active", (session_id, bool(active))))
+        return result
 
     async def release_all(self, *, active: bool | None = None) -> list[str]:
         """Release every lease this node holds (``active`` None keeps each lease's flag);

@@ -1,0 +1,1 @@
+"""Sessions across OS processes and machines: `ClusterNode` on a `PostgresStore`."""
