@@ -79,6 +79,9 @@ from ._application import ApplicationExited as ApplicationExited
 from ._application import run as run
 from ._application import serve as serve
 from ._log import get_logger as get_logger
+from ._restarts import ChildRestarted as ChildRestarted
+from ._restarts import add_restart_listener as add_restart_listener
+from ._restarts import remove_restart_listener as remove_restart_listener
 from ._slow import SlowCallbacks as SlowCallbacks
 from ._task import Task as Task
 from ._task import TaskExit as TaskExit

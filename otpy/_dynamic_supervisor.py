@@ -13,6 +13,8 @@ from ._exceptions import ChildNotFound, InvalidChildSpec, InvalidSupervisorFlags
 from ._gen_server import Ignore, Stop, is_normal_reason
 from ._log import get_logger
 from ._process import ExitSignal, From, Name, Pid, Server, call, link_pair, send
+from ._restarts import _listeners as _restart_listeners
+from ._restarts import report_restart
 from ._supervisor import (
     RESTARTING,
     ChildCounts,
@@ -340,6 +342,8 @@ class DynamicSupervisor(SupervisorBase):
             child.restarting = False
             child.restarts += 1
             self._save(pid, child)
+            if _restart_listeners:
+                report_restart(self._label(), child.spec.id, pid, child.restarts)
         return False
 
     async def terminate(self, reason: object) -> None:

@@ -26,6 +26,8 @@ from ._gen_server import Ignore, ServerBase, StartIgnored, Stop, is_normal_reaso
 from ._gen_server import stop as _stop
 from ._log import get_logger
 from ._process import ExitSignal, From, Name, Pid, Server, call, cast, link_pair, send_exit_signal
+from ._restarts import _listeners as _restart_listeners
+from ._restarts import report_restart
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -586,6 +588,8 @@ class Supervisor(SupervisorBase):
         if isinstance(pid, Pid):
             if child.started:
                 child.restarts += 1
+                if _restart_listeners:
+                    report_restart(self._label(), child.spec.id, pid, child.restarts)
             child.started = True
             self._by_pid[pid] = child
             link_pair(self._pid, pid)

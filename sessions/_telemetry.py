@@ -4,6 +4,8 @@ Off unless ``opentelemetry-api`` is installed (the ``telemetry`` extra): then a 
 turn (``invoke_agent``), per model call of the agent loop (``chat {model}``) and per tool
 call (``execute_tool {tool}``), and the conventions' histograms. Without the package
 nothing here imports it, and the turn path pays one global read per turn (`active`).
+It also counts otpy's supervisor restarts, through otpy's neutral restart listener
+(`otpy.add_restart_listener`): otpy knows nothing of sessions or OpenTelemetry.
 
 The conventions' attribute names are those of the GenAI conventions since 1.37
 (``gen_ai.provider.name``, not the older ``gen_ai.system``). OpenTelemetry is the
@@ -19,6 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
+
+import otpy
 
 from ._events import ToolCall
 
@@ -51,7 +55,9 @@ def configure_telemetry(
     results to tool spans; by default no text of a conversation leaves the process, as
     the GenAI conventions advise. ``tracer_provider`` and ``meter_provider`` replace
     OpenTelemetry's global ones (as other instrumentations take them). Call it before
-    the sessions start.
+    the sessions start: unless ``enabled=False``, it also starts counting otpy's
+    supervisor restarts (``otpy_supervisor.restarts``, through `otpy.add_restart_listener`),
+    which are otherwise counted only from the first turn on.
 
     Example::
 
@@ -61,9 +67,13 @@ def configure_telemetry(
     global _decided, _wanted, _capture_content, _state, _providers
     if enabled and importlib.util.find_spec("opentelemetry") is None:
         raise ImportError("sessions telemetry needs opentelemetry-api: pip install 'otpy-sessions[telemetry]'")
+    if _state is not None:
+        otpy.remove_restart_listener(_state.restarted)
     _wanted, _capture_content = enabled, capture_content
     _providers = (tracer_provider, meter_provider)
     _decided, _state = False, None
+    if enabled is not False:
+        active()  # now, so that otpy's restarts are counted from here on
 
 
 def active() -> _Telemetry | None:
@@ -74,6 +84,7 @@ def active() -> _Telemetry | None:
     _decided = True
     if _wanted is not False and importlib.util.find_spec("opentelemetry") is not None:
         _state = _Telemetry(_capture_content, *_providers)
+        otpy.add_restart_listener(_state.restarted)
     return _state
 
 
@@ -105,6 +116,11 @@ class _Telemetry:
             "otpy_sessions.refusals",
             unit="{call}",
             description="send_message calls refused (SessionBusy, BudgetExceeded)",
+        )
+        self.restarts = meter.create_counter(
+            "otpy_supervisor.restarts",
+            unit="{restart}",
+            description="Children restarted by otpy supervisors, by supervisor and child id",
         )
 
     # --- a turn ------------------------------------------------------------------------------
@@ -420,6 +436,14 @@ class _Telemetry:
             if self.capture_content:
                 span.set_attribute("gen_ai.tool.call.result", content)
             return content
+
+    # --- otpy's restarts -----------------------------------------------------------------------
+
+    def restarted(self, restart: otpy.ChildRestarted) -> None:
+        """Count a restart (an `otpy.add_restart_listener` listener, added while this is active)."""
+        self.restarts.add(
+            1, {"otpy_supervisor.name": restart.supervisor, "otpy_supervisor.child.id": str(restart.child_id)}
+        )
 
     # --- refusals ----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, ClassVar
 
 import trio
@@ -24,6 +24,10 @@ import trio
 import otpy
 
 from ._errors import SessionInUse, StoreError
+from ._events import Message
+from ._providers._base import TurnRequest
+from ._providers._scripted import ScriptedProvider, ScriptedReply
+from ._server import SessionServer
 from ._stores._base import RECORD_VERSION, Record, Store
 
 __all__ = ["CHECKS", "StoreConformance", "check_store"]
@@ -406,6 +410,120 @@ async def _stop_later(pid: otpy.Pid, delay: float) -> None:
     await otpy.stop(pid)
 
 
+@contextlib.asynccontextmanager
+async def _servers() -> AsyncIterator[trio.Nursery]:
+    """A nursery for a check's servers, out of which a failed check comes as its AssertionError."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        failed, rest = group.split(AssertionError)
+        if failed is None or rest is not None:
+            raise
+        error: BaseException = failed
+        while isinstance(error, BaseExceptionGroup):
+            error = error.exceptions[0]
+        raise error from None
+
+
+def _echo() -> ScriptedProvider:
+    def reply(request: TurnRequest) -> ScriptedReply:
+        return ScriptedReply(f"re: {request.prompt}", cost_usd=0.25, provider_session_id=f"native-{request.turn}")
+
+    return ScriptedProvider(default=reply)
+
+
+def _contents(messages: Sequence[Message]) -> list[str]:
+    return [message.content for message in messages]
+
+
+async def _three_turns(store: Store, session_id: str, provider: ScriptedProvider, nursery: trio.Nursery) -> otpy.Pid:
+    pid = await SessionServer.start_link(provider=provider, store=store, session_id=session_id, nursery=nursery)
+    for prompt in ("one", "two", "three"):
+        await SessionServer.send_message(pid, prompt)
+    return pid
+
+
+async def check_rewind(make_store: StoreFactory) -> None:
+    """`SessionServer.rewind` on this store: the ``session_rewound`` record is appended (the log
+    before it comes back unchanged), the rewound session loads as the live one was, and a server
+    started again on the store continues from the rewound transcript, with every turn still counted.
+
+    Example::
+
+        await sessions.testing.check_rewind(lambda: MyStore(path))
+    """
+    store = make_store()
+    try:
+        (sid,) = _ids("rewind")
+        provider = _echo()
+        async with _servers() as nursery:
+            pid = await _three_turns(store, sid, provider, nursery)
+            before = await store.load(sid)
+            await SessionServer.rewind(pid, 1)
+            rewound = await SessionServer.get_session(pid)
+            await SessionServer.stop(pid)
+            log = await store.load(sid)
+            _same(log[: len(before)], before, "the log before a rewind, loaded after it")
+            added = [(r.kind, r.data) for r in log[len(before) :]]
+            _require(added == [("session_rewound", {"to_turn": 1})], f"a rewind appended {added}")
+            loaded = await SessionServer.load(store, sid)
+            _require(loaded == rewound, f"a rewound session loads as {loaded!r}, the server had {rewound!r}")
+            pid = await SessionServer.start_link(provider=provider, store=store, session_id=sid, nursery=nursery)
+            result = await SessionServer.send_message(pid, "four")
+            sent = _contents(provider.requests[-1].messages)
+            _require(sent == ["one", "re: one"], f"after rewind(1) and a restart, the next turn was sent {sent}")
+            _require(result.turn == 4, f"the turn after a rewind is numbered {result.turn}, not 4")
+            total = await SessionServer.total_cost(pid)
+            _require(total == 1.0, f"total_cost after a rewind is {total}: every turn spent must count (1.0)")
+            await SessionServer.stop(pid)
+        await store.delete(sid)
+    finally:
+        await store.aclose()
+
+
+async def check_fork(make_store: StoreFactory) -> None:
+    """`SessionServer.fork` on this store: the fork is a new, listed log of two records whose
+    session is the source's prefix; a server started on it goes on from there; the source's log
+    is untouched throughout.
+
+    Example::
+
+        await sessions.testing.check_fork(lambda: MyStore(path))
+    """
+    store = make_store()
+    branch = None
+    try:
+        (sid,) = _ids("fork")
+        provider = _echo()
+        async with _servers() as nursery:
+            await SessionServer.stop(await _three_turns(store, sid, provider, nursery))
+            source_log = await store.load(sid)
+            branch = await SessionServer.fork(store, sid, at_turn=2)
+            _same(await store.load(sid), source_log, "the source after a fork")
+            kinds = [r.kind for r in await store.load(branch)]
+            _require(kinds == ["session_started", "session_put"], f"a fork's log holds {kinds}")
+            _require(branch in await store.list_sessions(), "list_sessions does not list a fork")
+            forked = await SessionServer.load(store, branch)
+            prefix = ["one", "re: one", "two", "re: two"]
+            _require(
+                (forked.turn_count, forked.total_cost, _contents(forked.messages)) == (2, 0.5, prefix),
+                f"a fork at turn 2 loads with {forked.turn_count} turns, ${forked.total_cost}: {forked.messages}",
+            )
+            pid = await SessionServer.start_link(provider=provider, store=store, session_id=branch, nursery=nursery)
+            result = await SessionServer.send_message(pid, "other")
+            sent = _contents(provider.requests[-1].messages)
+            _require(sent == prefix, f"a fork's first turn was sent {sent}")
+            _require(result.turn == 3, f"a fork at turn 2 numbered its next turn {result.turn}")
+            await SessionServer.stop(pid)
+            _same(await store.load(sid), source_log, "the source after its fork ran a turn")
+        await store.delete(sid)
+    finally:
+        if branch is not None:
+            await store.delete(branch)
+        await store.aclose()
+
+
 CHECKS: dict[str, Check] = {
     "round_trip": check_round_trip,
     "seq_order": check_seq_order,
@@ -419,6 +537,8 @@ CHECKS: dict[str, Check] = {
     "cancelled_load": check_cancelled_load,
     "one_writer": check_one_writer,
     "claim_released_with_its_process": check_claim_released_with_its_process,
+    "rewind": check_rewind,
+    "fork": check_fork,
 }
 """Every check of the suite, by name. ``reopen`` is for stores that keep records
 beyond the store object (not `InMemoryStore`)."""
@@ -527,3 +647,11 @@ class StoreConformance:
     def test_claim_released_with_its_process(self, store_factory: StoreFactory) -> None:
         """See ``check_claim_released_with_its_process``."""
         self._run("claim_released_with_its_process", store_factory)
+
+    def test_rewind(self, store_factory: StoreFactory) -> None:
+        """See ``check_rewind``."""
+        self._run("rewind", store_factory)
+
+    def test_fork(self, store_factory: StoreFactory) -> None:
+        """See ``check_fork``."""
+        self._run("fork", store_factory)

@@ -1071,3 +1071,87 @@ class TestModuleBased:
         pid = await otpy.Supervisor.start_child(sup, (Plain, 42))
         assert pid is not None
         assert await otpy.call(pid, "arg") == 42
+
+
+# --- restart listeners --------------------------------------------------------------------
+
+
+@pytest.fixture
+def restarts() -> Any:
+    """The ChildRestarted values every supervisor reports while the test runs."""
+    seen: list[otpy.ChildRestarted] = []
+    otpy.add_restart_listener(seen.append)
+    yield seen
+    otpy.remove_restart_listener(seen.append)
+
+
+class TestRestartListeners:
+    async def test_each_restart_is_reported_once_with_its_supervisor_and_child(
+        self, log: Log, restarts: list[otpy.ChildRestarted]
+    ) -> None:
+        """A child crashed three times gives three ChildRestarted, numbered, with the new pids;
+        its siblings, never restarted, give none."""
+        await start_sup(log, max_restarts=10)
+        new_pids = []
+        for _ in range(3):
+            await crash("b")
+            new_pids.append(pid_of("b"))
+        assert restarts == [otpy.ChildRestarted("sup", "b", pid, n) for n, pid in enumerate(new_pids, 1)]
+
+    async def test_one_for_all_reports_every_child_it_restarts(
+        self, log: Log, restarts: list[otpy.ChildRestarted]
+    ) -> None:
+        await start_sup(log, strategy="one_for_all")
+        await crash("b")
+        assert [(r.supervisor, r.child_id, r.restarts) for r in restarts] == [
+            ("sup", "a", 1),
+            ("sup", "b", 1),
+            ("sup", "c", 1),
+        ]
+
+    async def test_a_supervisor_without_a_name_is_its_pid(self, log: Log, restarts: list[otpy.ChildRestarted]) -> None:
+        sup = await otpy.Supervisor.start_link([w(log, "a")], nursery=log.nursery)
+        await crash("a")
+        assert [(r.supervisor, r.child_id) for r in restarts] == [(repr(sup), "a")]
+
+    async def test_a_dynamic_supervisor_reports_its_restarts(
+        self, log: Log, restarts: list[otpy.ChildRestarted]
+    ) -> None:
+        await otpy.DynamicSupervisor.start_link(name="dyn", nursery=log.nursery)
+        await otpy.DynamicSupervisor.start_child("dyn", w(log, "d"))
+        await crash("d")
+        await crash("d")
+        assert [(r.supervisor, r.child_id, r.pid, r.restarts) for r in restarts] == [
+            ("dyn", "d", restarts[0].pid, 1),
+            ("dyn", "d", pid_of("d"), 2),
+        ]
+
+    async def test_a_failing_listener_is_logged_and_the_supervisor_goes_on(
+        self, log: Log, restarts: list[otpy.ChildRestarted]
+    ) -> None:
+        def broken(restart: otpy.ChildRestarted) -> None:
+            raise ValueError("listener bug")
+
+        otpy.add_restart_listener(broken)
+        otpy.add_restart_listener(broken)  # once is enough
+        try:
+            await start_sup(log, "a")
+            with structlog.testing.capture_logs() as logs:
+                await crash("a")
+        finally:
+            otpy.remove_restart_listener(broken)
+        assert len(restarts) == 1  # the other listener still heard it
+        assert await otpy.call("a", "get") == 0
+        failed = [e for e in logs if e["event"] == "restart_listener_failed"]
+        assert len(failed) == 1
+        assert failed[0]["child_id"] == "a"
+        assert "listener bug" in failed[0]["error"]
+
+    async def test_a_removed_listener_hears_nothing(self, log: Log) -> None:
+        seen: list[otpy.ChildRestarted] = []
+        otpy.add_restart_listener(seen.append)
+        otpy.remove_restart_listener(seen.append)
+        otpy.remove_restart_listener(seen.append)  # not there: nothing
+        await start_sup(log, "a")
+        await crash("a")
+        assert seen == []

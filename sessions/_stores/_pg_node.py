@@ -79,10 +79,11 @@ class Node:
         """The reason this node is fenced, or None; fences it when the clock deadline passed."""
         with self._lock:
             if self._fenced is None and time.monotonic() >= self._deadline:
-                overdue = time.monotonic() - self._deadline
+                since = time.monotonic() - (self._deadline - self.lease_ttl + self.margin)
                 self._fence_locked(
-                    f"no renewal of the node row succeeded in time: {overdue + self.margin:.3f} s before its"
-                    f" lease ({self.lease_ttl:g} s) runs out"
+                    f"no renewal of the node row succeeded in the {since:.3f} s since the last one was sent"
+                    f" (lease_ttl {self.lease_ttl:g} s; a node fences itself {self.margin:g} s before its row"
+                    " can expire)"
                 )
             return self._fenced
 

@@ -484,12 +484,16 @@ class _PgHandler(Handler):
                     if first_seq != last + 1:
                         job.error = gap_error(session_id, last, first_seq)
                         continue
-                    with conn.cursor() as cur:
-                        cur.executemany(
-                            f"INSERT INTO {self.s}.records (session_id, seq, v, ts, kind, data)"
-                            " VALUES (%s, %s, %s, %s, %s, %s)",
-                            rows,
-                        )
+                    # One statement for the append's rows. Not executemany: psycopg runs it in
+                    # pipeline mode, after which the server does not arm the idle-in-transaction
+                    # timeout (measured on PostgreSQL 15), and a writer paused there would keep
+                    # the lease row locked for good.
+                    conn.execute(
+                        f"INSERT INTO {self.s}.records (session_id, seq, v, ts, kind, data)"
+                        " SELECT %s, * FROM unnest(%s::bigint[], %s::integer[], %s::double precision[],"
+                        " %s::text[], %s::text[])",
+                        (session_id, *(list(column) for column in list(zip(*rows, strict=True))[1:])),
+                    )
                 except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
                     raise _JobFailed(job, exc) from exc
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import hypothesis
 import hypothesis.strategies as st
 import pytest
@@ -24,6 +25,7 @@ import otpy
 import sessions
 from sessions import FinishReason, Result, ScriptedProvider, ScriptedReply, ScriptedTool, SessionServer
 from sessions._session import fold
+from sessions._stored import OPEN_TURN_REASON
 
 Start = Callable[..., Any]
 
@@ -237,12 +239,13 @@ class TestCarriesOn:
 
 
 class StoreTap:
-    """A real store seen through a tap: every call reaches ``inner``. It counts the loads of a log
-    made while an append was in flight (a second writer, which a session never has)."""
+    """A real store seen through a tap: every call reaches ``inner``. It counts the loads of a log,
+    by a process (a server), made while an append to that log was in flight (a second writer, which a
+    session never has; a reader outside any process, as a fork is, may read a log being written)."""
 
     def __init__(self, inner: sessions.Store) -> None:
         self.inner = inner
-        self.in_flight = 0
+        self.in_flight: collections.Counter[str] = collections.Counter()
         self.loads_while_writing = 0
 
     async def _write(
@@ -253,19 +256,19 @@ class StoreTap:
         on_the_way: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """Append through to ``inner``, counted in flight; ``on_the_way`` runs first (the disk is slow)."""
-        self.in_flight += 1
+        self.in_flight[session_id] += 1
         try:
             if on_the_way is not None:
                 await on_the_way()
             await self.inner.append(session_id, records, durable=durable)
         finally:
-            self.in_flight -= 1
+            self.in_flight[session_id] -= 1
 
     async def append(self, session_id: str, records: Any, *, durable: bool = False) -> None:
         await self._write(session_id, records, durable)
 
     async def load(self, session_id: str) -> list[sessions.Record]:
-        if self.in_flight:
+        if self.in_flight[session_id] and otpy.current_process() is not None:
             self.loads_while_writing += 1
         return await self.inner.load(session_id)
 
@@ -657,16 +660,87 @@ class TestTurnTaskLifetime:
 Op = tuple[str, float]
 
 ops_strategy = st.lists(
-    st.tuples(st.sampled_from(["send", "send", "send", "kill", "crash", "interrupt", "exit"]), st.floats(0, 3)),
+    st.tuples(
+        st.sampled_from(["send", "send", "send", "kill", "crash", "interrupt", "exit", "rewind", "fork"]),
+        st.floats(0, 3),
+    ),
     min_size=1,
     max_size=14,
 )
+
+Rewinds = list[tuple[int, Any]]  # (to_turn, None when done or the exception the caller got)
+Forks = list[tuple[str, int | None]]  # (the fork's id, at_turn)
+
+
+async def rewind_soon(nursery: trio.Nursery, name: str, to_turn: int, rewinds: Rewinds) -> None:
+    async def rewind() -> None:
+        try:
+            await SessionServer.rewind(name, to_turn)
+            rewinds.append((to_turn, None))
+        except (otpy.ServerExited, otpy.NoProcess, sessions.InvalidOption) as exc:
+            rewinds.append((to_turn, exc))
+
+    nursery.start_soon(rewind)
+    await trio.sleep(0.001)
+
+
+async def fork_now(store: sessions.Store, sid: str, at_turn: int | None, forks: Forks) -> None:
+    """Fork the session as it is in the store now (its server may be mid-turn, dead or restarting)."""
+    with contextlib.suppress(sessions.InvalidOption):  # at_turn beyond the turns there are
+        forks.append((await SessionServer.fork(store, sid, at_turn=at_turn), at_turn))
+
+
+def check_rewinds_and_forks(
+    sid: str,
+    records: list[sessions.Record],
+    live: sessions.Session,
+    provider: ScriptedProvider,
+    rewinds: Rewinds,
+    forks: dict[str, tuple[int | None, list[sessions.Record]]],
+) -> None:
+    """Rewinds and forks under kills: each rewind a caller saw done is in the log, and none that no
+    caller asked for; each turn was sent the transcript the log says it continued from (so rewinds
+    reach the provider, across restarts); each fork is a prefix of the source, written whole."""
+    asked = collections.Counter(to_turn for to_turn, _ in rewinds)
+    done = collections.Counter(to_turn for to_turn, outcome in rewinds if outcome is None)
+    logged = collections.Counter(r.data["to_turn"] for r in records if r.kind == "session_rewound")
+    assert done <= logged <= asked
+    for to_turn, outcome in rewinds:  # every turn's end is in this log: only a turn not there yet is refused
+        if isinstance(outcome, sessions.InvalidOption):
+            assert "turns" in outcome.problem, outcome
+            assert to_turn > 0
+    for index, record in enumerate(records):
+        if record.kind != "turn_started":
+            continue
+        sent = [request for request in provider.requests if request.turn == record.data["turn"]]
+        if sent:  # (a server killed right after the turn_started record never sent it)
+            assert sent[0].messages == fold(sid, records[:index]).session.messages
+    ends = fold(sid, records)
+    for fork_id, (at_turn, fork_records) in forks.items():
+        assert [r.kind for r in fork_records] == ["session_started", "session_put"]
+        forked = fold(fork_id, fork_records).session
+        k = forked.turn_count
+        assert fork_records[0].data["forked_from"] == {"session_id": sid, "at_turn": k}
+        assert at_turn is None or k == at_turn
+        assert forked.provider_session_id is None
+        source = [attrs.evolve(r, session_id=fork_id) for r in live.history[:k]]
+        assert list(forked.history[: k - 1]) == source[: k - 1]
+        if k and forked.history[-1] != source[-1]:
+            # the fork read the log while turn k ran: it closed it as a resumed server would
+            assert (forked.history[-1].finish_reason, forked.history[-1].error) == (
+                FinishReason.INTERRUPTED,
+                OPEN_TURN_REASON,
+            )
+        elif at_turn is not None:
+            assert forked.messages == ends.transcript_at(k)
 
 
 async def _scenario(ops: list[Op], crash_turns: frozenset[int]) -> None:
     store = sessions.InMemoryStore()
     provider = script(crash_turns=crash_turns)
     outcomes: list[Any] = []
+    rewinds: Rewinds = []
+    forks: Forks = []
     async with trio.open_nursery() as nursery:
         spec = SessionServer.child_spec(name="a", provider=provider, store=store)
         sid = spec.start.keywords["session_id"]  # type: ignore[attr-defined]
@@ -676,6 +750,10 @@ async def _scenario(ops: list[Op], crash_turns: frozenset[int]) -> None:
                 pid = otpy.whereis("a")
                 if op == "send":
                     await send_soon(senders, "a", f"prompt {n}", outcomes)
+                elif op == "rewind":
+                    await rewind_soon(senders, "a", int(pause), rewinds)
+                elif op == "fork":
+                    await fork_now(store, sid, None if pause > 2.5 else int(pause), forks)
                 elif pid is not None and op == "kill":
                     otpy.exit(pid, "kill")
                 elif pid is not None and op == "exit":
@@ -696,6 +774,7 @@ async def _scenario(ops: list[Op], crash_turns: frozenset[int]) -> None:
                 continue
         records = await store.load(sid)
         folded = fold(sid, records)
+        fork_logs = {fork_id: (at_turn, await store.load(fork_id)) for fork_id, at_turn in forks}
         await otpy.stop(sup)
         await trio.sleep(0.1)
         assert not nursery.child_tasks  # nothing of the tree is left running
@@ -726,6 +805,7 @@ async def _scenario(ops: list[Op], crash_turns: frozenset[int]) -> None:
     # connections never overlapped
     kinds = [kind for kind, _ in provider.log]
     assert kinds == ["enter", "exit"] * (len(kinds) // 2)
+    check_rewinds_and_forks(sid, records, live, provider, rewinds, fork_logs)
 
 
 @hypothesis.settings(max_examples=200, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
@@ -733,8 +813,9 @@ async def _scenario(ops: list[Op], crash_turns: frozenset[int]) -> None:
 def test_kills_at_random_points_lose_nothing_and_count_nothing_twice(
     ops: list[Op], crash_turns: frozenset[int]
 ) -> None:
-    """Random sends, kills, crashes and interrupts over many turns: the store, the live server and the
-    callers agree; each turn ends once; costs add up; no connection overlaps or is left open."""
+    """Random sends, kills, crashes, interrupts, rewinds and forks over many turns: the store, the live
+    server and the callers agree; each turn ends once; costs add up (rewinds refund nothing); each turn
+    was sent the transcript its log says; forks are prefixes; no connection overlaps or is left open."""
     trio.run(_scenario, ops, crash_turns, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
@@ -749,8 +830,9 @@ class KillTap(StoreTap):
     It also checks, at every turn_finished append, that the server of the task appending it is alive:
     once a server has exited, its turn task begins no write."""
 
-    def __init__(self, inner: sessions.Store) -> None:
+    def __init__(self, inner: sessions.Store, name: str = "a") -> None:
         super().__init__(inner)
+        self.name = name  # the session's registered name
         self.armed: tuple[str, str] | None = None  # (record kind, "before" | "after")
         self.finished_by_dead_server: list[int] = []
 
@@ -760,7 +842,12 @@ class KillTap(StoreTap):
         if any(r.data["message"].get("content") for r in answers):
             kinds.add("text")  # the turn's last message: its answer
         task = otpy.current_process()
-        server = task.parent if task is not None else None
+        if task is None:  # a fork, made outside any process: the kill hits the source's server
+            server = otpy.whereis(self.name)
+        elif task is otpy.whereis(self.name):  # the server's own append (session_rewound)
+            server = task
+        else:  # the turn task's
+            server = task.parent
         if "turn_finished" in kinds and server is not None and not server.alive:
             self.finished_by_dead_server.extend(r.data["turn"] for r in records if r.kind == "turn_finished")
         armed = self.armed
@@ -805,11 +892,39 @@ durable_ops_strategy = st.lists(
     max_size=10,
 )
 
+durable_rewind_ops_strategy = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "send",
+                "send",
+                "send",
+                "rewind",
+                "rewind",
+                "fork",
+                "kill:session_rewound:before",
+                "kill:session_rewound:after",
+                "kill:session_put:before",  # a fork's records (the kill hits the source's server)
+                "kill:session_put:after",
+                "kill:text:before",
+                "kill:turn_started:after",
+                "kill",
+                "interrupt",
+            ]
+        ),
+        st.integers(0, 12),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
 
 async def _durable_scenario(kind: str, folder: Path, ops: list[DurableOp]) -> None:
     store = KillTap(open_store(kind, folder))
     provider = script(delay=0, pace=0)
     sent: list[tuple[str, Any]] = []  # (idempotency key, what the caller got)
+    rewinds: Rewinds = []
+    forks: Forks = []
     try:
         with structlog.testing.capture_logs() as logs, trio.fail_after(60):
             async with trio.open_nursery() as nursery:
@@ -832,6 +947,11 @@ async def _durable_scenario(kind: str, folder: Path, ops: list[DurableOp]) -> No
                                 sent.append((key, outcome))
 
                             senders.start_soon(send)
+                        elif op == "rewind":  # to a turn that is there: one the callers saw done, or 0
+                            acknowledged = sum(1 for _, outcome in sent if isinstance(outcome, Result))
+                            await rewind_soon(senders, "a", pause % (acknowledged + 1), rewinds)
+                        elif op == "fork":
+                            await fork_now(store, sid, None if pause > 9 else pause % 4, forks)
                         elif op.startswith("kill:"):
                             _, record_kind, when = op.split(":")
                             store.armed = (record_kind, when)
@@ -862,6 +982,7 @@ async def _durable_scenario(kind: str, folder: Path, ops: list[DurableOp]) -> No
                     except (otpy.ServerExited, otpy.NoProcess):
                         await trio.sleep(0.01)
                 records = await store.load(sid)
+                fork_logs = {fork_id: (at_turn, await store.load(fork_id)) for fork_id, at_turn in forks}
                 await otpy.stop(sup)
     finally:
         await store.aclose()
@@ -897,14 +1018,12 @@ async def _durable_scenario(kind: str, folder: Path, ops: list[DurableOp]) -> No
     assert all(count == 1 for count in collections.Counter(r.turn for r in provider.requests).values())
     kinds = [kind for kind, _ in provider.log]
     assert kinds == ["enter", "exit"] * (len(kinds) // 2)
+    check_rewinds_and_forks(sid, records, live, provider, rewinds, fork_logs)
 
 
-@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
-def test_kills_around_the_end_of_a_turn_on_the_durable_stores(kind: str) -> None:
-    """The property above on JsonlStore and SqliteStore (real files, real time), with kills landing
-    while a turn's records are on their way to the disk and just after: every acknowledged turn once,
-    no turn completed by a dead server's task, no restart refused, a key never runs two turns."""
-
+def _run_durable(
+    kind: str, strategy: st.SearchStrategy[list[DurableOp]], examples: tuple[list[DurableOp], ...] = ()
+) -> None:
     @hypothesis.settings(
         max_examples=30,
         deadline=None,
@@ -912,9 +1031,36 @@ def test_kills_around_the_end_of_a_turn_on_the_durable_stores(kind: str) -> None
         suppress_health_check=[hypothesis.HealthCheck.too_slow],
         database=None,
     )
-    @hypothesis.given(ops=durable_ops_strategy)
+    @hypothesis.given(ops=strategy)
     def run(ops: list[DurableOp]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             trio.run(_durable_scenario, kind, Path(folder), ops)
 
+    for example in examples:  # (programs that certainly reach the kills named in them)
+        run = hypothesis.example(ops=example)(run)
     run()
+
+
+REWIND_AND_FORK_KILLS = tuple(
+    [("send", 0), ("send", 12), (f"kill:{record}:{when}", 0), (op, 1), ("send", 0), ("rewind", 0), ("fork", 2)]
+    for record, op in (("session_rewound", "rewind"), ("session_put", "fork"))
+    for when in ("before", "after")
+)
+""" A kill just before and just after a rewind's record and a fork's reaches the disk, each followed by
+more turns, a rewind and a fork."""
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_kills_around_rewinds_and_forks_on_the_durable_stores(kind: str) -> None:
+    """The durable property with rewinds and forks among the turns, and kills landing while a rewind's
+    record (or a fork's) is on its way to the disk and just after: every rewind a caller saw done is
+    in the log, each turn was sent the transcript its log says, every fork is a whole prefix."""
+    _run_durable(kind, durable_rewind_ops_strategy, REWIND_AND_FORK_KILLS)
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
+def test_kills_around_the_end_of_a_turn_on_the_durable_stores(kind: str) -> None:
+    """The property above on JsonlStore and SqliteStore (real files, real time), with kills landing
+    while a turn's records are on their way to the disk and just after: every acknowledged turn once,
+    no turn completed by a dead server's task, no restart refused, a key never runs two turns."""
+    _run_durable(kind, durable_ops_strategy)

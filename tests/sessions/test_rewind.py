@@ -270,6 +270,23 @@ class TestRewindRecord:
         assert contents(session.messages) == ["p1", "a1"]
         assert (session.turn_count, session.total_cost, session.provider_session_id) == (2, 1.0, None)
 
+    def test_a_turn_closed_at_a_restart_can_be_rewound_to(self) -> None:
+        """A turn that a crash cut (closed by turn_interrupted at the restart) has an end to go back to:
+        its prompt and the note that it was interrupted."""
+        session = fold(
+            "s",
+            self.records(
+                ("turn_started", {"turn": 3, "prompt": "p3", "options": {}}),
+                ("turn_interrupted", {"turn": 3, "reason": "killed"}),
+                ("session_resumed", {}),
+                ("turn_started", {"turn": 4, "prompt": "p4", "options": {}}),
+                ("turn_finished", {"turn": 4, "result": Result(text="", session_id="s", turn=4).to_dict()}),
+                ("session_rewound", {"to_turn": 3}),
+            ),
+        ).session
+        assert contents(session.messages)[-2:] == ["p3", "Turn 3 was interrupted (killed); it was not retried."]
+        assert session.turn_count == 4
+
     @pytest.mark.parametrize(
         "data",
         [{}, {"to_turn": None}, {"to_turn": "1"}, {"to_turn": True}, {"to_turn": 1.0}, {"to_turn": -1}, {"to_turn": 3}],

@@ -76,6 +76,23 @@ async def test_check_store_names_the_failed_check() -> None:
         await sessions.testing.check_store(lambda: store, reopens=False)
 
 
+class _KnownKindsStore(InMemoryStore):
+    """A broken store: it keeps the record kinds of an older release only, and drops the others."""
+
+    KNOWN = frozenset({"session_started", "session_resumed", "turn_started", "message", "provider_session"})
+    KNOWN |= {"turn_finished", "turn_interrupted", "session_put", "provider_data"}
+
+    async def load(self, session_id: str) -> list[Record]:
+        return [r for r in await super().load(session_id) if r.kind in self.KNOWN]
+
+
+async def test_check_store_catches_a_store_that_drops_rewind_records() -> None:
+    """A store that drops a kind it does not know (session_rewound) fails the rewind check."""
+    store = _KnownKindsStore()
+    with pytest.raises(AssertionError, match=r"a rewind appended \[\]"):
+        await sessions.testing.CHECKS["rewind"](lambda: store)
+
+
 async def test_check_store_catches_a_store_that_does_not_reopen() -> None:
     """A store that loses its records with the object fails the reopen check."""
     with pytest.raises(AssertionError, match="check 'reopen' failed: a new store object"):

@@ -257,3 +257,46 @@ def test_without_opentelemetry_nothing_is_imported_and_turns_run() -> None:
     assert done.returncode == 0, done.stderr
     assert "refused: sessions telemetry needs opentelemetry-api" in done.stdout
     assert done.stdout.strip().endswith("ok")
+
+
+class Crashy(otpy.GenServer):
+    async def handle_cast(self, request: Any) -> None:
+        raise RuntimeError(request)
+
+
+async def test_otpy_restarts_are_counted_by_supervisor_and_child(
+    nursery: trio.Nursery, spans: InMemorySpanExporter
+) -> None:
+    """A child crashed three times: otpy_supervisor.restarts counts 3 for that supervisor and child."""
+
+    def counted() -> float:
+        return sum(
+            p.value
+            for p in points("otpy_supervisor.restarts")
+            if dict(p.attributes) == {"otpy_supervisor.name": "telemetry-sup", "otpy_supervisor.child.id": "crashy"}
+        )
+
+    sup = await otpy.Supervisor.start_link(
+        [Crashy.child_spec(id="crashy", name="crashy")], name="telemetry-sup", max_restarts=10, nursery=nursery
+    )
+    assert counted() == 0
+    for _ in range(3):
+        crashed = otpy.whereis("crashy")
+        assert crashed is not None
+        otpy.cast(crashed, "boom")
+        with trio.fail_after(10):
+            await crashed.wait_exited()
+            while otpy.whereis("crashy") in (None, crashed):  # noqa: ASYNC110 (the restart has no event)
+                await trio.sleep(0.01)
+    await otpy.Supervisor.stop(sup)
+    assert counted() == 3
+
+
+async def test_telemetry_off_leaves_no_restart_listener(spans: InMemorySpanExporter) -> None:
+    from otpy._restarts import _listeners
+
+    assert len(_listeners) == 1  # on: sessions' counter
+    sessions.configure_telemetry(enabled=False)
+    assert _listeners == []
+    sessions.configure_telemetry(tracer_provider=trace_provider_of(spans))
+    assert len(_listeners) == 1  # on again: one listener, not two
