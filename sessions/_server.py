@@ -436,7 +436,8 @@ class SessionServer(otpy.GenServer):
 
     @staticmethod
     async def messages(server: ServerRef) -> list[Message]:
-        """The normalized transcript of the finished turns.
+        """The normalized transcript of the finished turns (after a `rewind`, the transcript the
+        next turn continues from).
 
         Example::
 
@@ -458,7 +459,7 @@ class SessionServer(otpy.GenServer):
 
     @staticmethod
     async def turn_count(server: ServerRef) -> int:
-        """How many turns have finished (failed and interrupted ones included).
+        """How many turns have finished (failed, interrupted and rewound ones included).
 
         Example::
 
