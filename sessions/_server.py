@@ -956,6 +956,8 @@ class SessionServer(otpy.GenServer):
             refusal = self._budget_refusal()
             if refusal is not None:
                 for from_ in (item.from_, *item.joined):
+                    if (telemetry := active()) is not None:
+                        telemetry.refused(self._sid, refusal)
                     otpy.reply(from_, _Refused(refusal))
                 continue
             self._start(item)

@@ -270,7 +270,7 @@ class _Telemetry:
     # --- the model and tool calls of a provider's own agent loop (the Claude Code CLI) ----------
 
     async def traced_agent(
-        self, stream: AsyncIterator[ProviderEvent], *, provider: str, model: str | None
+        self, stream: AsyncIterator[ProviderEvent], *, provider: str, model: str | None, reports_calls: bool
     ) -> AsyncIterator[ProviderEvent]:
         """``stream`` (a turn of a provider that runs its own agent loop), passed through, with
         a ``chat`` span per `ModelCallFinished` it yields and an ``execute_tool`` span per tool
@@ -279,7 +279,9 @@ class _Telemetry:
         The provider says when a call ended, not when it began: a model call is taken to
         begin when the turn began or the call or tool before it ended, and a tool call when
         it was requested or, if later, when the model call that asked for it ended. A turn
-        cut short ends its running tool calls' spans, or else its model call's, in error.
+        cut short ends its running tool calls' spans in error, or if none ran and the
+        provider reports its model calls (``reports_calls``: it yields `ModelCallFinished`),
+        a span of the model call it was in.
         """
         from opentelemetry import context
 
@@ -325,7 +327,7 @@ class _Telemetry:
                 now = time.time_ns()
                 for call, asked in running.values():
                     self._reported_tool(parent, call, max(asked, chat_ended), now, failure or "unfinished", None)
-                if not running:
+                if not running and reports_calls:
                     self._reported_chat(parent, provider, model, None, boundary, now, failure or "unfinished")
 
     def _reported_chat(

@@ -360,7 +360,12 @@ class _TurnTask:
             try:
                 events = conn.run_turn(work.request)
                 if telemetry is not None and self.provider.runs_own_tools:
-                    events = telemetry.traced_agent(events, provider=self.provider.name, model=self._model(work))
+                    events = telemetry.traced_agent(
+                        events,
+                        provider=self.provider.name,
+                        model=self._model(work),
+                        reports_calls=getattr(self.provider, "reports_model_calls", False) is True,
+                    )
                 text, unsaid, fanout = turn.text, turn.unsaid, self.fanout
                 async for event in events:
                     # A text delta, most of a reply's events, is handled here, without

@@ -110,7 +110,10 @@ class Provider(Protocol):
     """**Protocol**: a backend that sessions can talk to. Configuration only; no state per session.
 
     ``runs_own_tools`` is True for a provider that runs its own tools (the Claude Code
-    CLI) and False for a model that needs the agent loop.
+    CLI) and False for a model that needs the agent loop. Optional: ``reports_model_calls
+    = True`` says that the provider yields a `ModelCallFinished` for each model call of a
+    turn, so that telemetry, when a turn is cut short, also ends the span of the call it
+    was in (the Claude Code CLI's provider does).
 
     Example::
 

@@ -79,6 +79,7 @@ class ClaudeCode:
 
     name = "claude"
     runs_own_tools = True
+    reports_model_calls = True
 
     def __init__(
         self,

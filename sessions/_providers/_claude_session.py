@@ -477,6 +477,8 @@ class ClaudeSession:
                         if now >= self._interrupt_deadline or self._interrupt_requested:
                             completed = True
                             await self.stop(kill=True)
+                            for event in mapper.unfinished_call():
+                                yield event
                             yield mapper.interrupted("the CLI did not stop in time; its process was killed")
                             return
                         phase, limit = (
@@ -496,6 +498,8 @@ class ClaudeSession:
                         tail = self._stderr_tail()
                         if self._interrupt_requested:
                             completed = True
+                            for event in mapper.unfinished_call():
+                                yield event
                             yield mapper.interrupted(f"{exit_text(returncode)} after the interrupt")
                             return
                         raise ProviderError(

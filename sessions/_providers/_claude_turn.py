@@ -151,7 +151,8 @@ class TurnMapper:
                         events.append(MessageAdded(Message(role="tool", content=result.content, tool_result=result)))
         elif isinstance(message, ResultMessage):
             self._running_tools.clear()
-            events += self._call_ended()
+            cut = self.session._interrupt_requested or (message.terminal_reason or "").startswith("aborted")
+            events += self._call_ended(error="interrupted" if cut and self._call is not None else None)
             events += self._flush()
         return events
 
@@ -176,7 +177,12 @@ class TurnMapper:
             call["usage"].update(event.get("usage") or {})
             call["stop_reason"] = (event.get("delta") or {}).get("stop_reason") or call["stop_reason"]
         elif kind == "message_stop":
-            return self._call_ended()
+            # the API's own stream always says why it stopped (message_delta) before it stops:
+            # a call without a stop reason was cut short by the CLI (an interrupt aborts it)
+            cut = call["stop_reason"] is None
+            return self._call_ended(
+                error=("interrupted" if self.session._interrupt_requested else "aborted") if cut else None
+            )
         return []
 
     def _call_ended(self, error: str | None = None) -> list[ProviderEvent]:
@@ -200,6 +206,10 @@ class TurnMapper:
         response_id = call["id"] if isinstance(call["id"], str) else None
         stop = call["stop_reason"] if isinstance(call["stop_reason"], str) else None
         return [ModelCallFinished(model=model, usage=usage, stop_reason=stop, error=error, response_id=response_id)]
+
+    def unfinished_call(self) -> list[ProviderEvent]:
+        """The `ModelCallFinished` (error ``"interrupted"``) of an API call the turn was cut in."""
+        return self._call_ended(error="interrupted") if self._call is not None else []
 
     def interrupted(self, note: str) -> TurnCompleted:
         return TurnCompleted(

@@ -183,3 +183,53 @@ async def test_a_claude_server_killed_mid_turn_ends_its_spans_in_error(
     assert (chat.status.status_code, attributes(chat)["error.type"]) == (StatusCode.ERROR, "Cancelled")
     assert turn.end_time is not None
     assert chat.end_time is not None
+
+
+async def test_an_interrupted_claude_turn_ends_its_spans_in_error(
+    supervised: Start,
+    nursery: trio.Nursery,
+    fake_api: FakeAnthropic,
+    claude_kwargs: dict[str, Any],
+    telemetry: Telemetry,
+) -> None:
+    """SessionServer.interrupt while the API call streams: the turn's span and the cut call's
+    span end with an error status, none is left open."""
+    await supervised(name="agent", provider=sessions.ClaudeCode(**claude_kwargs))
+    words = " ".join(f"w{i}" for i in range(300))
+    outcome: list[sessions.Result] = []
+
+    async def long_turn() -> None:
+        outcome.append(await SessionServer.send_message("agent", f"[[slow:0.05]] {words}"))
+
+    events = await SessionServer.subscribe("agent")
+    nursery.start_soon(long_turn)
+    deltas = 0
+    async for event in events:
+        deltas += isinstance(event, sessions.TextDelta)
+        if deltas == 3:
+            break
+    events.close()
+    assert await SessionServer.interrupt("agent")
+    await wait_for(lambda: bool(outcome))
+    assert outcome[0].finish_reason is sessions.FinishReason.INTERRUPTED
+    finished = telemetry.finished()
+    assert [name for name, _ in tree(finished)] == [f"chat {claude_kwargs['model']}", "invoke_agent"]
+    chat, turn = finished
+    assert (turn.status.status_code, attributes(turn)["error.type"]) == (StatusCode.ERROR, "interrupted")
+    assert (chat.status.status_code, attributes(chat)["error.type"]) == (StatusCode.ERROR, "interrupted")
+
+
+async def test_content_capture_puts_the_cli_tool_call_on_its_span(
+    supervised: Start, fake_api: FakeAnthropic, claude_kwargs: dict[str, Any], workdir: Path, telemetry: Telemetry
+) -> None:
+    (workdir / "notes.md").write_text("the secret is periwinkle\n")
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sessions.configure_telemetry(capture_content=True, tracer_provider=tracer_provider)
+    await supervised(name="agent", provider=sessions.ClaudeCode(**claude_kwargs))
+    path = str(workdir / "notes.md")
+    await SessionServer.send_message("agent", "[[tool:Read:" + json.dumps({"file_path": path}) + "]]")
+    [tool] = [span for span in exporter.get_finished_spans() if span.name == "execute_tool Read"]
+    assert json.loads(str(attributes(tool)["gen_ai.tool.call.arguments"])) == {"file_path": path}
+    assert "periwinkle" in str(attributes(tool)["gen_ai.tool.call.result"])

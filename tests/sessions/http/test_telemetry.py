@@ -300,3 +300,108 @@ async def test_telemetry_off_leaves_no_restart_listener(spans: InMemorySpanExpor
     assert _listeners == []
     sessions.configure_telemetry(tracer_provider=trace_provider_of(spans))
     assert len(_listeners) == 1  # on again: one listener, not two
+
+
+def refusals(error_type: str) -> float:
+    return sum(p.value for p in points("otpy_sessions.refusals") if p.attributes.get("error.type") == error_type)
+
+
+async def started_turn(nursery: trio.Nursery, name: str, outcome: list[Any]) -> None:
+    """Send a first (slow) turn in the background and return once it runs."""
+
+    async def send() -> None:
+        outcome.append(await SessionServer.send_message(name, "1"))
+
+    nursery.start_soon(send)
+    with trio.fail_after(10):
+        while (await SessionServer.status(name)).state != "running":  # noqa: ASYNC110 (polling the server)
+            await trio.sleep(0.01)
+
+
+async def test_a_full_queue_refusal_is_counted(
+    supervised: Start, nursery: trio.Nursery, spans: InMemorySpanExporter
+) -> None:
+    """send_message while a turn runs and max_queued_turns=0: SessionBusy, counted once."""
+    provider = sessions.ScriptedProvider([sessions.ScriptedReply("slow", delay=0.3), "x"])
+    await supervised(name="a", provider=provider, max_queued_turns=0)
+    outcome: list[Any] = []
+    await started_turn(nursery, "a", outcome)
+    before = refusals("SessionBusy")
+    with pytest.raises(sessions.SessionBusy):
+        await SessionServer.send_message("a", "2")
+    assert refusals("SessionBusy") == before + 1
+    with trio.fail_after(10):
+        while not outcome:  # noqa: ASYNC110 (the first turn's reply)
+            await trio.sleep(0.01)
+
+
+async def test_a_queued_turn_refused_when_its_turn_comes_is_counted(
+    supervised: Start, nursery: trio.Nursery, spans: InMemorySpanExporter
+) -> None:
+    """max_turns=1: the second turn is queued (the budget is not spent yet), then refused
+    with BudgetExceeded when the first ends: a refused send_message too."""
+    provider = sessions.ScriptedProvider([sessions.ScriptedReply("slow", delay=0.3), "x"])
+    await supervised(name="a", provider=provider, max_turns=1)
+    outcome: list[Any] = []
+    await started_turn(nursery, "a", outcome)
+    before = refusals("BudgetExceeded")
+    with pytest.raises(sessions.BudgetExceeded):
+        await SessionServer.send_message("a", "2")
+    assert refusals("BudgetExceeded") == before + 1
+    with trio.fail_after(10):
+        while not outcome:  # noqa: ASYNC110 (the first turn's reply)
+            await trio.sleep(0.01)
+    assert outcome[0].text == "slow"
+
+
+def everything(exporter: InMemorySpanExporter) -> str:
+    """All that telemetry recorded, as text: every span's name, attributes, events, links and
+    status, and every metric point's attributes."""
+    spans = [span.to_json() for span in exporter.get_finished_spans()]
+    data = _READER.get_metrics_data()
+    metrics = data.to_json() if data is not None else ""
+    return "\n".join([*spans, metrics])
+
+
+@pytest.mark.parametrize("capture", [False, True])
+async def test_no_text_of_the_conversation_unless_content_capture_is_on(
+    supervised: Start, tmp_path: Path, spans: InMemorySpanExporter, capture: bool
+) -> None:
+    """The prompt, a tool's arguments and result, and the reply are nowhere in the spans or
+    the metrics; with capture_content=True each is (so the check can see them)."""
+    global _READER
+    _READER = InMemoryMetricReader()
+    sessions.configure_telemetry(
+        capture_content=capture, tracer_provider=trace_provider_of(spans), meter_provider=MeterProvider([_READER])
+    )
+    (tmp_path / "notes.md").write_text("# Notes\nFILE-TEXT-4471 buy milk\n")
+    script = [
+        openai_tools(("call_a", "grep", {"pattern": "ARGUMENT-TEXT-4471|milk"})),
+        openai_text("REPLY-TEXT-4471 You need milk."),
+    ]
+    async with serve(script) as server:
+        await supervised(name="a", provider=loop_over(server, tmp_path))
+        result = await SessionServer.send_message("a", "PROMPT-TEXT-4471 what do I need?")
+    assert "REPLY-TEXT-4471" in result.text
+    recorded = everything(spans)
+    assert "invoke_agent" in recorded
+    assert "execute_tool grep" in recorded
+    found = {marker for marker in ("PROMPT", "ARGUMENT", "FILE", "REPLY") if f"{marker}-TEXT-4471" in recorded}
+    assert found == ({"PROMPT", "ARGUMENT", "FILE", "REPLY"} if capture else set())
+
+
+async def test_a_provider_that_raises_mid_turn_gives_error_spans(
+    supervised: Start, spans: InMemorySpanExporter
+) -> None:
+    """A provider running its own tools (scripted) breaks after a tool call: the tool's span is
+    fine, the turn's has error.type; no chat span is made up for a provider that does not
+    report its model calls."""
+    failure = sessions.ProviderError("scripted", "the backend went away", kind="unavailable")
+    reply = sessions.ScriptedReply(tools=(sessions.ScriptedTool("read", {"path": "a"}, result="x"),), raise_=failure)
+    await supervised(name="a", provider=sessions.ScriptedProvider([reply]))
+    result = await SessionServer.send_message("a", "hi")
+    assert result.category is sessions.ResultCategory.PROVIDER
+    assert tree(spans.get_finished_spans()) == [("execute_tool read", "invoke_agent"), ("invoke_agent", None)]
+    tool, turn = spans.get_finished_spans()
+    assert tool.status.status_code is StatusCode.UNSET
+    assert (turn.status.status_code, (turn.attributes or {})["error.type"]) == (StatusCode.ERROR, "error_provider")
