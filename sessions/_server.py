@@ -544,7 +544,9 @@ class SessionServer(otpy.GenServer):
         Raises:
             InvalidOption: ``to_turn`` is not an int >= 0 (a bool is not), is beyond the
                 last turn, or is a turn whose end is not in this session's log (it came
-                whole with a `put_session`, a ``messages=`` seed or a `fork`).
+                whole with a `put_session`, a ``messages=`` seed or a `fork`), or came
+                before a `put_session` (a put replaces the state: what it trimmed or
+                redacted stays so).
 
         Example::
 

@@ -131,7 +131,8 @@ class Folded:
     ``checkpoints`` maps a turn count to where the transcript stood the last time a turn
     ended with that count (or a ``session_put`` left the session with it): what
     ``session_rewound`` goes back to. Only the turns whose ends are in the folded records
-    (and the count the fold started from) are there.
+    after the last ``session_put`` (and the count the fold started from, or the put's) are
+    there.
     """
 
     session: Session
@@ -245,6 +246,9 @@ class Folder:
                 self.base_keys, self.keys = session.idempotency_keys, {}
                 self.open = None
                 self.open_messages = []
+                # The state is replaced: no rewind goes back past it (a put_session that trimmed
+                # or redacted the transcript stays so), and it is itself a point to go back to.
+                self.checkpoints.clear()
                 self._checkpoint()
             case "session_rewound":
                 self._rewind(record)
@@ -297,7 +301,7 @@ class Folder:
             provider_session_id=self.provider_session_id,
             idempotency_keys={**self.base_keys, **self.keys} if self.keys else self.base_keys,
         )
-        return Folded(session=session, open_turn=open_turn, last_seq=self.last_seq, checkpoints=self.checkpoints)
+        return Folded(session=session, open_turn=open_turn, last_seq=self.last_seq, checkpoints=dict(self.checkpoints))
 
 
 def fold(

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import structlog
 import trio
@@ -337,3 +338,27 @@ class TestForkAndRewind:
         assert info.value.option == "at_turn"
         again = await SessionServer.load(store, await SessionServer.fork(store, first, at_turn=3))
         assert contents(again.messages) == ["one", "re: one", "two", "re: two", "three", "re: three"]
+
+
+class TestPutAndRewind:
+    async def test_no_rewind_goes_back_past_a_put_session(self, supervised: Start) -> None:
+        """put_session replaces the state (a trimmed or redacted transcript stays so): a turn before it
+        is refused; the put itself is a point to go back to; later turns' ends are too."""
+        store = sessions.InMemoryStore()
+        await supervised(name="a", provider=echo(), store=store, session_id="s")
+        await SessionServer.send_message("a", "my password is swordfish")
+        await SessionServer.send_message("a", "two")
+        session = await SessionServer.get_session("a")
+        redacted = attrs.evolve(session, messages=session.messages[2:])
+        await SessionServer.put_session("a", redacted)
+        await SessionServer.send_message("a", "three")
+        with pytest.raises(sessions.InvalidOption, match="end of turn 1 is not in"):
+            await SessionServer.rewind("a", 1)
+        await SessionServer.rewind("a", 2)
+        assert contents(await SessionServer.messages("a")) == ["two", "re: two"]
+        await SessionServer.rewind("a", 3)
+        assert contents(await SessionServer.messages("a")) == ["two", "re: two", "three", "re: three"]
+        with pytest.raises(sessions.InvalidOption, match="end of turn 1 is not in"):
+            await SessionServer.fork(store, "s", at_turn=1)
+        forked = await SessionServer.load(store, await SessionServer.fork(store, "s", at_turn=2))
+        assert contents(forked.messages) == ["two", "re: two"]
