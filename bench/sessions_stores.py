@@ -1,4 +1,4 @@
-"""Durable turns per second: sessions' SqliteStore and JsonlStore beside openai-agents' SQLiteSession.
+"""Durable turns per second: sessions' SqliteStore, JsonlStore and PostgresStore beside openai-agents' SQLiteSession.
 
 A *turn* is what a session makes durable at a turn boundary: two records of about 200 B
 and 1 KB of JSON, appended with ``durable=True`` (for ``SQLiteSession``: one
@@ -15,7 +15,10 @@ Run it from the repository root::
     python bench/sessions_stores.py --json out.json
 
 ``SQLiteSession`` comes from ``pip install openai-agents``; without it that column is
-skipped with a message. Figures and their reading: ``docs/stores.md``.
+skipped with a message. ``PostgresStore`` runs against ``--postgres`` (default: the
+environment's ``OTPY_POSTGRES_DSN``, else ``postgresql://postgres@127.0.0.1:5432/postgres``),
+in a fresh schema per round that is dropped after; with no database there (or no
+psycopg) that row is skipped with the reason. Figures and their reading: ``docs/stores.md``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,34 @@ def _summary(turns: int, elapsed: float, latencies: list[float]) -> Result:
         "p50_ms": 1000 * latencies[len(latencies) // 2],
         "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
     }
+
+
+def postgres_unreachable(dsn: str) -> str | None:
+    """Why PostgresStore cannot be measured at ``dsn`` (one line), or None."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        return f"psycopg is not installed ({exc}; pip install 'otpy-sessions[postgres]')"
+    try:
+        with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:  # any failure: the row is skipped with it
+        return " ".join(str(exc).split())
+    return None
+
+
+def measure_postgres(dsn: str, n_sessions: int, n_turns: int) -> Result:
+    """Durable turns/s of PostgresStore in a fresh schema (dropped after)."""
+    import uuid
+
+    import psycopg
+
+    schema = f"otpy_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        return measure_store(lambda _: sessions.PostgresStore(dsn, schema=schema), n_sessions, n_turns)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def measure_store(make_store: Callable[[Path], sessions.Store], n_sessions: int, n_turns: int) -> Result:
@@ -147,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="10 sessions x 3 turns, 1 round (a smoke run)")
     parser.add_argument("--json", type=Path, help="write the rounds and medians here")
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("OTPY_POSTGRES_DSN") or "postgresql://postgres@127.0.0.1:5432/postgres",
+        help="the PostgreSQL DSN for the PostgresStore row",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.turns, args.rounds = 10, 3, 1
@@ -155,6 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         "SqliteStore": lambda: measure_store(lambda d: SqliteStore(d / "agents.db"), args.sessions, args.turns),
         "JsonlStore": lambda: measure_store(lambda d: JsonlStore(d / "sessions"), args.sessions, args.turns),
     }
+    why = postgres_unreachable(args.postgres)
+    if why is None:
+        systems["PostgresStore"] = lambda: measure_postgres(args.postgres, args.sessions, args.turns)
+    else:
+        print(f"PostgresStore skipped: PostgreSQL not reachable at {args.postgres}: {why}")
     try:
         import agents  # noqa: F401
     except ImportError:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -226,6 +229,32 @@ async def test_a_takeover_cannot_slip_between_the_check_and_the_commit(postgres:
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_row_postgresql_refuses_fails_its_own_append_only(postgres: Any) -> None:
+    """A batch whose one INSERT fails (here a record version out of PostgreSQL's integer
+    range) is done again statement by statement: that append fails with StoreError, the
+    appends batched with it commit."""
+    a = store(postgres)
+    outcomes: dict[str, str] = {}
+
+    async def append(sid: str, version: int) -> None:
+        try:
+            await a.append(sid, [Record(sid, 1, "message", {"n": 1}, version=version)], durable=True)
+            outcomes[sid] = "ok"
+        except sessions.StoreError as exc:
+            outcomes[sid] = str(exc)
+
+    try:
+        await a.node_info()
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(append, f"s{i}", 2**40 if i == 7 else 1)
+        assert "out of range" in outcomes.pop("s7")
+        assert set(outcomes.values()) == {"ok"}
+        assert sorted(await a.list_sessions()) == sorted(outcomes)
+    finally:
+        await a.aclose()
 
 
 async def test_appends_without_a_claim(postgres: Any) -> None:
@@ -496,3 +525,20 @@ def test_options_are_checked() -> None:
         PostgresStore("postgresql://", lease_ttl=0)
     with pytest.raises(sessions.InvalidOption, match="node_id"):
         PostgresStore("postgresql://", node_id="")
+
+
+def test_the_example_runs(postgres: Any) -> None:
+    """examples/postgres_store.py runs against the test database, in the test's schema."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "examples/postgres_store.py", "--dsn", postgres.dsn, "--schema", postgres.schema],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3. s1 on node-b: 1 turn(s) of history; lease: node-b, epoch 2" in done.stdout
+    assert "node-a's late append refused: epoch 1, the session is at 2" in done.stdout
+    assert "s2's log: ['session_started']" in done.stdout
