@@ -15,11 +15,18 @@ modes alternating ``--rounds`` times:
 
 Reported: microseconds per turn (median and min-max over the rounds) and each mode's
 extra cost over ``off``. Writes ``bench/results/sessions_telemetry.json``.
+
+``--provider agent`` measures instead a provider that runs its own agent loop, as the
+Claude Code CLI does (in process: a tool call, its `ModelCallFinished`, the tool's
+result, ten text deltas, a second `ModelCallFinished`): the path where telemetry makes
+the ``chat`` and ``execute_tool`` spans from the provider's events. Writes
+``bench/results/sessions_telemetry_agent.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -61,15 +68,47 @@ class Model:
         pass
 
 
+class AgentSession:
+    """One session of `Agent`: what a Claude CLI turn with one tool call yields, in process."""
+
+    async def run_turn(self, request: sessions.TurnRequest) -> AsyncIterator[sessions.ProviderEvent]:
+        call = sessions.ToolCall("c1", "echo", {"text": "x"})
+        yield sessions.ToolCallRequested(call)
+        yield sessions.ModelCallFinished("bench-1", sessions.Usage(10, 2), stop_reason="tool_use")
+        yield sessions.ToolCallFinished(sessions.ToolResult("c1", "echo", "x"))
+        for word in ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]:
+            yield sessions.TextDelta(word + " ")
+        yield sessions.ModelCallFinished("bench-1", sessions.Usage(20, 10), stop_reason="end_turn")
+        yield sessions.TurnCompleted(text="", usage=sessions.Usage(30, 12), model="bench-1")
+
+    async def interrupt(self) -> None:
+        pass
+
+
+class Agent:
+    """A provider that runs its own tools and reports its model calls (the Claude CLI's shape)."""
+
+    name = "bench-agent"
+    runs_own_tools = True
+    reports_model_calls = True
+    model = "bench-1"
+
+    @contextlib.asynccontextmanager
+    async def connect(self, ctx: sessions.SessionContext) -> AsyncIterator[AgentSession]:
+        yield AgentSession()
+
+
 @sessions.tool(read_only=True)
 async def echo(text: str) -> str:
     """Say it back."""
     return text
 
 
-async def turns_per_mode(turns: int, nursery: trio.Nursery) -> float:
+async def turns_per_mode(turns: int, nursery: trio.Nursery, kind: str) -> float:
     """Seconds per turn through one SessionServer (a new session every 50 turns)."""
-    loop = sessions.AgentLoop(Model(), tools=[echo], permission_mode="bypass")  # type: ignore[arg-type]
+    loop: Any = (
+        Agent() if kind == "agent" else sessions.AgentLoop(Model(), tools=[echo], permission_mode="bypass")  # type: ignore[arg-type]
+    )
     start = time.perf_counter()
     pid = None
     for n in range(turns):
@@ -99,13 +138,14 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.rounds):
             for mode, options in modes.items():
                 sessions.configure_telemetry(**options)
-                times[mode].append(await turns_per_mode(args.turns, nursery))
+                times[mode].append(await turns_per_mode(args.turns, nursery, args.provider))
                 exporter.clear()
     sessions.configure_telemetry()
     off = statistics.median(times["off"])
     return {
         "python": sys.version.split()[0],
         "machine": platform.machine(),
+        "provider": args.provider,
         "turns": args.turns,
         "rounds": args.rounds,
         "modes": {
@@ -133,8 +173,12 @@ if __name__ == "__main__":
     parser.add_argument("--turns", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="100 turns, 2 rounds")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "sessions_telemetry.json"))
+    parser.add_argument("--provider", choices=["loop", "agent"], default="loop", help="see the module docstring")
+    parser.add_argument("--out", default=None, help="default bench/results/sessions_telemetry[_agent].json")
     args = parser.parse_args()
+    if args.out is None:
+        suffix = "_agent" if args.provider == "agent" else ""
+        args.out = str(Path(__file__).parent / "results" / f"sessions_telemetry{suffix}.json")
     if args.quick:
         args.turns, args.rounds = 100, 2
     results = trio.run(main, args)
