@@ -487,6 +487,13 @@ class _PgHandler(Handler):
         error.__cause__ = exc
         return error
 
+    def _flush_promise(self, conn: psycopg.Connection[Any]) -> None:
+        """Make this durable transaction's COMMIT wait for the WAL flush even if it writes
+        nothing: a transaction without a transaction id commits without a commit record,
+        so without a flush, and an empty durable append must still make the appends
+        before it durable."""
+        conn.execute("SELECT pg_current_xact_id()")
+
     def _bulk_transaction(self, jobs: list[Job], durable: bool) -> None:
         """The batch's appends in one transaction of five statements, however many there are:
         lock and read the lease rows, read each session's last seq, insert every accepted row.
@@ -537,6 +544,8 @@ class _PgHandler(Handler):
                 accepted.extend(rows)
                 lasts[session_id] = rows[-1][1]
             if not accepted:
+                if durable:
+                    self._flush_promise(conn)
                 return
             try:  # on failure the transaction rolls back, and the batch is done again
                 conn.execute(
@@ -558,9 +567,11 @@ class _PgHandler(Handler):
                 # Committed (visible, surviving this process) without waiting for the WAL
                 # flush; the next durable commit's flush covers it.
                 conn.execute("SET LOCAL synchronous_commit = off")
+            wrote = False
             for job in jobs:
                 if job.op == "delete":
-                    conn.execute(f"DELETE FROM {self.s}.records WHERE session_id = %s", (job.args[0],))
+                    deleted = conn.execute(f"DELETE FROM {self.s}.records WHERE session_id = %s", (job.args[0],))
+                    wrote = wrote or deleted.rowcount > 0
                     continue
                 session_id, first_seq, rows, epoch = job.args
                 if fenced is not None:
@@ -590,8 +601,11 @@ class _PgHandler(Handler):
                         " %s::text[], %s::text[])",
                         (session_id, *(list(column) for column in list(zip(*rows, strict=True))[1:])),
                     )
+                    wrote = True
                 except (psycopg.errors.IntegrityError, psycopg.errors.DataError) as exc:
                     raise _JobFailed(job, exc) from exc
+            if durable and not wrote:
+                self._flush_promise(conn)
 
     def _lease_ok(self, conn: psycopg.Connection[Any], job: Job) -> bool:
         """Check the append's epoch under a share lock of the session's lease row (held to
@@ -912,7 +926,9 @@ class PostgresStore:
         try:
             while True:
                 self._check_fence(session_id)
-                epoch, holder = await self._worker.submit(Job("claim", (session_id,)))
+                # Shielded: a claim handed to the writer may take the lease; its caller must
+                # learn the epoch (and release it), never leave a live lease nobody holds.
+                epoch, holder = await self._worker.submit(Job("claim", (session_id,)), shield=True)
                 if epoch is not None:
                     break
                 waited = trio.current_time() - start

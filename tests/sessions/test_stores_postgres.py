@@ -257,6 +257,36 @@ async def test_a_row_postgresql_refuses_fails_its_own_append_only(postgres: Any)
         await a.aclose()
 
 
+async def test_a_cancelled_claim_never_leaves_a_lease_behind(postgres: Any) -> None:
+    """A claim cancelled after it was handed to the writer (here while its statement
+    waits for the lease row) still completes and returns its claim, so the lease it took
+    is released with it; it is never left held by a live node that holds no claim."""
+    a = store(postgres)
+    try:
+        (await a.claim("s")).release()  # the lease row exists (epoch 1, released)
+        await until(lambda: _equal(a.lease("s"), Lease("s", None, 1, active=True, holder_live=False)))
+        got: list[sessions.SessionClaim] = []
+        scope = trio.CancelScope()
+
+        async def claimer() -> None:
+            with scope:
+                got.append(await a.claim("s", wait=5))
+
+        with psycopg.connect(postgres.dsn) as locker:
+            locker.execute(f"SELECT 1 FROM {postgres.schema}.leases WHERE session_id = 's' FOR UPDATE")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(claimer)
+                await until(lambda: sql(postgres, WAITING_ON_A_ROW))
+                scope.cancel()
+                await trio.sleep(0.1)
+                locker.rollback()
+        for claim in got:
+            claim.release()
+        await until(lambda: _equal(a.lease("s"), Lease("s", None, 2, active=True, holder_live=False)))
+    finally:
+        await a.aclose()
+
+
 async def test_appends_without_a_claim(postgres: Any) -> None:
     """Plain use (a session never claimed) appends freely; once claimed, an append from a
     store that holds no claim is refused, and so is one after the store released it."""
