@@ -22,6 +22,7 @@ import pytest
 import structlog
 import trio
 
+import otpy
 import sessions.testing
 from sessions import Lease, LeaseLost, PostgresStore, Record, SessionInUse, Store
 
@@ -348,6 +349,30 @@ async def test_concurrent_claims_exactly_one_wins_each_epoch(postgres: Any, roun
     finally:
         for node in nodes:
             await node.aclose()
+
+
+async def test_a_session_server_on_postgres_survives_a_kill(postgres: Any, nursery: trio.Nursery) -> None:
+    """A supervised SessionServer on PostgresStore: its claim is the lease (epoch 1); killed
+    mid-life, it is restarted, claims again (epoch 2) once the dead one's lease is released,
+    and carries on with its history."""
+    pg = store(postgres)
+    sup = await otpy.Supervisor.start_link([], name="pg-sup", max_restarts=10, max_seconds=5, nursery=nursery)
+    try:
+        provider = sessions.ScriptedProvider(default="ok")
+        spec = sessions.SessionServer.child_spec(name="pg-agent", provider=provider, store=pg, session_id="pg-s")
+        await otpy.Supervisor.start_child(sup, spec)
+        await sessions.SessionServer.send_message("pg-agent", "one")
+        assert await pg.lease("pg-s") == Lease("pg-s", pg.node_id, 1, active=True, holder_live=True)
+        first = otpy.whereis("pg-agent")
+        assert first is not None
+        otpy.exit(first, "kill")
+        await until(lambda: otpy.whereis("pg-agent") not in (None, first))
+        await sessions.SessionServer.send_message("pg-agent", "two")
+        assert await sessions.SessionServer.turn_count("pg-agent") == 2
+        assert await pg.lease("pg-s") == Lease("pg-s", pg.node_id, 2, active=True, holder_live=True)
+    finally:
+        await otpy.stop(sup)
+        await pg.aclose()
 
 
 # --- the node row, heartbeat, fencing ----------------------------------------------------------
