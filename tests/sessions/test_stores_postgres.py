@@ -597,3 +597,24 @@ def test_the_example_runs(postgres: Any) -> None:
     assert "3. s1 on node-b: 1 turn(s) of history; lease: node-b, epoch 2" in done.stdout
     assert "node-a's late append refused: epoch 1, the session is at 2" in done.stdout
     assert "s2's log: ['session_started']" in done.stdout
+
+
+def test_without_psycopg_the_store_says_what_to_install() -> None:
+    """sessions imports without psycopg (no database needed for anything else); a
+    PostgresStore is made, and its first use fails with a StoreError naming the extra."""
+    code = """
+import sys
+sys.modules["psycopg"] = None
+sys.modules["claude_agent_sdk"] = None
+import trio
+import sessions
+store = sessions.PostgresStore("postgresql://postgres@127.0.0.1:1/none")
+try:
+    trio.run(store.load, "s")
+except sessions.StoreError as exc:
+    print("refused:", exc)
+trio.run(store.aclose)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "refused: PostgresStore needs psycopg 3: pip install 'otpy-sessions[postgres]'" in done.stdout
