@@ -62,9 +62,26 @@ class Cluster:
     client: httpx.AsyncClient
     nodes: list[NodeProcess] = attrs.field(factory=list)
     token: str = TOKEN
+    spawned: list[subprocess.Popen[str]] = attrs.field(factory=list)
 
-    async def start(self, node_id: str, *, lease_ttl: float = 1.0, idle_timeout: float = 0.0) -> NodeProcess:
-        """Start a node process and wait until it serves."""
+    async def start(self, *node_ids: str, lease_ttl: float = 1.0, idle_timeout: float = 0.0) -> list[NodeProcess]:
+        """Start node processes (all at once) and wait until each serves."""
+        started = [self._spawn(node_id, lease_ttl, idle_timeout) for node_id in node_ids]
+        nodes = []
+        for node_id, proc, log in started:
+            assert proc.stdout is not None
+            with trio.fail_after(30):
+                line = await trio.to_thread.run_sync(proc.stdout.readline)
+            if not line:
+                proc.wait(5)
+                raise AssertionError(f"node {node_id} did not start: {log.read_text() if log.exists() else ''}")
+            ready = json.loads(line)
+            node = NodeProcess(node_id, proc, ready["address"], log)
+            self.nodes.append(node)
+            nodes.append(node)
+        return nodes
+
+    def _spawn(self, node_id: str, lease_ttl: float, idle_timeout: float) -> tuple[str, subprocess.Popen[str], Path]:
         log = self.tmp / f"{node_id}.log"
         command = [
             sys.executable,
@@ -86,17 +103,9 @@ class Cluster:
             str(log),
         ]
         env = {**os.environ, "OTPY_CLUSTER_TOKEN": TOKEN}
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # noqa: ASYNC220 (fork+exec, not a wait)
-        assert proc.stdout is not None
-        with trio.fail_after(30):
-            line = await trio.to_thread.run_sync(proc.stdout.readline)
-        if not line:
-            proc.wait(5)
-            raise AssertionError(f"node {node_id} did not start: {log.read_text() if log.exists() else ''}")
-        ready = json.loads(line)
-        node = NodeProcess(node_id, proc, ready["address"], log)
-        self.nodes.append(node)
-        return node
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        self.spawned.append(proc)
+        return node_id, proc, log
 
     async def call(self, node: NodeProcess, name: str, request: dict[str, Any], seconds: float = 20.0) -> Any:
         """Call session ``name`` through ``node`` (which routes it), as a client of the cluster."""
@@ -161,13 +170,13 @@ async def cluster(postgres: Any, tmp_path: Path) -> AsyncIterator[Cluster]:
         try:
             yield harness
         finally:
-            for node in harness.nodes:
-                if node.proc.poll() is None:
-                    node.proc.send_signal(signal.SIGCONT)
-                    node.proc.kill()
-                node.proc.wait(10)
-                if node.proc.stdout is not None:
-                    node.proc.stdout.close()
+            for proc in harness.spawned:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGCONT)
+                    proc.kill()
+                proc.wait(10)
+                if proc.stdout is not None:
+                    proc.stdout.close()
             me = psutil.Process()
-            left = [p for p in me.children(recursive=True) if p.pid in {n.proc.pid for n in harness.nodes}]
+            left = [p for p in me.children(recursive=True) if p.pid in {proc.pid for proc in harness.spawned}]
             assert left == [], left

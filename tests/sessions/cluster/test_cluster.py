@@ -20,8 +20,7 @@ pytestmark = pytest.mark.timeout(45)
 async def test_calls_by_name_are_routed_to_the_owner_node(cluster: Any, postgres: Any) -> None:
     """A session activated on node a is called through node b and from this process's own
     node with the client functions by name; subscribe from elsewhere names the owner."""
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+    a, b = await cluster.start("a", "b")
     first = await cluster.send(a, "s1", "hello")
     assert (first.turn, first.text) == (1, "s1 turn 1: hello")
     assert await cluster.local(a) == ["s1"]
@@ -50,8 +49,7 @@ async def test_calls_by_name_are_routed_to_the_owner_node(cluster: Any, postgres
 async def test_sigkill_failover_carries_history_cost_and_turns(cluster: Any) -> None:
     """A SIGKILLed node's sessions are live again on the survivor, which carries on with
     their history, cost and turn count; the epoch grew."""
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+    a, b = await cluster.start("a", "b")
     names = [f"k{i}" for i in range(4)]
     for name in names:
         for _ in range(2):
@@ -80,8 +78,7 @@ async def test_sigkill_failover_carries_history_cost_and_turns(cluster: Any) -> 
 async def test_sigterm_hands_sessions_over_without_caller_errors(cluster: Any) -> None:
     """SIGTERM: the running turn finishes and its caller gets its result, calls that arrive
     meanwhile at the leaving node are served by the node that takes over, none fails."""
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+    a, b = await cluster.start("a", "b")
     await cluster.send(a, "h1", "one")
     await cluster.send(a, "h2", "one")
     results: dict[str, sessions.Result] = {}
@@ -115,8 +112,7 @@ async def test_sigterm_hands_sessions_over_without_caller_errors(cluster: Any) -
 async def test_idle_sessions_are_passivated_and_reactivated(cluster: Any) -> None:
     """After idle_timeout the session stops, its lease released inactive (no node brings it
     back by itself); the next call reactivates it with its history, cost and turns."""
-    a = await cluster.start("a", idle_timeout=0.3)
-    await cluster.start("b", idle_timeout=0.3)
+    a, _ = await cluster.start("a", "b", idle_timeout=0.3)
     await cluster.send(a, "p1", "one")
     await cluster.send(a, "p1", "two")
 
@@ -139,8 +135,7 @@ async def test_a_node_paused_past_its_lease_is_fenced(cluster: Any) -> None:
     """SIGSTOP during a turn, past the lease, then SIGCONT: the survivor has taken the
     session over; the paused node's write of the turn is refused, it stops its sessions,
     logs it and exits; the turn's caller gets an error, never a second completion."""
-    a = await cluster.start("a")
-    b = await cluster.start("b")
+    a, b = await cluster.start("a", "b")
     await cluster.send(a, "f1", "one")
     outcome: dict[str, Any] = {}
 
@@ -169,3 +164,31 @@ async def test_a_node_paused_past_its_lease_is_fenced(cluster: Any) -> None:
     assert kinds.count("turn_finished") == 1  # turn 1 only: the cut turn 2 never completed
     result = await cluster.send(b, "f1", "three")
     assert result.turn == 3
+
+
+async def test_a_turn_cut_by_a_sigkill_is_a_retryable_error_and_its_key_tells(cluster: Any) -> None:
+    """A turn sent through node b to the session's owner a, which is SIGKILLed mid-turn: the
+    caller gets otpy.ServerExited (node_lost); sent again with the same idempotency key
+    once the session lives on b, it runs nothing and answers the interrupted turn."""
+    a, b = await cluster.start("a", "b")
+    await cluster.send(a, "c1", "one")
+    outcome: dict[str, Any] = {}
+
+    async def cut() -> None:
+        try:
+            outcome["result"] = await cluster.send(b, "c1", "slow:3:deploy", key="deploy-1")
+        except otpy.ServerExited as exc:
+            outcome["error"] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(cut)
+        await trio.sleep(0.8)  # the turn runs on a
+        cluster.signal(a, signal.SIGKILL)
+    assert "result" not in outcome
+    assert outcome["error"].reason == ["node_lost", "a"]
+    again = await cluster.send(b, "c1", "slow:3:deploy", key="deploy-1")
+    assert (again.turn, again.finish_reason) == (2, sessions.FinishReason.INTERRUPTED)
+    after = await cluster.send(b, "c1", "three")
+    assert after.turn == 3
+    assert cluster.kinds("c1").count("turn_started") == 3  # turns 1, 2 (cut, not run again) and 3
+    assert "cluster_call_cut" in b.event_names()
