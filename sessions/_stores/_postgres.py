@@ -212,22 +212,24 @@ class _PgHandler(Handler):
             conn = self.connect()
         except psycopg.Error as exc:
             raise _store_error(where, "connecting", exc) from exc
+        fenced = self.node.check() is not None
         try:
             self._migrate(conn)
             sent_at = time.monotonic()
             conn.execute(
                 f"INSERT INTO {self.s}.nodes AS n (node_id, cluster, address, incarnation, started_at,"
                 " heartbeat_at, expires_at, state)"
-                " VALUES (%s, %s, %s, %s, now(), now(), now() + make_interval(secs => %s), 'up')"
+                " VALUES (%s, %s, %s, %s, now(), now(), now() + make_interval(secs => %s), %s)"
                 " ON CONFLICT (node_id) DO UPDATE SET cluster = EXCLUDED.cluster, address = EXCLUDED.address,"
                 " incarnation = EXCLUDED.incarnation, started_at = now(), heartbeat_at = now(),"
-                " expires_at = EXCLUDED.expires_at, state = 'up'",
+                " expires_at = EXCLUDED.expires_at, state = EXCLUDED.state",
                 (
                     self.node.node_id,
                     self.node.cluster,
                     self.node.address,
                     self.node.new_incarnation(),
                     self.node.lease_ttl,
+                    "down" if fenced else "up",  # a fenced node reads and closes, never counts as live again
                 ),
             )
         except psycopg.Error as exc:
@@ -236,6 +238,9 @@ class _PgHandler(Handler):
         except BaseException:
             conn.close()
             raise
+        self.conn = conn
+        if fenced:
+            return
         self.node.renewed(sent_at)
         _log.info(
             "postgres_node_up",
@@ -244,7 +249,6 @@ class _PgHandler(Handler):
             address=self.node.address,
             lease_ttl=self.node.lease_ttl,
         )
-        self.conn = conn
         self.heartbeat = Heartbeat(self.node, lambda: self.connect("heartbeat"), f"{self.s}.nodes")
         self.heartbeat.start()
 

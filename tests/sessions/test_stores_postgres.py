@@ -411,6 +411,11 @@ async def test_a_node_whose_row_expired_fences_itself(postgres: Any) -> None:
             await a.claim("other", wait=0)
         assert await a.load("s") == []
         claim.release()
+        await a.aclose()  # reopened by the next call, a fenced node is down, not live again
+        assert await a.load("s") == []
+        assert (await a.node_info()).state == "down"
+        assert await a.live_nodes() == []
+        assert a.fenced
     finally:
         await a.aclose()
 
