@@ -287,6 +287,7 @@ class ClusterNode:
             finally:
                 with trio.CancelScope(shield=True):
                     await node.stop()
+                _CURRENT.set(None)  # calls by name are plain otpy.call again; another node may start
                 nursery.cancel_scope.cancel()
 
     async def _start(self, nursery: trio.Nursery) -> None:
@@ -384,24 +385,31 @@ class ClusterNode:
                 await otpy.stop(sup, reason)
 
     async def _watch_fence(self) -> None:
-        """Stop every session of this node once its store has fenced itself (it can write no more)."""
+        """Stop every session of this node once its store has fenced itself (it can write no
+        more), or once its supervisor of sessions has given up."""
+        reason = "fenced"
         while not getattr(self.store, "fenced", False):
             if self._state == "stopped":
                 return
             sup = self._sup
-            if sup is not None and not sup.alive:
-                _log.error("cluster_supervisor_exited", node_id=self.node_id, reason=sup.exit_reason)
+            if sup is not None and not sup.alive and self._state == "up":
+                _log.error("cluster_supervisor_exited", node_id=self.node_id, reason=repr(sup.exit_reason))
+                reason = "supervisor_exited"
                 break
             await trio.sleep(0.05)
         if self._state == "stopped" or self._leaving:
             return
-        count = len(self._local())
-        _log.error("cluster_node_fenced", node_id=self.node_id, sessions=count)
+        if reason == "fenced":
+            _log.error("cluster_node_fenced", node_id=self.node_id, sessions=len(self._local()))
         self._state = "stopped"
-        self.stop_reason = "fenced"
-        await self._stop_supervisor("fenced")
+        self.stop_reason = reason
+        await self._stop_supervisor(reason)
+        if reason != "fenced":  # its leases go to the others at once
+            with trio.move_on_after(5.0):
+                with contextlib.suppress(SessionError, OSError):
+                    await self.store.leave()
         await self._close()
-        self._finish("fenced")
+        self._finish(reason)
 
     # --- routing -------------------------------------------------------------------------------
 
@@ -416,6 +424,9 @@ class ClusterNode:
         why = "no node took the call"
         while True:
             if self._state == "stopped":
+                pid = otpy.whereis(name)
+                if pid is not None and not forwarded:  # a session of the application's own tree
+                    return await self._call_local(name, pid, request, timeout)
                 if forwarded:
                     raise NotHere(why)
                 raise ClusterUnavailable(name, f"this node has stopped ({self.stop_reason})")

@@ -129,6 +129,8 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
             body.update(reason=_jsonable(reason))
         case otpy.CallTimeout(timeout=timeout):
             body.update(timeout=timeout if math.isfinite(timeout) else None)
+        case ClusterUnavailable(detail=detail):
+            body.update(detail=detail)
     return body
 
 
@@ -149,7 +151,7 @@ def decode_error(data: dict[str, Any], name: str) -> Exception:
             timeout = data.get("timeout")
             return otpy.CallTimeout(name, None, timeout if timeout is not None else math.inf)
         case "ClusterUnavailable":
-            return ClusterUnavailable(name, str(data.get("message", "")))
+            return ClusterUnavailable(name, str(data.get("detail", "")))
     return _RemoteError(f"{data.get('error')}: {data.get('message')}")
 
 

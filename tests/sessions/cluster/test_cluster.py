@@ -192,3 +192,20 @@ async def test_a_turn_cut_by_a_sigkill_is_a_retryable_error_and_its_key_tells(cl
     assert after.turn == 3
     assert cluster.kinds("c1").count("turn_started") == 3  # turns 1, 2 (cut, not run again) and 3
     assert "cluster_call_cut" in b.event_names()
+
+
+async def test_a_name_of_this_process_keeps_its_meaning(cluster: Any, postgres: Any) -> None:
+    """A session under the application's own supervisor (not the cluster's) is called
+    directly by name inside a node's run, the cluster's lease table never hears of it, and
+    after the node has stopped, calls by name are plain otpy.call again."""
+    store = sessions.PostgresStore(postgres.dsn, schema=postgres.schema, node_id="here", lease_ttl=1.0)
+    spec = SessionServer.child_spec(name="mine", provider=sessions.ScriptedProvider(["one", "two"]))
+    async with otpy.Supervisor.open([spec], strategy="one_for_one"):
+        async with sessions.ClusterNode.open(store, dict, token=cluster.token, idle_timeout=0.1) as node:
+            assert (await SessionServer.send_message("mine", "hi")).text == "one"
+            await trio.sleep(0.3)  # past idle_timeout: the node passivates only its own sessions
+            assert otpy.whereis("mine") is not None
+            assert cluster.lease("mine") is None
+            assert node.running
+        assert not node.running
+        assert (await SessionServer.send_message("mine", "again")).text == "two"
