@@ -355,6 +355,10 @@ class JsonlStore:
         await store.aclose()
     """
 
+    # An append that writes anything is never cancelled: its wait for the writer is
+    # shielded, so a turn task needs no shield of its own around it (sessions._turn).
+    _append_never_cancelled = True
+
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
         self._worker = BatchWorker(f"sessions-jsonl:{self.directory}", lambda: _JsonlHandler(self.directory))

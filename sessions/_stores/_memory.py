@@ -24,6 +24,10 @@ class InMemoryStore:
         children = [SessionServer.child_spec(name="a", provider=p, store=store)]
     """
 
+    # An append is never cancelled half-way: it writes, then yields without raising
+    # trio.Cancelled, so a turn task needs no shield of its own around it (sessions._turn).
+    _append_never_cancelled = True
+
     def __init__(self) -> None:
         self._logs: dict[str, list[Record]] = {}
         self._claims = ClaimTable()
@@ -53,7 +57,10 @@ class InMemoryStore:
             json_text(session_id, record.seq, record.data)
             expected += 1
         self._logs.setdefault(session_id, log).extend(records)
-        await trio.lowlevel.checkpoint()
+        # A schedule point that does not raise Cancelled: what was written stays written
+        # and the caller knows it (a cancellation surfaces at its next checkpoint), as
+        # the durable stores' shielded wait for their writer does.
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def load(self, session_id: str) -> list[Record]:
         """A copy of the session's records."""

@@ -352,6 +352,10 @@ class SqliteStore:
         await store.aclose()
     """
 
+    # An append that writes anything is never cancelled: its wait for the writer is
+    # shielded, so a turn task needs no shield of its own around it (sessions._turn).
+    _append_never_cancelled = True
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         given: object = path  # typed callers cannot get this wrong; the check is for the rest
         if not isinstance(given, str | os.PathLike) or isinstance(os.fspath(given), bytes):

@@ -177,6 +177,29 @@ async def test_aclose_amid_appends_loses_nothing(tmp_path: Path, kind: str) -> N
     await store.aclose()
 
 
+@pytest.mark.parametrize("kind", ["memory", "jsonl", "sqlite"])
+async def test_an_append_that_writes_is_never_cancelled(tmp_path: Path, kind: str) -> None:
+    """sessions' own stores finish an append in a cancelled scope and do not raise
+    trio.Cancelled from it: the turn task appends to them without a shield of its own
+    (sessions._turn), and must know that what it handed over was written."""
+    makers: dict[str, StoreFactory] = {
+        "memory": InMemoryStore,
+        "jsonl": lambda: JsonlStore(tmp_path / "j"),
+        "sqlite": lambda: SqliteStore(tmp_path / "s.db"),
+    }
+    store = makers[kind]()
+    assert type(store)._append_never_cancelled is True  # type: ignore[attr-defined]
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        for seq, durable in ((1, False), (2, True)):
+            await store.append("s", [Record("s", seq, "m")], durable=durable)  # neither raises Cancelled
+        await trio.lowlevel.checkpoint()  # the cancellation surfaces at the next checkpoint
+        raise AssertionError("not cancelled")
+    assert scope.cancelled_caught
+    assert [r.seq for r in await store.load("s")] == [1, 2]
+    await store.aclose()
+
+
 @pytest.mark.parametrize("kind", ["jsonl", "sqlite"])
 async def test_data_must_be_a_json_object(tmp_path: Path, kind: str) -> None:
     """A record whose data is not a dict, or holds something JSON cannot carry, is refused
