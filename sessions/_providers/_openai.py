@@ -13,6 +13,7 @@ LM Studio, and Ollama's ``/v1`` too.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import uuid
@@ -52,7 +53,6 @@ from ._http_common import (
 from ._ollama import attrs_spec
 
 if TYPE_CHECKING:
-    import httpx2
     import openai
 
 _PASSED = ("temperature", "top_p", "max_tokens", "stop", "seed", "reasoning_effort", "response_format")
@@ -190,46 +190,54 @@ class OpenAICompatible:
         served_model = model
         seen_events = 0
         async with client.chat.completions.with_streaming_response.create(**request) as response:
-            events = _sse_data(response.http_response)
-            async with aclosing(events):
-                async for data in events:
-                    raw = json.loads(data)
-                    if isinstance(raw, dict) and raw.get("error"):
-                        error = raw["error"]
-                        message = error.get("message") if isinstance(error, dict) else error
-                        raise ProviderError(self.name, clean_text(str(message)), kind="api_error")
-                    seen_events += 1
-                    chunk = ChatCompletionChunk.model_validate(_lenient(raw))
-                    served_model = chunk.model or served_model
-                    if chunk.usage is not None:
-                        details = chunk.usage.prompt_tokens_details
-                        reasoning = chunk.usage.completion_tokens_details
-                        usage = checked_usage(
-                            self.name,
-                            Usage(
-                                input_tokens=chunk.usage.prompt_tokens,
-                                output_tokens=chunk.usage.completion_tokens,
-                                cache_read_tokens=(details.cached_tokens or 0) if details is not None else 0,
-                                reasoning_tokens=(reasoning.reasoning_tokens or 0) if reasoning is not None else 0,
-                            ),
-                        )
-                    for choice in chunk.choices or ():
-                        delta = choice.delta
-                        if choice.finish_reason is not None:
-                            finish = choice.finish_reason
-                        extra = delta.model_extra or {}
-                        thinking = extra.get("reasoning_content") or extra.get("reasoning")
-                        if isinstance(thinking, str) and (piece := thought.push(thinking)):
-                            yield ThinkingDelta(piece)
-                        if delta.content and (piece := said.push(delta.content)):
-                            text.append(piece)
-                            yield TextDelta(piece)
-                        for fragment in delta.tool_calls or ():
-                            acc = calls.setdefault(fragment.index, _Fragments())
-                            acc.id = acc.id or fragment.id
-                            if fragment.function is not None:
-                                acc.name += fragment.function.name or ""
-                                acc.arguments.append(fragment.function.arguments or "")
+            body = response.http_response
+            framer = _SSEFramer(body.encoding or "utf-8")
+            chunks = cast("AsyncGenerator[bytes, None]", body.aiter_bytes())
+            async with aclosing(chunks):
+                ended = False
+                while not ended:
+                    try:
+                        events = framer.feed(await chunks.__anext__())
+                    except StopAsyncIteration:
+                        ended, events = True, framer.feed(b"", end=True)
+                    for data in events:
+                        raw = json.loads(data)
+                        if isinstance(raw, dict) and raw.get("error"):
+                            error = raw["error"]
+                            message = error.get("message") if isinstance(error, dict) else error
+                            raise ProviderError(self.name, clean_text(str(message)), kind="api_error")
+                        seen_events += 1
+                        chunk = ChatCompletionChunk.model_validate(_lenient(raw))
+                        served_model = chunk.model or served_model
+                        if chunk.usage is not None:
+                            details = chunk.usage.prompt_tokens_details
+                            reasoning = chunk.usage.completion_tokens_details
+                            usage = checked_usage(
+                                self.name,
+                                Usage(
+                                    input_tokens=chunk.usage.prompt_tokens,
+                                    output_tokens=chunk.usage.completion_tokens,
+                                    cache_read_tokens=(details.cached_tokens or 0) if details is not None else 0,
+                                    reasoning_tokens=(reasoning.reasoning_tokens or 0) if reasoning is not None else 0,
+                                ),
+                            )
+                        for choice in chunk.choices or ():
+                            delta = choice.delta
+                            if choice.finish_reason is not None:
+                                finish = choice.finish_reason
+                            extra = delta.model_extra or {}
+                            thinking = extra.get("reasoning_content") or extra.get("reasoning")
+                            if isinstance(thinking, str) and (piece := thought.push(thinking)):
+                                yield ThinkingDelta(piece)
+                            if delta.content and (piece := said.push(delta.content)):
+                                text.append(piece)
+                                yield TextDelta(piece)
+                            for fragment in delta.tool_calls or ():
+                                acc = calls.setdefault(fragment.index, _Fragments())
+                                acc.id = acc.id or fragment.id
+                                if fragment.function is not None:
+                                    acc.name += fragment.function.name or ""
+                                    acc.arguments.append(fragment.function.arguments or "")
         if not seen_events:
             raise ProviderProtocolError(
                 self.name, "the response has no chunks: is this a streaming chat completions endpoint?", kind="protocol"
@@ -286,37 +294,70 @@ async def _close(client: openai.AsyncOpenAI) -> None:
     await client.close()
 
 
-async def _sse_data(response: httpx2.Response) -> AsyncGenerator[str, None]:
-    """The ``data`` of each server-sent event until ``[DONE]``, reading the body to its end.
+class _SSEFramer:
+    """The ``data`` of each server-sent event until ``[DONE]``, from the body's bytes.
 
     openai's own ``AsyncStream`` stops reading at ``[DONE]`` and leaves its generators
     suspended (a ResourceWarning under trio on every turn), so the events are framed
     here: ``data:`` lines joined until a blank line; comments (``: keep-alive``),
-    ``event:``/``id:``/``retry:`` fields and CRLF line ends are handled.
+    ``event:``/``id:``/``retry:`` fields and CR, LF or CRLF line ends are handled; what
+    follows ``[DONE]`` is read to the end (so that every generator below ends) and
+    ignored. The body is decoded as it comes (``encoding``, undecodable bytes replaced);
+    an event of one ``data:`` line, what servers send, is taken in one slice.
     """
-    lines = cast("AsyncGenerator[str, None]", response.aiter_lines())
-    data: list[str] = []
-    finished = False
-    async with aclosing(lines):
-        async for line in lines:
-            if finished:
-                continue  # drain what follows [DONE], so every generator below ends
-            line = line.rstrip("\r")
-            if not line:
-                if data:
-                    joined, data = "\n".join(data), []
-                    if joined.strip() == "[DONE]":
-                        finished = True
-                    else:
-                        yield joined
-                continue
-            if line.startswith(":"):
-                continue
-            field, _, value = line.partition(":")
-            if field == "data":
-                data.append(value[1:] if value.startswith(" ") else value)
-    if data and "\n".join(data).strip() != "[DONE]":
-        yield "\n".join(data)
+
+    def __init__(self, encoding: str) -> None:
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._buffer = ""
+        self._data: list[str] = []
+        self.finished = False
+
+    def feed(self, chunk: bytes, *, end: bool = False) -> list[str]:
+        """The data of the events that ``chunk`` completes (all that is left if ``end``);
+        nothing once ``[DONE]`` was read."""
+        if self.finished:
+            return []  # drain what follows [DONE]
+        text = self._decoder.decode(chunk, end)
+        buffer = self._buffer + text if self._buffer else text
+        if "\r" in buffer:
+            held = buffer.endswith("\r") and not end  # maybe the first half of a CRLF
+            buffer = buffer[:-1] if held else buffer
+            buffer = buffer.replace("\r\n", "\n").replace("\r", "\n") + ("\r" if held else "")
+        out: list[str] = []
+        start = 0
+        while (stop := buffer.find("\n\n", start)) >= 0 and self._block(buffer[start:stop], out):
+            start = stop + 2
+        self._buffer = buffer[start:] if stop < 0 else ""
+        if end and stop < 0:
+            self._block(self._buffer, out)
+            self._buffer = ""
+        return out
+
+    def _block(self, block: str, out: list[str]) -> bool:
+        """One event's lines (a blank line ended them): its data, if any, goes to ``out``;
+        False once ``[DONE]`` was read."""
+        if block.startswith("data: ") and "\n" not in block:
+            self._data.append(block[6:])
+        else:
+            for line in block.split("\n"):
+                if not line:
+                    self._dispatch(out)
+                elif not line.startswith(":"):
+                    field, _, value = line.partition(":")
+                    if field == "data":
+                        self._data.append(value[1:] if value.startswith(" ") else value)
+        self._dispatch(out)
+        return not self.finished
+
+    def _dispatch(self, out: list[str]) -> None:
+        if not self._data or self.finished:
+            return
+        joined = self._data[0] if len(self._data) == 1 else "\n".join(self._data)
+        self._data = []
+        if joined.strip() == "[DONE]":
+            self.finished = True
+        else:
+            out.append(joined)
 
 
 def _lenient(raw: Any) -> Any:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import json
 from typing import Any
 
 import hypothesis
 import hypothesis.strategies as st
-from sessions_fake_llm import Reply, ollama_text, ollama_tools, openai_text, openai_tools, serve
+from sessions_fake_llm import (
+    Reply,
+    _chunk,
+    ollama_text,
+    ollama_tools,
+    openai_events,
+    openai_text,
+    openai_tools,
+    serve,
+    sse,
+)
 
 import sessions
 from sessions import Message
@@ -74,3 +85,16 @@ async def test_openai_sse_framing(cuts: list[int], pieces: list[str], crlf: bool
         {"path": "é/ü.txt"},
         {},
     ]
+
+
+async def test_openai_line_separators_inside_json_strings_are_text() -> None:
+    """Only CR, LF and CRLF end an SSE line: a raw U+2028, U+0085 or form feed in a JSON
+    string (servers that do not escape them) is text, not a line break."""
+    odd = "a\u2028b\x85c\x0cd\x1ee"
+    chunk = json.dumps(_chunk({"content": odd}), ensure_ascii=False)
+    reply = openai_events(
+        sse(_chunk({"role": "assistant", "content": ""})), f"data: {chunk}\n\n".encode(), sse("[DONE]")
+    )
+    async with serve([reply]) as server:
+        found = await events(sessions.OpenAICompatible("m", base_url=server.url + "/v1"))
+    assert [e.text for e in found if isinstance(e, sessions.TextDelta)] == [odd]
