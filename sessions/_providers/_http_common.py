@@ -18,6 +18,7 @@ import math
 import random
 import sys
 import time
+import typing
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -329,6 +330,51 @@ def retry_after_of(exc: BaseException) -> float | None:
                 return None
         current = current.__cause__
     return None
+
+
+# --- reading a stream's plain pieces without building the client's model --------------------
+
+FieldRules = tuple[tuple[str, "type | frozenset[Any] | None"], ...]
+"""The optional fields of a client's pydantic model, each with what it may hold besides
+null: a value of exactly one type (`str`, `int`, `bool`), one of a ``Literal``'s values,
+or (None) nothing else."""
+
+
+def field_rules(model: Any, skip: frozenset[str]) -> FieldRules:
+    """The `FieldRules` of a pydantic ``model``'s fields but ``skip``, read from the model's
+    own annotations (so that a new client release's fields are checked too).
+
+    A provider reads the common piece of a stream (a text delta) straight from the JSON
+    when it `fits` these rules and its required fields have their types: the client's
+    model would then take it as it is. Anything else is validated by the model in full.
+    """
+    rules: list[tuple[str, type | frozenset[Any] | None]] = []
+    for name, field in model.model_fields.items():
+        if name in skip:
+            continue
+        inner = [arg for arg in typing.get_args(field.annotation) if arg is not type(None)]
+        rule: type | frozenset[Any] | None = None
+        if len(inner) == 1 and inner[0] in (str, int, bool):
+            rule = inner[0]
+        elif len(inner) == 1 and typing.get_origin(inner[0]) is typing.Literal:
+            rule = frozenset(typing.get_args(inner[0]))
+        rules.append((field.alias or name, rule))
+    return tuple(rules)
+
+
+def fits(obj: dict[str, Any], rules: FieldRules) -> bool:
+    """Whether each field of ``rules`` is absent or null in ``obj``, or holds what its rule
+    allows (strictly: ``True`` is no int, ``"1"`` no int, and a Literal's value is a str)."""
+    for key, rule in rules:
+        value = obj.get(key)
+        if (
+            value is None
+            or type(value) is rule
+            or (type(value) is str and isinstance(rule, frozenset) and value in rule)
+        ):
+            continue
+        return False
+    return True
 
 
 # --- one value per trio run --------------------------------------------------------------

@@ -14,6 +14,7 @@ LM Studio, and Ollama's ``/v1`` too.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import os
 import uuid
@@ -40,11 +41,14 @@ from .._events import (
 from .._text import TextJoiner, clean_data, clean_text
 from ._base import ToolSpec
 from ._http_common import (
+    FieldRules,
     PerRun,
     PriceTable,
     RetryPolicy,
     check_positive,
     checked_usage,
+    field_rules,
+    fits,
     guarded_stream,
     require_package,
     seconds_or_none,
@@ -207,6 +211,15 @@ class OpenAICompatible:
                             message = error.get("message") if isinstance(error, dict) else error
                             raise ProviderError(self.name, clean_text(str(message)), kind="api_error")
                         seen_events += 1
+                        if (plain := _plain_delta(raw)) is not None:
+                            # the common chunk: read as the model would read it, without building it
+                            served_model = plain[0] or served_model
+                            if isinstance(plain[2], str) and (piece := thought.push(plain[2])):
+                                yield ThinkingDelta(piece)
+                            if plain[1] and (piece := said.push(plain[1])):
+                                text.append(piece)
+                                yield TextDelta(piece)
+                            continue
                         chunk = ChatCompletionChunk.model_validate(_lenient(raw))
                         served_model = chunk.model or served_model
                         if chunk.usage is not None:
@@ -358,6 +371,55 @@ class _SSEFramer:
             self.finished = True
         else:
             out.append(joined)
+
+
+@functools.cache
+def _plain_rules() -> tuple[FieldRules, FieldRules, FieldRules, tuple[str, ...]]:
+    """The rules of the chunk's own fields, of its choice's and of its delta's; the keys
+    of the reasoning text (fields the model does not define: its extras)."""
+    from openai.types.chat import ChatCompletionChunk
+    from openai.types.chat.chat_completion_chunk import Choice, ChoiceDelta
+
+    top = field_rules(ChatCompletionChunk, frozenset({"id", "choices", "created", "model", "object"}))
+    choice = field_rules(Choice, frozenset({"delta", "index", "finish_reason"}))
+    delta = field_rules(ChoiceDelta, frozenset())
+    thinking = tuple(key for key in ("reasoning_content", "reasoning") if key not in ChoiceDelta.model_fields)
+    return top, choice, delta, thinking
+
+
+def _plain_delta(raw: Any) -> tuple[str, str | None, Any] | None:
+    """``(model, content, thinking)`` of a chunk that carries one choice's text or
+    reasoning and nothing else (no usage, tool call, finish or logprobs), if ``raw`` is
+    such a chunk and ``ChatCompletionChunk.model_validate`` would take it as it is: every
+    field it defines has its type (strict: no coercion), extra fields are left alone as
+    the model leaves them. Anything else is None: the caller validates it in full."""
+    if type(raw) is not dict:
+        return None
+    choices = raw.get("choices")
+    if type(choices) is not list or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return None
+    delta = choice.get("delta")
+    model = raw.get("model")
+    if (
+        type(delta) is not dict
+        or type(choice.get("index")) is not int
+        or type(raw.get("id")) is not str
+        or type(raw.get("created")) is not int
+        or type(model) is not str
+        or raw.get("object") != "chat.completion.chunk"
+    ):
+        return None
+    top, rest, fields, thinking_keys = _plain_rules()
+    if not fits(raw, top) or not fits(choice, rest) or not fits(delta, fields):
+        return None
+    thinking = None
+    for key in thinking_keys:
+        if thinking := delta.get(key):
+            break
+    return model, delta.get("content"), thinking
 
 
 def _lenient(raw: Any) -> Any:

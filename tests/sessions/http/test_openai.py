@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies as st
+import pydantic
 import pytest
 import structlog
 import trio
@@ -448,3 +452,111 @@ def test_without_the_extra_construction_fails_with_the_install_hint(monkeypatch:
     assert info.value.kind == "missing_package"
     assert "pip install" in str(info.value)
     assert "[openai]" in str(info.value)
+
+
+# --- the plain chunk's fast path: it reads only what full validation would accept ------------------
+
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+    st.sampled_from(["chat.completion.chunk", "assistant", "user", "default", "fast", "stop", "0", "1"]),
+    st.builds(list),
+    st.builds(dict),
+    st.builds(lambda: [{}]),
+)
+_PATHS = [
+    (),
+    ("id",),
+    ("object",),
+    ("created",),
+    ("model",),
+    ("choices",),
+    ("usage",),
+    ("service_tier",),
+    ("system_fingerprint",),
+    ("obfuscation",),
+    ("moderation",),
+    ("timings",),
+    ("choices", 0),
+    ("choices", 0, "index"),
+    ("choices", 0, "delta"),
+    ("choices", 0, "finish_reason"),
+    ("choices", 0, "logprobs"),
+    *(
+        ("choices", 0, "delta", key)
+        for key in (
+            "content",
+            "role",
+            "refusal",
+            "tool_calls",
+            "audio",
+            "function_call",
+            "reasoning_content",
+            "reasoning",
+        )
+    ),
+]
+
+
+def _plain_chunk() -> dict[str, Any]:
+    chunk = _chunk({"role": "assistant", "content": "Hi", "reasoning_content": "hmm"})
+    chunk.update(service_tier="default", system_fingerprint="fp", obfuscation="xyz")
+    return chunk
+
+
+@st.composite
+def _perturbed(draw: st.DrawFn) -> dict[str, Any]:
+    """A plain chunk with one to three of its fields set to anything (or removed)."""
+    chunk = _plain_chunk()
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_PATHS))
+        if not path:
+            continue
+        parent: Any = chunk
+        for key in path[:-1]:
+            try:
+                parent = parent[key]
+            except (KeyError, IndexError, TypeError):
+                break
+        else:
+            if isinstance(parent, dict) and draw(st.booleans()):
+                parent.pop(path[-1], None)
+            elif isinstance(parent, dict) or (isinstance(parent, list) and parent and path[-1] == 0):
+                parent[path[-1]] = draw(_ANY)
+    return chunk
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(raw=_perturbed())
+def test_the_fast_path_takes_only_chunks_that_validate_and_reads_them_alike(raw: dict[str, Any]) -> None:
+    """What comes from a server is data: a chunk the fast path takes validates in full and
+    gives the same model, text and reasoning; any other chunk is left to full validation
+    (a malformed one is then a protocol error, as before)."""
+    from openai.types.chat import ChatCompletionChunk
+
+    from sessions._providers._openai import _plain_delta
+
+    plain = _plain_delta(copy.deepcopy(raw))
+    try:
+        chunk = ChatCompletionChunk.model_validate(raw)
+    except pydantic.ValidationError:
+        assert plain is None
+        return
+    if plain is None:
+        return
+    [choice] = chunk.choices
+    assert chunk.usage is None
+    assert choice.finish_reason is None
+    assert not choice.delta.tool_calls
+    extra = choice.delta.model_extra or {}
+    assert plain == (chunk.model, choice.delta.content, extra.get("reasoning_content") or extra.get("reasoning"))
+
+
+def test_the_plain_chunk_takes_the_fast_path() -> None:
+    from sessions._providers._openai import _plain_delta
+
+    assert _plain_delta(_plain_chunk()) == ("m", "Hi", "hmm")
+    assert _plain_delta(_chunk({"content": "Hi"}, "stop")) is None  # a finish: validated in full
