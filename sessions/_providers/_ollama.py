@@ -13,6 +13,7 @@ unclosed (a ResourceWarning under trio). The loop below is the package's, minus 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import urllib.parse
@@ -39,11 +40,14 @@ from .._events import (
 from .._text import TextJoiner, clean_data, clean_text
 from ._base import ToolSpec
 from ._http_common import (
+    FieldRules,
     PerRun,
     PriceTable,
     RetryPolicy,
     check_positive,
     checked_usage,
+    field_rules,
+    fits,
     guarded_stream,
     require_package,
     seconds_or_none,
@@ -194,6 +198,14 @@ class Ollama:
                     raw = json.loads(line)
                     if isinstance(raw, dict) and raw.get("error"):
                         raise ollama.ResponseError(clean_text(str(raw["error"])))
+                    if (plain := _plain_line(raw)) is not None:
+                        # the common line: read as the model would read it, without building it
+                        if plain[1] and (piece := thought.push(plain[1])):
+                            yield ThinkingDelta(piece)
+                        if plain[0] and (piece := said.push(plain[0])):
+                            text.append(piece)
+                            yield TextDelta(piece)
+                        continue
                     part = ollama.ChatResponse.model_validate(raw)
                     message = part.message
                     if message.thinking and (piece := thought.push(message.thinking)):
@@ -253,6 +265,32 @@ def _base_url(host: str) -> str:
     if ":" in name:
         name = f"[{name}]"
     return f"http://{name}:{parts.port or 11434}{parts.path.rstrip('/')}"
+
+
+@functools.cache
+def _plain_rules() -> tuple[FieldRules, FieldRules]:
+    import ollama
+
+    return field_rules(ollama.ChatResponse, frozenset({"message", "done"})), field_rules(
+        ollama.Message, frozenset({"role"})
+    )
+
+
+def _plain_line(raw: Any) -> tuple[str | None, str | None] | None:
+    """``(content, thinking)`` of a line that is not the last (``done: false``) and carries
+    text or thinking and nothing else (no tool call, image or logprobs), if ``raw`` is such
+    a line and ``ollama.ChatResponse.model_validate`` would take it as it is (every field
+    it defines has its type, strictly); anything else is None: the caller validates it in
+    full."""
+    if type(raw) is not dict or raw.get("done") is not False:
+        return None
+    message = raw.get("message")
+    if type(message) is not dict or type(message.get("role")) is not str:
+        return None
+    top, fields = _plain_rules()
+    if not fits(raw, top) or not fits(message, fields):
+        return None
+    return message.get("content"), message.get("thinking")
 
 
 def attrs_spec(tool: ToolSpec) -> dict[str, Any]:

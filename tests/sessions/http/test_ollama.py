@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies as st
+import pydantic
 import pytest
 import trio
 from sessions_fake_llm import Reply, error_reply, ollama_lines, ollama_text, ollama_tools, serve
@@ -387,3 +391,79 @@ def test_numbers_are_checked_nan_included(option: str, value: Any) -> None:
     with pytest.raises(sessions.InvalidOption) as info:
         sessions.Ollama(**{"model": "m", option: value})
     assert info.value.option == option
+
+
+# --- the plain line's fast path: it reads only what full validation would accept -------------------
+
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+    st.sampled_from(["assistant", "0", "1"]),
+    st.builds(list),
+    st.builds(dict),
+    st.builds(lambda: [{}]),
+)
+_PATHS = [
+    *((key,) for key in ("model", "created_at", "done", "done_reason", "total_duration", "eval_count", "logprobs")),
+    ("message",),
+    ("extra_field",),
+    *(("message", key) for key in ("role", "content", "thinking", "images", "tool_name", "tool_calls")),
+]
+
+
+def _plain_line() -> dict[str, Any]:
+    return {
+        "model": "m",
+        "created_at": "2026-12-06T00:00:00Z",
+        "message": {"role": "assistant", "content": "Hi", "thinking": "hmm"},
+        "done": False,
+    }
+
+
+@st.composite
+def _perturbed(draw: st.DrawFn) -> dict[str, Any]:
+    """A plain line with one to three of its fields set to anything (or removed)."""
+    line = _plain_line()
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_PATHS))
+        parent: Any = line
+        if len(path) == 2:
+            parent = line.get("message")
+        if isinstance(parent, dict):
+            if draw(st.booleans()):
+                parent.pop(path[-1], None)
+            else:
+                parent[path[-1]] = draw(_ANY)
+    return line
+
+
+@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.given(raw=_perturbed())
+def test_the_fast_path_takes_only_lines_that_validate_and_reads_them_alike(raw: dict[str, Any]) -> None:
+    """What comes from a server is data: a line the fast path takes validates in full and
+    gives the same text and thinking; any other line is left to full validation."""
+    import ollama
+
+    from sessions._providers._ollama import _plain_line
+
+    plain = _plain_line(copy.deepcopy(raw))
+    try:
+        part = ollama.ChatResponse.model_validate(raw)
+    except pydantic.ValidationError:
+        assert plain is None
+        return
+    if plain is None:
+        return
+    assert part.done is False
+    assert not part.message.tool_calls
+    assert plain == (part.message.content, part.message.thinking)
+
+
+def test_the_plain_line_takes_the_fast_path() -> None:
+    from sessions._providers._ollama import _plain_line as plain_of
+
+    assert plain_of(_plain_line()) == ("Hi", "hmm")
+    assert plain_of(_plain_line() | {"done": True}) is None  # the last line: validated in full
