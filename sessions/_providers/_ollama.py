@@ -8,11 +8,14 @@ Each line is read into the package's own ``ollama.ChatResponse`` model, but the
 request itself goes through an ``httpx.AsyncClient`` of ours rather than
 ``ollama.AsyncClient.chat``: that method drops the HTTP response of an error (so a 429's
 ``Retry-After`` is lost) and, when a line fails to parse, leaves httpx's line iterator
-unclosed (a ResourceWarning under trio). The loop below is the package's, minus both.
+unclosed (a ResourceWarning under trio). The loop below is the package's, minus both,
+and with lines split at LF only (see `_Lines`); a plain text line is read without
+building the model (see `_plain_line`).
 """
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import os
@@ -191,36 +194,41 @@ class Ollama:
             if response.is_error:
                 await response.aread()
                 response.raise_for_status()
-            async with aclosing(cast("AsyncGenerator[str, None]", response.aiter_lines())) as lines:
-                async for line in lines:
-                    if not line.strip():
-                        continue
-                    raw = json.loads(line)
-                    if isinstance(raw, dict) and raw.get("error"):
-                        raise ollama.ResponseError(clean_text(str(raw["error"])))
-                    if (plain := _plain_line(raw)) is not None:
-                        # the common line: read as the model would read it, without building it
-                        if plain[1] and (piece := thought.push(plain[1])):
+            lines = _Lines(response.encoding or "utf-8")
+            async with aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes())) as chunks:
+                ended = False
+                while not ended:
+                    try:
+                        complete = lines.feed(await chunks.__anext__())
+                    except StopAsyncIteration:
+                        ended, complete = True, lines.feed(b"", end=True)
+                    for line in complete:
+                        raw = json.loads(line)
+                        if isinstance(raw, dict) and raw.get("error"):
+                            raise ollama.ResponseError(clean_text(str(raw["error"])))
+                        if (plain := _plain_line(raw)) is not None:
+                            # the common line: read as the model would read it, without building it
+                            if plain[1] and (piece := thought.push(plain[1])):
+                                yield ThinkingDelta(piece)
+                            if plain[0] and (piece := said.push(plain[0])):
+                                text.append(piece)
+                                yield TextDelta(piece)
+                            continue
+                        part = ollama.ChatResponse.model_validate(raw)
+                        message = part.message
+                        if message.thinking and (piece := thought.push(message.thinking)):
                             yield ThinkingDelta(piece)
-                        if plain[0] and (piece := said.push(plain[0])):
+                        if message.content and (piece := said.push(message.content)):
                             text.append(piece)
                             yield TextDelta(piece)
-                        continue
-                    part = ollama.ChatResponse.model_validate(raw)
-                    message = part.message
-                    if message.thinking and (piece := thought.push(message.thinking)):
-                        yield ThinkingDelta(piece)
-                    if message.content and (piece := said.push(message.content)):
-                        text.append(piece)
-                        yield TextDelta(piece)
-                    for tool_call in message.tool_calls or ():
-                        given_id = getattr(tool_call, "id", None)
-                        call_id = clean_text(given_id) if given_id else f"call_{uuid.uuid4().hex[:12]}"
-                        function = tool_call.function
-                        arguments = clean_data(dict(function.arguments))
-                        yield ToolCallRequested(ToolCall(call_id, clean_text(function.name), arguments))
-                    if part.done:
-                        done = part
+                        for tool_call in message.tool_calls or ():
+                            given_id = getattr(tool_call, "id", None)
+                            call_id = clean_text(given_id) if given_id else f"call_{uuid.uuid4().hex[:12]}"
+                            function = tool_call.function
+                            arguments = clean_data(dict(function.arguments))
+                            yield ToolCallRequested(ToolCall(call_id, clean_text(function.name), arguments))
+                        if part.done:
+                            done = part
         if done is None:
             raise ProviderProtocolError(self.name, "the stream ended without a done line", kind="protocol")
         if piece := thought.flush():
@@ -265,6 +273,32 @@ def _base_url(host: str) -> str:
     if ":" in name:
         name = f"[{name}]"
     return f"http://{name}:{parts.port or 11434}{parts.path.rstrip('/')}"
+
+
+class _Lines:
+    """The lines of an NDJSON body, from its bytes, decoded as they come.
+
+    A line ends at LF (or CR): nothing else, so that a character such as U+2028 or U+0085
+    inside a JSON string, which Ollama sends unescaped, stays in its line (httpx's
+    ``aiter_lines`` would split there). Blank lines are skipped; undecodable bytes are
+    replaced, as ``aiter_text`` replaces them.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        self._rest = ""
+
+    def feed(self, chunk: bytes, *, end: bool = False) -> list[str]:
+        """The lines that ``chunk`` completes (and the last one if ``end``)."""
+        text = self._decoder.decode(chunk, end)
+        if "\r" in text:
+            text = text.replace("\r", "\n")
+        if "\n" not in text and not end:
+            self._rest += text
+            return []
+        lines = (self._rest + text).split("\n")
+        self._rest = "" if end else lines.pop()
+        return [line for line in lines if line and not line.isspace()]
 
 
 @functools.cache

@@ -11,6 +11,8 @@ import hypothesis.strategies as st
 from sessions_fake_llm import (
     Reply,
     _chunk,
+    ollama_done,
+    ollama_lines,
     ollama_text,
     ollama_tools,
     openai_events,
@@ -97,4 +99,17 @@ async def test_openai_line_separators_inside_json_strings_are_text() -> None:
     )
     async with serve([reply]) as server:
         found = await events(sessions.OpenAICompatible("m", base_url=server.url + "/v1"))
+    assert [e.text for e in found if isinstance(e, sessions.TextDelta)] == [odd]
+
+
+async def test_ollama_line_separators_inside_json_strings_are_text() -> None:
+    """Only LF (or CR) ends an NDJSON line: a raw U+2028, U+0085 or form feed in a JSON
+    string (Ollama's Go encoder leaves U+0085 unescaped) is text, not a line break."""
+    odd = "a\u2028b\x85c\x0cd\x1ee"
+    line = json.dumps(
+        {"model": "m", "message": {"role": "assistant", "content": odd}, "done": False}, ensure_ascii=False
+    )
+    reply = ollama_lines(line.encode() + b"\r\n", b"\n", ollama_done())
+    async with serve([reply]) as server:
+        found = await events(sessions.Ollama("m", host=server.url))
     assert [e.text for e in found if isinstance(e, sessions.TextDelta)] == [odd]
