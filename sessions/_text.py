@@ -24,6 +24,8 @@ REPLACEMENT = "\ufffd"
 
 def is_encodable(text: str) -> bool:
     """Whether ``text`` has a UTF-8 form (no lone surrogates)."""
+    if text.isascii():  # no surrogate, and known without reading the text
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -93,8 +95,12 @@ class TextJoiner:
 
     def push(self, piece: str) -> str:
         """The clean text of ``piece`` that can be passed on now (maybe ``""``)."""
-        text = self._held + piece
-        self._held = ""
+        if self._held:
+            text, self._held = self._held + piece, ""
+        elif piece.isascii():  # the common piece: nothing held, nothing to clean
+            return piece
+        else:
+            text = piece
         if text and "\ud800" <= text[-1] <= "\udbff":
             text, self._held = text[:-1], text[-1]
         return clean_text(text)
