@@ -62,6 +62,7 @@ SessionFactory = Callable[[str], Mapping[str, Any]]
 _CURRENT: RunVar[ClusterNode | None] = RunVar("sessions_cluster_node", default=None)
 _CLAIM_WAIT: Final = 0.5  # how long an activation waits for a claim held by a live other node
 _NODE_KEYS: Final = frozenset({"name", "session_id", "store"})
+_OWNERS_KEPT: Final = 100_000  # routed sessions whose owner a node remembers (then it forgets them all)
 
 
 # --- the router that SessionServer's client functions call -------------------------------------
@@ -224,6 +225,7 @@ class ClusterNode:
         self._retired: dict[otpy.Pid, float] = {}  # servers this node stopped on purpose
         self._last_used: dict[str, float] = {}
         self._addresses: dict[str, str] = {}
+        self._owners: dict[str, str] = {}  # session -> the node that served its last routed call
         self._nursery: trio.Nursery | None = None
         self._leaving = False
         self._serving = 0  # HTTP calls in progress
@@ -449,6 +451,16 @@ class ClusterNode:
             if activation is not None:
                 await activation.wait()
                 continue
+            cached = self._owners.get(name) if not forwarded and not isinstance(request, _Subscribe) else None
+            if cached is not None:  # the owner that served the last call: no lease read (it says if it moved)
+                try:
+                    return await self._remote(cached, name, request, timeout)
+                except NotHere:
+                    self._owners.pop(name, None)
+                    continue
+                except otpy.ServerExited:
+                    self._owners.pop(name, None)
+                    raise
             try:
                 owner = await self._owner(name)
             except (StoreError, OSError) as exc:
@@ -459,10 +471,17 @@ class ClusterNode:
                         raise NotHere(f"owned by {owner}")
                     if isinstance(request, _Subscribe):
                         raise SessionElsewhere(name, owner, self._addresses.get(owner))
+                    if len(self._owners) >= _OWNERS_KEPT:
+                        self._owners.clear()
+                    self._owners[name] = owner
                     try:
                         return await self._remote(owner, name, request, timeout)
                     except NotHere as exc:
+                        self._owners.pop(name, None)
                         why = f"node {owner}: {exc}"
+                    except otpy.ServerExited:
+                        self._owners.pop(name, None)
+                        raise
                 elif owner == self.node_id:
                     why = "its previous server here is still letting go"  # released in a moment
                 elif isinstance(request, _Stop):
