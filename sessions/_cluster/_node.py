@@ -144,11 +144,14 @@ class ClusterNode:
 
     What works across nodes: `SessionServer.send_message`, ``session_id``, ``history``,
     ``last_result``, ``messages``, ``total_cost``, ``turn_count``, ``usage``, ``status``,
-    ``get_session``, ``put_session``, ``interrupt``, ``stop`` (which passivates: the
-    session stops and is not brought back until the next call). ``subscribe`` and
-    ``follow`` are streams inside one process: they work on the node that owns the session
-    (a session that lives nowhere is activated here first) and raise `SessionElsewhere`
-    naming the owner otherwise.
+    ``get_session``, ``put_session``, ``rewind``, ``interrupt``, ``stop`` (which
+    passivates: the session stops and is not brought back until the next call).
+    ``subscribe`` is a stream inside one process: it works on the node that owns the
+    session (a session that lives nowhere is activated here first) and raises
+    `SessionElsewhere` naming the owner otherwise. ``follow`` follows the server
+    registered under the name in this process, across its restarts here; it ends after
+    its ``restart_timeout`` when the session is passivated, handed over, or lives on
+    another node (`subscribe` says where).
 
     Ownership: a session runs on one node at a time, the holder of its lease in the
     store; every append carries the lease's epoch and the store refuses a stale one, so a
