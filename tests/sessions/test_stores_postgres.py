@@ -13,6 +13,7 @@ import inspect
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import psycopg
 import pytest
 import structlog
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import otpy
 import sessions.testing
@@ -623,3 +626,57 @@ trio.run(store.aclose)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "refused: PostgresStore needs psycopg 3: pip install 'otpy-sessions[postgres]'" in done.stdout
+
+
+# --- against a dict model, with sessions running at once (so batches mix them) ----------------
+
+_session_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("append"), st.integers(1, 3), st.booleans()),
+        st.tuples(st.just("gap"), st.integers(2, 3), st.booleans()),
+        st.tuples(st.just("delete"), st.just(0), st.just(False)),
+    ),
+    max_size=12,
+)
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
+@given(plan=st.lists(_session_ops, min_size=1, max_size=4))
+def test_concurrent_sessions_match_a_dict(postgres: Any, plan: list[list[tuple[str, int, bool]]]) -> None:
+    """Sessions run their random appends, refused gaps and deletes at the same time, so the
+    writer's batches mix them (one transaction for several sessions' appends, statement by
+    statement when a delete is among them); every session ends as its own list says."""
+    tag = uuid.uuid4().hex[:8]
+
+    async def main() -> None:
+        pg = store(postgres)
+        models: dict[str, list[Record]] = {}
+
+        async def session(sid: str, ops: list[tuple[str, int, bool]]) -> None:
+            log = models.setdefault(sid, [])
+            for op, n, durable in ops:
+                if op == "append":
+                    records = [Record(sid, len(log) + i, "message", {"i": i}) for i in range(1, n + 1)]
+                    await pg.append(sid, records, durable=durable)
+                    log.extend(records)
+                elif op == "gap":
+                    with pytest.raises(sessions.StoreError, match="does not follow"):
+                        await pg.append(sid, [Record(sid, len(log) + n, "gap")], durable=durable)
+                else:
+                    await pg.delete(sid)
+                    log.clear()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for i, ops in enumerate(plan):
+                    nursery.start_soon(session, f"{tag}-{i}", ops)
+            for sid, log in models.items():
+                assert await pg.load(sid) == log
+            listed = {sid for sid in await pg.list_sessions() if sid.startswith(tag)}
+            assert listed == {sid for sid, log in models.items() if log}
+        finally:
+            await pg.aclose()
+
+    trio.run(main)
