@@ -741,6 +741,10 @@ class PostgresStore:
         await store.aclose()
     """
 
+    # Once handed to the writer an append is waited for, even if its caller is cancelled:
+    # the SessionServer need not wrap each append in a shielded scope of its own.
+    _append_never_cancelled = True
+
     DEFAULT_DSN: ClassVar[str] = DEFAULT_DSN
     """The DSN used when neither ``dsn`` nor ``OTPY_POSTGRES_DSN`` is given."""
 
