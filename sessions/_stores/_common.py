@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from .._errors import CorruptRecord, StoreError, UnstorableRecord
 from ._base import Record
@@ -47,6 +47,59 @@ def json_text(session_id: str, seq: int, obj: Any, what: str = "data") -> str:
     if not text.isascii():
         utf8(session_id, seq, text, obj, what)
     return text
+
+
+def check_json(session_id: str, seq: int, obj: Any) -> None:
+    """Raise what `json_text` would raise for ``obj``, without encoding it when it is
+    plainly JSON (for a store that keeps values, not text: `InMemoryStore`).
+
+    ``obj`` is plainly JSON when it is made of exactly ``dict`` (with ``str`` keys),
+    ``list``, ``tuple``, ``str`` (valid Unicode), ``int``, ``float``, ``bool`` and
+    ``None``, nested at most `_PLAIN_DEPTH` deep. Anything else (subclasses, other key
+    types, deeper or circular values) goes through `json_text`, so the outcome is
+    exactly `json_text`'s; the walk costs a tenth of the encoding of a turn's record.
+
+    Raises:
+        UnstorableRecord: as `json_text`.
+    """
+    if not _plain(obj, 0):
+        json_text(session_id, seq, obj)
+
+
+_PLAIN_SCALARS: Final = frozenset({int, float, bool, type(None)})
+_PLAIN_DEPTH: Final = 32
+
+
+def _plain(obj: Any, depth: int) -> bool:
+    kind = type(obj)
+    if kind is str:
+        return obj.isascii() or _encodes(obj)
+    if kind in _PLAIN_SCALARS:
+        return True
+    if depth >= _PLAIN_DEPTH:
+        return False
+    depth += 1
+    if kind is dict:
+        for key, value in obj.items():
+            if type(key) is not str or not (key.isascii() or _encodes(key)):
+                return False
+            kind = type(value)
+            if kind is str:
+                if not (value.isascii() or _encodes(value)):
+                    return False
+            elif kind not in _PLAIN_SCALARS and not _plain(value, depth):
+                return False
+        return True
+    if kind is list or kind is tuple:
+        for value in obj:
+            kind = type(value)
+            if kind is str:
+                if not (value.isascii() or _encodes(value)):
+                    return False
+            elif kind not in _PLAIN_SCALARS and not _plain(value, depth):
+                return False
+        return True
+    return False
 
 
 def utf8(session_id: str, seq: int, text: str, obj: Any = None, what: str = "data") -> bytes:

@@ -9,7 +9,7 @@ import trio
 from .._errors import InvalidOption, StoreError
 from ._base import Record
 from ._claims import CLAIM_WAIT, ClaimTable, SessionClaim
-from ._common import json_text, utf8
+from ._common import check_json, utf8
 
 
 class InMemoryStore:
@@ -54,7 +54,7 @@ class InMemoryStore:
                 )
             if not record.kind.isascii():
                 utf8(session_id, record.seq, record.kind, record.kind, "kind")
-            json_text(session_id, record.seq, record.data)
+            check_json(session_id, record.seq, record.data)
             expected += 1
         self._logs.setdefault(session_id, log).extend(records)
         # A schedule point that does not raise Cancelled: what was written stays written

@@ -3,6 +3,7 @@ random appends and deletes, binds lazily to trio runs, and leaves no thread behi
 
 from __future__ import annotations
 
+import enum
 import functools
 import tempfile
 import threading
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 import sessions
 import sessions.testing
 from sessions import InMemoryStore, JsonlStore, Record, SqliteStore, Store
-from sessions._stores import _jsonl, _writer
+from sessions._stores import _common, _jsonl, _writer
 
 StoreFactory = Callable[[], Store]
 
@@ -281,3 +282,62 @@ def test_sqlite_store_matches_a_dict(ops: list[tuple[str, str, int, bool]]) -> N
     """SqliteStore: the same, with reopening the database as a new store object."""
     with tempfile.TemporaryDirectory() as directory:
         trio.run(_run_model, lambda: SqliteStore(Path(directory) / "m.db"), ops, True)
+
+
+# --- InMemoryStore's JSON check, without the encoding ---------------------------------------
+
+
+class _Color(enum.IntEnum):
+    RED = 1
+
+
+_json_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+    st.sampled_from(["é", "\ud800", "a\udfff", _Color.RED, b"x", object()]),
+)
+_json_values = st.recursive(
+    _json_leaves,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.lists(children, max_size=3).map(tuple),
+        st.dictionaries(
+            st.one_of(st.text(max_size=3), st.integers(), st.just("\ud800"), st.just(None)), children, max_size=3
+        ),
+    ),
+    max_leaves=12,
+)
+
+
+def _outcome(check: Callable[[str, int, object], object], value: object) -> str:
+    try:
+        check("s", 1, value)
+    except Exception as exc:  # the outcome is compared, whatever it is
+        return f"{type(exc).__name__}: {exc}"
+    return "ok"
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json_values)
+def test_check_json_refuses_what_json_text_refuses(value: object) -> None:
+    """InMemoryStore checks records with check_json, which walks plain values instead of
+    encoding them: for any value, it accepts and refuses exactly as json_text does, with
+    the same error."""
+    assert _outcome(_common.check_json, {"v": value}) == _outcome(_common.json_text, {"v": value})
+
+
+def test_check_json_hands_deep_and_circular_values_to_json_text() -> None:
+    """Values nested deeper than the walk goes, circular ones included, get json_text's verdict."""
+    circular: list[object] = []
+    circular.append(circular)
+    with pytest.raises(sessions.UnstorableRecord, match="Circular reference"):
+        _common.check_json("s", 1, {"v": circular})
+    deep: list[object] = []
+    inner = deep
+    for _ in range(40):
+        inner.append([])
+        inner = inner[0]  # type: ignore[assignment]
+    _common.check_json("s", 1, {"v": deep})
