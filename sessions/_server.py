@@ -534,12 +534,13 @@ class SessionServer(otpy.GenServer):
         whose end is in the log, on either side of an earlier rewind.
 
         Like `put_session`, it waits for the running and queued turns first. The
-        provider's own session cannot go back, so its id is dropped and the provider is
-        reconnected with the rewound transcript: a provider that is sent the transcript
-        each turn (`AgentLoop` with Ollama or an OpenAI-compatible server, the
-        `ScriptedProvider`) continues from it. `ClaudeCode` keeps the conversation in the
-        CLI: with no CLI session id it starts a new CLI session, which today is not sent
-        the rewound transcript (the next turn starts without that context).
+        provider's own session does not go back in place, so its id is dropped and the
+        provider is reconnected with the rewound transcript and `Session.continues_from`
+        (``to_turn``): a provider that is sent the transcript each turn (`AgentLoop` with
+        Ollama or an OpenAI-compatible server, the `ScriptedProvider`) continues from it;
+        `ClaudeCode` forks the CLI's own conversation at the end of turn ``to_turn``
+        (``--resume`` with ``--fork-session`` and ``--resume-session-at``), so the model
+        sees that turn and the ones before it, and no later one.
 
         Raises:
             InvalidOption: ``to_turn`` is not an int >= 0 (a bool is not), is beyond the
@@ -672,8 +673,9 @@ class SessionServer(otpy.GenServer):
         ``session_started`` record naming the source, and a ``session_put`` of the
         prefix, written in one durable append), and its results count towards its own
         budgets. Start a server with ``session_id=`` the new id to go on from there. The
-        provider's own session is not forked: the fork's first turn starts a new one with
-        the transcript (for Claude, not the CLI's ``fork_session``).
+        provider's own session is not shared: the fork's provider starts its own from the
+        transcript, or, for `ClaudeCode`, as the CLI's own fork of the source's conversation
+        at the end of turn ``at_turn`` (``--fork-session``; see `Session.continues_from`).
 
         Raises:
             SessionNotFound: ``store`` holds no records of ``session_id``.
@@ -801,6 +803,11 @@ class SessionServer(otpy.GenServer):
             provider_session_id=self._session.provider_session_id,
             store=self._store,
             options=self._pinned(self._config.query_opts),
+            continues_from=(
+                self._session.result_of(self._session.continues_from)
+                if self._session.continues_from is not None
+                else None
+            ),
         )
 
     def _pinned(self, options: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,11 @@ class Session:
     idempotency_keys: Mapping[str, int] = attrs.field(factory=dict, hash=False)
     """The ``idempotency_key`` of each turn sent with one, and the turn's number: every key
     in the log is kept, for the session's life (see `SessionServer.send_message`)."""
+    continues_from: int | None = None
+    """After a `SessionServer.rewind` to a turn > 0, or in a `SessionServer.fork` of one, and
+    until the provider reports a session of its own: the number of the turn whose end the
+    transcript continues from. A provider that keeps its own conversation branches it there
+    (the Claude CLI's ``--fork-session``, from that turn's `Result`); else None."""
 
     @property
     def turn_count(self) -> int:
@@ -86,6 +91,7 @@ class Session:
             "history": [r.to_dict() for r in self.history],
             "provider_session_id": self.provider_session_id,
             "idempotency_keys": dict(self.idempotency_keys),
+            **({"continues_from": self.continues_from} if self.continues_from is not None else {}),
         }
 
     @classmethod
@@ -97,17 +103,25 @@ class Session:
             history=tuple(Result.from_dict(r) for r in data.get("history") or ()),
             provider_session_id=data.get("provider_session_id"),
             idempotency_keys={str(k): int(v) for k, v in (data.get("idempotency_keys") or {}).items()},
+            continues_from=_turn_number(data.get("continues_from")),
         )
 
-    def result_for_key(self, key: str) -> Result | None:
-        """The `Result` of the turn sent with ``idempotency_key=key``, or ``None`` (internal)."""
-        turn = self.idempotency_keys.get(key)
-        if turn is None:
-            return None
+    def result_of(self, turn: int) -> Result | None:
+        """The `Result` of turn number ``turn`` in ``history``, or ``None`` (internal)."""
         history = self.history
         if 0 < turn <= len(history) and history[turn - 1].turn == turn:
             return history[turn - 1]
         return next((result for result in history if result.turn == turn), None)
+
+    def result_for_key(self, key: str) -> Result | None:
+        """The `Result` of the turn sent with ``idempotency_key=key``, or ``None`` (internal)."""
+        turn = self.idempotency_keys.get(key)
+        return None if turn is None else self.result_of(turn)
+
+
+def _turn_number(value: object) -> int | None:
+    """A stored turn number, or None for anything else (a record from an older release has none)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 @attrs.frozen
@@ -188,6 +202,7 @@ class Folder:
         self.messages: list[Message] = []
         self.history: list[Result] = []
         self.provider_session_id = session.provider_session_id
+        self.continues_from = session.continues_from
         self.base_keys = session.idempotency_keys
         self.keys: dict[str, int] = {}
         self.open: OpenTurn | None = None
@@ -228,6 +243,7 @@ class Folder:
                     self.open_messages.append(message)
             case "provider_session":
                 self.provider_session_id = str(data["id"])
+                self.continues_from = None  # the provider's own conversation goes on from here
             case "turn_finished":
                 result = self.known.get(record.seq)
                 if not isinstance(result, Result):
@@ -243,6 +259,7 @@ class Folder:
                 self.base_messages, self.base_history = session.messages, session.history
                 self.messages, self.history = [], []
                 self.provider_session_id = session.provider_session_id
+                self.continues_from = session.continues_from
                 self.base_keys, self.keys = session.idempotency_keys, {}
                 self.open = None
                 self.open_messages = []
@@ -270,7 +287,8 @@ class Folder:
     def _rewind(self, record: Record) -> None:
         """``session_rewound``: the transcript goes back to the end of turn ``to_turn``; the
         history (what was spent) and the idempotency keys stay; the provider's session is
-        dropped (its own conversation cannot go back).
+        dropped, and ``continues_from`` names ``to_turn`` (a provider that can branch its own
+        conversation, the Claude CLI, goes on from that turn's end in a new one).
 
         Raises:
             CorruptRecord: ``to_turn`` is not a turn whose end this fold has seen.
@@ -288,6 +306,7 @@ class Folder:
         self.base_messages = base + tuple(added[:length])
         self.messages = []  # a new list: the checkpoints hold the old one, which is never cut
         self.provider_session_id = None
+        self.continues_from = to_turn or None
 
     def folded(self) -> Folded:
         """The session so far, and the turn left open, if any."""
@@ -300,6 +319,7 @@ class Folder:
             history=self.base_history + tuple(self.history) if self.history else self.base_history,
             provider_session_id=self.provider_session_id,
             idempotency_keys={**self.base_keys, **self.keys} if self.keys else self.base_keys,
+            continues_from=self.continues_from,
         )
         return Folded(session=session, open_turn=open_turn, last_seq=self.last_seq, checkpoints=dict(self.checkpoints))
 

@@ -122,11 +122,20 @@ async def fork_session(store: Store, session_id: str, at_turn: int | None, new_i
             )
             raise InvalidOption("at_turn", at_turn, problem)
         source = attrs.evolve(source, messages=messages, history=source.history[:at_turn])
+    if at_turn is not None:
+        continues_from = at_turn or None
+    elif source.provider_session_id is None:
+        continues_from = source.continues_from  # a rewound source that has not gone on yet
+    else:
+        continues_from = source.turn_count or None
     forked = Session(
         session_id=new_id,
         messages=source.messages,
         history=tuple(attrs.evolve(result, session_id=new_id) for result in source.history),
-        provider_session_id=None,  # the provider's conversation is not shared: the fork starts its own
+        # The provider's conversation is not shared: the fork's provider starts its own, branched
+        # (if it can) from where the source's stood at the end of turn ``continues_from``.
+        provider_session_id=None,
+        continues_from=continues_from,
     )
     started = {"options": {}, "forked_from": {"session_id": session_id, "at_turn": source.turn_count}}
     fork_records = [

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
-from .._events import JSON, Message, ProviderEvent
+from .._events import JSON, Message, ProviderEvent, Result
 
 if TYPE_CHECKING:
     from .._stores._base import Store
@@ -39,7 +39,11 @@ class SessionContext:
     ``messages`` is the transcript restored from the store (empty for a new session);
     ``provider_session_id`` the provider's own id from the last run, for resume;
     ``store`` the session's store, for providers that mirror their own transcript
-    into it (the Claude provider's ``SessionStore`` bridge).
+    into it (the Claude provider's ``SessionStore`` bridge); ``continues_from``, after a
+    `SessionServer.rewind` or in a `SessionServer.fork` (see `Session.continues_from`), the
+    `Result` of the turn whose end ``messages`` continues from: its ``provider_session_id``
+    and ``extra`` say where the provider's own conversation stood then, for a provider that
+    can branch it there (the Claude CLI's ``--fork-session``); others ignore it.
 
     Example::
 
@@ -53,6 +57,7 @@ class SessionContext:
     store: Store | None = None
     options: dict[str, JSON] = attrs.field(factory=dict)
     """The session's ``query_opts``."""
+    continues_from: Result | None = None
 
 
 @attrs.frozen

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Final
+from typing import Any
 
 import trio
 from claude_agent_sdk import (
@@ -36,7 +35,9 @@ from .._errors import (
 )
 from ._base import ProviderSession, SessionContext
 from ._claude_options import (
+    BRANCH_OPTIONS,
     DEFAULT_MAX_BUFFER_SIZE,
+    UUID,
     Transport,
     apply_query_opts,
     version_tuple,
@@ -44,9 +45,6 @@ from ._claude_options import (
 from ._claude_session import ClaudeSession
 
 log = otpy.get_logger("sessions.claude")
-
-
-_UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class ClaudeCode:
@@ -116,11 +114,18 @@ class ClaudeCode:
         base = options or ClaudeAgentOptions()
         if "resume" in query_opts:
             base = dataclasses.replace(base, resume=query_opts.pop("resume"))
-        if base.resume is not None and not _UUID.fullmatch(str(base.resume)):
+        if base.resume is not None and not UUID.fullmatch(str(base.resume)):
             raise InvalidOption("resume", base.resume, "must be a CLI session id (a UUID)")
         for flag in ("continue_conversation", "fork_session"):
             if getattr(base, flag):
                 raise InvalidOption(flag, True, "not supported: resume a CLI session by its id with resume=...")
+        for flag in BRANCH_OPTIONS:
+            if getattr(base, flag) is not None:
+                raise InvalidOption(
+                    flag,
+                    getattr(base, flag),
+                    "set by the provider itself: use SessionServer.rewind or SessionServer.fork",
+                )
         self.options = apply_query_opts(base, query_opts)
         self.transport: Transport = transport
         self.max_buffer_size = max_buffer_size

@@ -31,6 +31,10 @@ Transport = Literal["duplex", "per_turn"]
 _OPTION_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(ClaudeAgentOptions))
 _ALIASES: Final = {"mcp_config": "mcp_servers", "add_dir": "add_dirs", "fallback": "fallback_model"}
 _NOT_FROM_QUERY_OPTS: Final = frozenset({"resume", "session_store", "continue_conversation", "fork_session"})
+BRANCH_OPTIONS: Final = ("resume_session_at", "resume_drops_turn")
+"""The CLI's options to fork a conversation at an earlier point: the provider sets them itself
+after a `SessionServer.rewind` and in a `SessionServer.fork`."""
+UUID: Final = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _RESERVED_FLAGS: Final = frozenset(
     {
         "print",
@@ -45,6 +49,8 @@ _RESERVED_FLAGS: Final = frozenset(
         "c",
         "session-id",
         "fork-session",
+        "resume-session-at",
+        "resume-drops-turn",
         "session-mirror",
         "permission-prompt-tool",
         "no-session-persistence",
@@ -137,6 +143,12 @@ def apply_query_opts(base: ClaudeAgentOptions, query_opts: Mapping[str, Any]) ->
                 "not per session or per turn: resume a CLI session with ClaudeCode(resume=...) "
                 "or ClaudeCode(ClaudeAgentOptions(resume=...)), a new session that resumes it "
                 "and mirrors it into its store",
+            )
+        elif name in BRANCH_OPTIONS:
+            raise InvalidOption(
+                raw_name,
+                value,
+                "the provider sets it itself: go back with SessionServer.rewind, or branch with SessionServer.fork",
             )
         elif name == "permission_mode":
             changes[name] = permission_mode(value)

@@ -36,10 +36,11 @@ from .._errors import (
     ProviderUnavailable,
     ResumeRejected,
 )
-from .._events import Message, ProviderEvent
+from .._events import Message, ProviderEvent, Result
 from ._base import SessionContext, TurnRequest
 from ._claude_costs import cost_delta, cost_sum, restored_costs
 from ._claude_options import (
+    UUID,
     apply_query_opts,
     options_signature,
     permission_mode,
@@ -76,6 +77,21 @@ def _read_transcript(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
+def branch_point(result: Result | None) -> tuple[str, str] | None:
+    """Where the CLI's conversation stood at the end of the turn ``result`` reports: its CLI
+    session and the uuid of the turn's last transcript entry (``extra["resume_session_at"]``),
+    what ``--resume`` with ``--fork-session`` and ``--resume-session-at`` take. None when the
+    result says no such thing (a turn cut by a server exit, another provider's turn, a
+    release before 2026-12 that did not record the uuid)."""
+    if result is None:
+        return None
+    session = result.provider_session_id or result.extra.get("session_id")
+    at = result.extra.get("resume_session_at")
+    if isinstance(session, str) and isinstance(at, str) and UUID.fullmatch(session) and UUID.fullmatch(at):
+        return session, at
+    return None
+
+
 def exit_text(code: int | None) -> str:
     """How the CLI ended, in words, its exit code said once: "the CLI was killed by SIGKILL (exit code -9)"."""
     if code is None:
@@ -107,6 +123,17 @@ class ClaudeSession:
         provider was told to resume (``ClaudeAgentOptions(resume=...)``), else None (a new one)."""
         self.reported_session_id: str | None = ctx.provider_session_id
         """The CLI session id last reported to the server (`ProviderSessionId`)."""
+        self.branch: tuple[str, str] | None = None
+        """After a rewind or in a fork (`SessionContext.continues_from`): the CLI session and the
+        uuid of its transcript entry to fork at, until the CLI reports the new session's id."""
+        self._seed = False
+        """The next turn carries the session's transcript: the CLI never had this conversation."""
+        if ctx.provider_session_id is None and provider.options.resume is None:
+            self.branch = branch_point(ctx.continues_from)
+            if self.branch is not None:
+                self.claude_session_id = self.branch[0]
+            else:
+                self._seed = any(m.role == "assistant" for m in ctx.messages)
         self.mirror = (
             ClaudeTranscriptStore(ctx.store, ctx.session_id) if provider.mirror and ctx.store is not None else None
         )
@@ -129,6 +156,12 @@ class ClaudeSession:
         self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
 
     @property
+    def branching(self) -> bool:
+        """Whether the next CLI start forks the conversation at `branch` (the CLI has not
+        reported the new session yet, and the one to fork is still the one to resume)."""
+        return self.branch is not None and self.claude_session_id == self.branch[0]
+
+    @property
     def provider_session_id(self) -> str | None:
         """The CLI's id of this session's conversation (what ``--resume`` takes), None before
         the CLI reported one."""
@@ -148,6 +181,10 @@ class ClaudeSession:
             "max_buffer_size": self.provider.max_buffer_size,
             "resume": self.claude_session_id,
         }
+        if self.branching:
+            assert self.branch is not None
+            changes["fork_session"] = True
+            changes["resume_session_at"] = self.branch[1]
         if options.cwd is None and self.ctx.cwd is not None:
             changes["cwd"] = self.ctx.cwd
         if self.mirror is not None and options.session_store is None:
@@ -240,7 +277,7 @@ class ClaudeSession:
         except Exception as exc:
             await self.stop(kill=True)
             text = str(exc)
-            if resume and ("No conversation found" in text or "--resume" in text):
+            if resume and ("No conversation found" in text or "--resume" in text or self._branch_refused(text)):
                 raise ResumeRejected(
                     provider=self.provider.name, message=f"the CLI has no session {resume!r}: {text}", kind="resume"
                 ) from exc
@@ -325,6 +362,11 @@ class ClaudeSession:
         )
         if entries:
             await self.mirror.append({"project_key": project, "session_id": resume}, cast("Any", entries))
+
+    def _branch_refused(self, text: str) -> bool:
+        """Whether the CLI refused to fork at the branch point: no entry with that uuid in the
+        transcript ("No message found with message.uuid of: ..."), or a CLI without the flag."""
+        return self.branching and ("message.uuid" in text or "resume-session-at" in text)
 
     async def start_or_recover(self, query_opts: Mapping[str, Any], messages: Sequence[Message] = ()) -> None:
         """`start`; if the CLI has lost the conversation to resume, start a fresh CLI session
@@ -438,7 +480,8 @@ class ClaudeSession:
         try:
             client = await self._ensure(request.options)
             recovered_from, self._recovered_from = self._recovered_from, None
-            prompt = request.prompt if recovered_from is None else self._seeded(request.prompt, request.messages)
+            seed, self._seed = self._seed or recovered_from is not None, False
+            prompt = self._seeded(request.prompt, request.messages) if seed else request.prompt
             try:
                 await client.query(prompt)
             except CLIConnectionError:

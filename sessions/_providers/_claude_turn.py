@@ -76,6 +76,9 @@ class TurnMapper:
         self._running_tools: set[str] = set()
         self._call: dict[str, Any] | None = None
         """The API message streaming now: its id, model, usage so far and stop reason."""
+        self.last_uuid: str | None = None
+        """The uuid of the turn's last top-level entry in the CLI's transcript (a reply or a tool
+        result) seen so far: where ``--resume-session-at`` cuts to go back to this turn's end."""
 
     @property
     def tools_running(self) -> bool:
@@ -104,6 +107,9 @@ class TurnMapper:
         events = self._session_id(message)
         if getattr(message, "parent_tool_use_id", None) is not None:
             return events  # a subagent's inner messages stay inside its tool call
+        synthetic = isinstance(message, AssistantMessage) and message.model == "<synthetic>"
+        if isinstance(message, (AssistantMessage, UserMessage)) and isinstance(message.uuid, str) and not synthetic:
+            self.last_uuid = message.uuid  # a synthetic API-error reply may not be in the transcript
         if isinstance(message, StreamEvent):
             event = message.event
             kind = event.get("type")
@@ -218,8 +224,15 @@ class TurnMapper:
             is_error=True,
             error=f"interrupted: {note}",
             model=self.model,
-            extra={"session_id": self.session.claude_session_id},
+            extra=self._transcript_point({"session_id": self.session.claude_session_id}),
         )
+
+    def _transcript_point(self, extra: dict[str, Any]) -> dict[str, Any]:
+        """``extra`` with ``resume_session_at``: the uuid of this turn's last entry in the CLI's
+        transcript (what a rewind to this turn, or a fork at it, passes to ``--resume-session-at``)."""
+        if self.last_uuid is not None:
+            extra["resume_session_at"] = self.last_uuid
+        return extra
 
     def finish(self, result: ResultMessage) -> TurnCompleted:
         session = self.session
@@ -286,7 +299,7 @@ class TurnMapper:
             api_error_status=status,
             model=self.model,
             permission_denials=tuple(str(d.get("tool_name", "")) for d in denials),
-            extra=extra,
+            extra=self._transcript_point(extra),
         )
 
 

@@ -362,3 +362,61 @@ class TestPutAndRewind:
             await SessionServer.fork(store, "s", at_turn=1)
         forked = await SessionServer.load(store, await SessionServer.fork(store, "s", at_turn=2))
         assert contents(forked.messages) == ["two", "re: two"]
+
+
+class TestContinuesFrom:
+    """`Session.continues_from` and `SessionContext.continues_from`: the turn whose end a provider
+    that keeps its own conversation (the Claude CLI) branches it at."""
+
+    async def test_a_rewind_names_its_turn_until_the_provider_reports_a_session(
+        self, store: sessions.Store, supervised: Start
+    ) -> None:
+        """After rewind(n) the provider is reconnected with turn n's Result; once it reports a session
+        of its own the session continues from that; rewind(0) names no turn; a restart folds the same."""
+        provider = echo()
+        await supervised(name="a", provider=provider, store=store, session_id="s")
+        for prompt in ("one", "two", "three"):
+            await SessionServer.send_message("a", prompt)
+        assert (await SessionServer.get_session("a")).continues_from is None
+        await SessionServer.rewind("a", 2)
+        session = await SessionServer.get_session("a")
+        assert session.continues_from == 2
+        assert fold("s", await store.load("s")).session.continues_from == 2  # what a restart starts from
+        await SessionServer.send_message("a", "four")
+        point = provider.contexts[-1].continues_from
+        assert point is not None
+        assert (point.turn, point.text, point.provider_session_id) == (2, "re: two", "native-2")
+        assert (await SessionServer.get_session("a")).continues_from is None  # native-4 goes on from there
+        await SessionServer.rewind("a", 4)
+        await SessionServer.send_message("a", "five")
+        assert provider.contexts[-1].continues_from == (await SessionServer.history("a"))[3]
+        await SessionServer.rewind("a", 0)
+        assert (await SessionServer.get_session("a")).continues_from is None
+        await SessionServer.send_message("a", "six")
+        assert provider.contexts[-1].continues_from is None
+
+    async def test_a_fork_names_the_turn_it_was_made_at(self, nursery: trio.Nursery) -> None:
+        """fork(at_turn=n): n (none for 0); fork(): the source's last turn, or the turn a rewound source
+        continues from; the fork's provider is connected with that turn's Result."""
+        store = sessions.InMemoryStore()
+        pid = await SessionServer.start_link(provider=echo(), store=store, session_id="src", nursery=nursery)
+        for prompt in ("one", "two", "three"):
+            await SessionServer.send_message(pid, prompt)
+
+        async def continues_from(at_turn: int | None) -> int | None:
+            return (
+                await SessionServer.load(store, await SessionServer.fork(store, "src", at_turn=at_turn))
+            ).continues_from
+
+        assert [await continues_from(n) for n in (2, None, 0)] == [2, 3, None]
+        await SessionServer.rewind(pid, 1)
+        assert await continues_from(None) == 1
+        await SessionServer.stop(pid)
+        branch = await SessionServer.fork(store, "src", at_turn=2)
+        provider = echo()
+        forked = await SessionServer.start_link(provider=provider, store=store, session_id=branch, nursery=nursery)
+        await SessionServer.send_message(forked, "next")
+        point = provider.contexts[-1].continues_from
+        assert point is not None
+        assert (point.turn, point.provider_session_id, point.session_id) == (2, "native-2", branch)
+        await SessionServer.stop(forked)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 import sessions
 from sessions import FinishReason, Message, Record, Result, Session, Usage
 from sessions._session import fold
@@ -48,8 +50,10 @@ class TestSessionValue:
             messages=(Message(role="user", content="hi"), Message(role="assistant", content="yo")),
             history=(Result(text="yo", session_id=SID, turn=1, cost_usd=0.5),),
             provider_session_id="native",
+            continues_from=1,
         )
         assert Session.from_dict(session.to_dict()) == session
+        assert "continues_from" not in attrs.evolve(session, continues_from=None).to_dict()  # as older records
 
     def test_is_exported(self) -> None:
         """sessions.Session is the public name."""
