@@ -182,14 +182,17 @@ class _PgHandler(Handler):
         """A connection named ``otpy-sessions:<role>:<node_id>`` (``pg_stat_activity``).
 
         The writer's sessions end on the server when they sit in an open transaction for
-        half a lease (a paused node cannot keep the lease rows it locked); the
-        heartbeat's statements give up after a third of one.
+        a lease (a paused node cannot keep the lease rows it locked for longer than its
+        lease lasts anyway); the heartbeat's statements give up after a third of one. Over
+        TCP, a connection whose packets go nowhere (a partition that drops them, rather than
+        refusing) fails within about a lease (``tcp_user_timeout`` and keepalives), so a
+        node cut off that way can still end its threads and close.
         """
         import psycopg
 
         ttl_ms = max(1, int(self.node.lease_ttl * 1000))
         if role == "writer":
-            options = f"-c idle_in_transaction_session_timeout={max(1, ttl_ms // 2)}"
+            options = f"-c idle_in_transaction_session_timeout={ttl_ms}"
         else:
             options = f"-c statement_timeout={max(1, ttl_ms // 3)}"
         return psycopg.connect(
@@ -198,6 +201,11 @@ class _PgHandler(Handler):
             connect_timeout=CONNECT_TIMEOUT,
             application_name=f"otpy-sessions:{role}:{self.node.node_id}"[:63],
             options=options,
+            keepalives=1,
+            keepalives_idle=max(1, round(self.node.lease_ttl)),
+            keepalives_interval=1,
+            keepalives_count=3,
+            tcp_user_timeout=max(1000, ttl_ms),
         )
 
     def open(self) -> None:
@@ -253,8 +261,22 @@ class _PgHandler(Handler):
         self.heartbeat.start()
 
     def _migrate(self, conn: psycopg.Connection[Any]) -> None:
+        """Create the tables unless they are there at the current version."""
+        import psycopg
+
+        try:  # the usual case, one statement and no transaction: the tables are there
+            row = conn.execute(f"SELECT value FROM {self.s}.meta WHERE key = 'schema_version'").fetchone()
+        except psycopg.errors.UndefinedTable:
+            row = None
+        if row is not None and int(row[0]) == SCHEMA_VERSION:
+            return
         with conn.transaction():
-            # Two stores creating one schema at once would race in CREATE ... IF NOT EXISTS.
+            # Creating the tables is a transaction of about ten statements: a process slow
+            # between two of them (a loaded machine) must not have it ended by the writer's
+            # idle-in-transaction limit of one lease. It holds no lease row, only the lock
+            # that makes two stores creating one schema at once take turns.
+            limit = max(10_000, int(self.node.lease_ttl * 1000))
+            conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {limit}")
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"otpy_sessions:{self.store.schema}",))
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.s}")
             for statement in _TABLES.format(s=self.s).split(";"):

@@ -680,3 +680,19 @@ def test_concurrent_sessions_match_a_dict(postgres: Any, plan: list[list[tuple[s
             await pg.aclose()
 
     trio.run(main)
+
+
+def test_connections_bound_how_long_a_stuck_node_holds_anything(postgres: Any) -> None:
+    """The writer's server session ends after a lease idle in a transaction; both
+    connections give up on a silent peer within about a lease (tcp_user_timeout, keepalives)."""
+    from sessions._stores._postgres import _PgHandler
+
+    handler = _PgHandler(store(postgres, lease_ttl=2.0))
+    for role in ("writer", "heartbeat"):
+        with handler.connect(role) as conn:
+            info = {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info}
+            assert (info["tcp_user_timeout"], info["keepalives"], info["keepalives_idle"]) == ("2000", "1", "2")
+            if role == "writer":
+                assert conn.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("2s",)
+            else:
+                assert conn.execute("SHOW statement_timeout").fetchone() == ("666ms",)

@@ -46,15 +46,6 @@ async def test_a_store_error_during_activation_is_retried_not_raised_as_a_start_
         assert node.running
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG for pg (CLUSTER_CONTRACT.md 2026-12-08): the store's opening transaction (the schema's"
-    " CREATE ... IF NOT EXISTS, about ten statements) runs on the writer connection, whose"
-    " idle_in_transaction_session_timeout is lease_ttl / 2; a process starved for that long between two"
-    " of them (a loaded machine) has its session ended by the server and fails to open: the node does not"
-    " start (seen in a chaos soak: 'opening failed: ... server closed the connection unexpectedly',"
-    " the server's log 'terminating connection due to idle-in-transaction timeout' at that moment)",
-)
 async def test_a_store_opened_by_a_slow_process_opens(postgres: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The process is slow for a moment (here: 0.3 s before the schema's CREATE, with a
     lease_ttl of 0.4 s) while it opens its store: the store still opens."""
