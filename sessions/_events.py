@@ -51,7 +51,13 @@ class Usage:
 
     def to_dict(self) -> dict[str, int]:
         """A JSON-ready dict."""
-        return attrs.asdict(self)
+        return {  # spelled out: attrs.asdict is generic, and this runs at every turn's end
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cache_creation_tokens": self.cache_creation_tokens,
+            "cache_read_tokens": self.cache_read_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Usage:

@@ -348,7 +348,8 @@ class _TurnTask:
             data["idempotency_key"] = turn.key
         await self._append(work, "turn_started", data, durable=True)
         turn.begun = True
-        self.fanout.publish(TurnStarted(session_id=self.session_id, turn=turn.number, prompt=turn.prompt))
+        if self.fanout.subscribers:  # an event nobody takes is not made
+            self.fanout.publish(TurnStarted(session_id=self.session_id, turn=turn.number, prompt=turn.prompt))
 
     async def _turn(self, conn: ProviderSession, work: _TurnWork, telemetry: _Telemetry | None = None) -> bool:
         """Run one turn to its end; True if the provider broke and must be reconnected.
@@ -519,4 +520,5 @@ class _TurnTask:
         work.finished = True
         work.result = result
         otpy.send(self.server, _TurnDone(result, tuple(work.records), work.objects))
-        self.fanout.publish(TurnFinished(result))
+        if self.fanout.subscribers:
+            self.fanout.publish(TurnFinished(result))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -633,3 +634,46 @@ class TestConfiguration:
         """The server section's names are exported from sessions."""
         for name in ("SessionServer", "Session", "SessionStatus", "Subscription", "ScriptedProvider", "ScriptedReply"):
             assert getattr(sessions, name).__module__ == "sessions"
+
+
+class _SlowClose:
+    """A provider whose event stream, when closed, waits three times in its clean-up (a
+    transport that drains its connection); ``closed`` counts the clean-ups that ended."""
+
+    name = "slow-close"
+    runs_own_tools = True
+
+    def __init__(self) -> None:
+        self.closed = 0
+        self.steps = 0
+
+    @contextlib.asynccontextmanager
+    async def connect(self, ctx: sessions.SessionContext) -> AsyncIterator[_SlowClose]:
+        yield self
+
+    async def run_turn(self, request: sessions.TurnRequest) -> AsyncIterator[sessions.ProviderEvent]:
+        try:
+            yield sessions.TextDelta("hi")
+            yield sessions.TurnCompleted(text="hi")
+            yield sessions.TextDelta("never taken")
+        finally:
+            for _ in range(3):
+                await trio.sleep(1)
+                self.steps += 1
+            self.closed += 1
+
+    async def interrupt(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_stream_whose_close_waits_is_closed_to_its_end(supervised: Start, autojump_clock: Any) -> None:
+    """The turn's stream, left at its TurnCompleted, is closed before the turn's result is
+    written: a clean-up that waits goes on, step by step, to its end (a shortcut that began
+    the close outside its cancel scope broke trio's scope nesting here)."""
+    provider = _SlowClose()
+    await supervised(name="a", provider=provider)
+    start = trio.current_time()
+    for turn in (1, 2):
+        result = await SessionServer.send_message("a", str(turn))
+        assert (result.text, provider.steps, provider.closed) == ("hi", 3 * turn, turn)
+    assert trio.current_time() - start == 6

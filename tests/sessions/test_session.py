@@ -138,3 +138,11 @@ class TestFold:
         first = fold(SID, records[:3])
         second = fold(SID, records[3:], start=first.session, last_seq=first.last_seq)
         assert second == fold(SID, records)
+
+
+def test_usage_to_dict_holds_every_field() -> None:
+    """Usage.to_dict is spelled out (it runs at every turn's end): it names every field, so a
+    field added later cannot be left out of the records."""
+    usage = sessions.Usage(*range(1, len(attrs.fields(sessions.Usage)) + 1))
+    assert usage.to_dict() == attrs.asdict(usage)
+    assert sessions.Usage.from_dict(usage.to_dict()) == usage
