@@ -35,6 +35,7 @@ from .._errors import (
     ProviderTimeout,
     ProviderUnavailable,
     ResumeRejected,
+    StoreError,
 )
 from .._events import Message, ProviderEvent, Result
 from ._base import SessionContext, TurnRequest
@@ -77,19 +78,31 @@ def _read_transcript(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def branch_point(result: Result | None) -> tuple[str, str] | None:
-    """Where the CLI's conversation stood at the end of the turn ``result`` reports: its CLI
-    session and the uuid of the turn's last transcript entry (``extra["resume_session_at"]``),
-    what ``--resume`` with ``--fork-session`` and ``--resume-session-at`` take. None when the
-    result says no such thing (a turn cut by a server exit, another provider's turn, a
-    release before 2026-12 that did not record the uuid)."""
+@attrs.frozen
+class Branch:
+    """Where the CLI's conversation stood at the end of a turn: its CLI ``session``, the uuid
+    ``at`` of the turn's last transcript entry (what ``--resume`` with ``--fork-session`` and
+    ``--resume-session-at`` take), and the store key of the log that mirrors that CLI session
+    (``mirror_key``, None if unknown)."""
+
+    session: str
+    at: str
+    mirror_key: str | None = None
+
+
+def branch_point(result: Result | None) -> Branch | None:
+    """The `Branch` the turn ``result`` reports (``extra["session_id"]``,
+    ``extra["resume_session_at"]``, ``extra["mirror_key"]``). None when it says no such thing
+    (a turn cut by a server exit, another provider's turn, a turn recorded by a release that
+    did not record the uuid)."""
     if result is None:
         return None
     session = result.provider_session_id or result.extra.get("session_id")
     at = result.extra.get("resume_session_at")
-    if isinstance(session, str) and isinstance(at, str) and UUID.fullmatch(session) and UUID.fullmatch(at):
-        return session, at
-    return None
+    if not (isinstance(session, str) and isinstance(at, str) and UUID.fullmatch(session) and UUID.fullmatch(at)):
+        return None
+    mirror_key = result.extra.get("mirror_key")
+    return Branch(session, at, mirror_key if isinstance(mirror_key, str) and mirror_key.endswith(".claude") else None)
 
 
 def exit_text(code: int | None) -> str:
@@ -123,7 +136,7 @@ class ClaudeSession:
         provider was told to resume (``ClaudeAgentOptions(resume=...)``), else None (a new one)."""
         self.reported_session_id: str | None = ctx.provider_session_id
         """The CLI session id last reported to the server (`ProviderSessionId`)."""
-        self.branch: tuple[str, str] | None = None
+        self.branch: Branch | None = None
         """After a rewind or in a fork (`SessionContext.continues_from`): the CLI session and the
         uuid of its transcript entry to fork at, until the CLI reports the new session's id."""
         self._seed = False
@@ -131,7 +144,7 @@ class ClaudeSession:
         if ctx.provider_session_id is None and provider.options.resume is None:
             self.branch = branch_point(ctx.continues_from)
             if self.branch is not None:
-                self.claude_session_id = self.branch[0]
+                self.claude_session_id = self.branch.session
             else:
                 self._seed = any(m.role == "assistant" for m in ctx.messages)
         self.mirror = (
@@ -159,7 +172,7 @@ class ClaudeSession:
     def branching(self) -> bool:
         """Whether the next CLI start forks the conversation at `branch` (the CLI has not
         reported the new session yet, and the one to fork is still the one to resume)."""
-        return self.branch is not None and self.claude_session_id == self.branch[0]
+        return self.branch is not None and self.claude_session_id == self.branch.session
 
     @property
     def provider_session_id(self) -> str | None:
@@ -184,7 +197,7 @@ class ClaudeSession:
         if self.branching:
             assert self.branch is not None
             changes["fork_session"] = True
-            changes["resume_session_at"] = self.branch[1]
+            changes["resume_session_at"] = self.branch.at
         if options.cwd is None and self.ctx.cwd is not None:
             changes["cwd"] = self.ctx.cwd
         if self.mirror is not None and options.session_store is None:
@@ -226,6 +239,8 @@ class ClaudeSession:
         if cli is not None and not (os.path.isfile(cli) and os.access(cli, os.X_OK)):  # noqa: ASYNC240 - one stat
             raise self._unavailable(f"Claude Code CLI not found or not executable at {str(cli)!r}", "not_found")
         resume = options.resume
+        if self.branching:
+            await self._copy_branch_source(options)
         try:
             materialized = await materialize_resume_session(options) if options.session_store is not None else None
         except RuntimeError as exc:  # the SDK's wrapper of a failed or slow SessionStore.load
@@ -362,6 +377,23 @@ class ClaudeSession:
         )
         if entries:
             await self.mirror.append({"project_key": project, "session_id": resume}, cast("Any", entries))
+
+    async def _copy_branch_source(self, options: ClaudeAgentOptions) -> None:
+        """Before a fork of another session's CLI conversation (a `SessionServer.fork`): copy
+        that CLI session's transcript from the source's mirror into this session's, so that the
+        CLI finds it on any machine (this one's ``~/.claude`` may never have seen it)."""
+        branch, mirror = self.branch, self.mirror
+        if branch is None or branch.mirror_key is None or mirror is None or branch.mirror_key == mirror.key:
+            return
+        key: Any = {"project_key": project_key_for_directory(options.cwd), "session_id": branch.session}
+        try:
+            if await mirror.load(key) is not None:
+                return
+            entries = await ClaudeTranscriptStore(mirror.store, branch.mirror_key.removesuffix(".claude")).load(key)
+            if entries:
+                await mirror.append(key, entries)
+        except StoreError as exc:  # the fork is still tried: this machine may have the transcript
+            self._log.warning("claude_branch_copy_failed", session_id=branch.session, error=str(exc))
 
     def _branch_refused(self, text: str) -> bool:
         """Whether the CLI refused to fork at the branch point: no entry with that uuid in the

@@ -232,6 +232,8 @@ class TurnMapper:
         transcript (what a rewind to this turn, or a fork at it, passes to ``--resume-session-at``)."""
         if self.last_uuid is not None:
             extra["resume_session_at"] = self.last_uuid
+            if self.session.mirror is not None:
+                extra["mirror_key"] = self.session.mirror.key  # where a fork on another machine finds it
         return extra
 
     def finish(self, result: ResultMessage) -> TurnCompleted:

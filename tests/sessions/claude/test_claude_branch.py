@@ -5,6 +5,7 @@ after the SessionServer is killed and its supervisor restarts it."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ import otpy
 import sessions
 from sessions import SessionServer
 
-from .fake_api import FakeAnthropic, _user_texts
+from .fake_api import FakeAnthropic, _user_texts, make_env
 from .test_claude_server import claude_pids, wait_for
 
 Start = Callable[..., Any]
@@ -80,18 +81,18 @@ async def test_after_a_rewind_the_model_sees_the_turns_up_to_it_across_restarts(
 
 
 async def test_a_fork_goes_on_from_its_turn_and_the_source_is_unchanged(
-    supervised: Start, fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]
+    supervised: Start, fake_api: FakeAnthropic, claude_kwargs: dict[str, Any], tmp_path: Path
 ) -> None:
-    """A fork at turn 2 of three: its next request carries turns 1-2 and its prompt; the source's
-    next request still carries its three turns; a fork server killed and restarted goes on from
-    its own turns."""
+    """A fork at turn 2 of three, run on another machine (a HOME that never saw the source): its
+    next request carries turns 1-2 and its prompt; the source's next request still carries its
+    three turns; a fork server killed and restarted goes on from its own turns."""
     store = sessions.InMemoryStore()
-    provider = sessions.ClaudeCode(**claude_kwargs)
-    await supervised(name="source", provider=provider, store=store, session_id="s")
+    await supervised(name="source", provider=sessions.ClaudeCode(**claude_kwargs), store=store, session_id="s")
     for prompt in ("one", "two", "three"):
         await SessionServer.send_message("source", prompt)
     branch = await SessionServer.fork(store, "s", at_turn=2)
-    await supervised(name="fork", provider=provider, store=store, session_id=branch)
+    elsewhere = sessions.ClaudeCode(**{**claude_kwargs, "env": make_env(tmp_path / "elsewhere", fake_api.url)})
+    await supervised(name="fork", provider=elsewhere, store=store, session_id=branch)
     forked = await SessionServer.send_message("fork", "fork-next")
     assert conversation(fake_api.message_requests()[-1]) == said("one", "two", "fork-next")
     assert (forked.turn, forked.cost_usd) == (3, 6.0)
