@@ -299,7 +299,9 @@ class _PgHandler(Handler):
         if conn is None:
             return
         try:
-            if not conn.closed:
+            # A fenced node's row is not live already (expired, taken over, or about to
+            # expire while the database is out of reach): no statement that could hang.
+            if not conn.closed and self.node.check() is None:
                 conn.execute(
                     f"UPDATE {self.s}.nodes SET state = 'down', expires_at = now()"
                     " WHERE node_id = %s AND incarnation = %s",
