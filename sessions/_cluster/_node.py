@@ -500,9 +500,10 @@ class ClusterNode:
                             why = f"node {peer}: {exc}"
                     else:
                         why = "no other live node to hand it to"
-                else:
-                    await self._activate(name, "call")
+                elif await self._activate(name, "call"):
                     continue
+                else:
+                    why = "another node won its claim, or this node cannot start it now"
             if trio.current_time() >= deadline:
                 if forwarded:
                     raise NotHere(why)
