@@ -43,15 +43,16 @@ def said(*prompts: str) -> list[str]:
     return [*lines, f"user: {prompts[-1]}"]
 
 
-async def restart(name: str) -> None:
-    """Kill the server ``name``; wait until its supervisor has started the next one and the
-    killed one's CLI is gone (one CLI of those running before: each server has one)."""
+async def restart(name: str, *, idle_cli: bool = True) -> None:
+    """Kill the server ``name``; wait until its supervisor has started the next one and, if the
+    server keeps a CLI between turns (``idle_cli``: duplex), the killed one's CLI is gone (one CLI
+    of those running before: each duplex server has one)."""
     old = otpy.whereis(name)
     assert old is not None
     cli = claude_pids()
     otpy.exit(old, "kill")
     await wait_for(lambda: otpy.whereis(name) not in (None, old))
-    await wait_for(lambda: len(claude_pids() & cli) == len(cli) - 1)
+    await wait_for(lambda: len(claude_pids() & cli) == len(cli) - idle_cli)
 
 
 async def test_after_a_rewind_the_model_sees_the_turns_up_to_it_across_restarts(
@@ -83,22 +84,23 @@ async def test_after_a_rewind_the_model_sees_the_turns_up_to_it_across_restarts(
 async def test_a_fork_goes_on_from_its_turn_and_the_source_is_unchanged(
     supervised: Start, fake_api: FakeAnthropic, claude_kwargs: dict[str, Any], tmp_path: Path
 ) -> None:
-    """A fork at turn 2 of three, run on another machine (a HOME that never saw the source): its
-    next request carries turns 1-2 and its prompt; the source's next request still carries its
-    three turns; a fork server killed and restarted goes on from its own turns."""
+    """A fork at turn 2 of three, run on another machine (a HOME that never saw the source) with a
+    CLI per turn: its next request carries turns 1-2 and its prompt; the source's next request
+    still carries its three turns; a fork server killed and restarted goes on from its own turns."""
     store = sessions.InMemoryStore()
     await supervised(name="source", provider=sessions.ClaudeCode(**claude_kwargs), store=store, session_id="s")
     for prompt in ("one", "two", "three"):
         await SessionServer.send_message("source", prompt)
     branch = await SessionServer.fork(store, "s", at_turn=2)
-    elsewhere = sessions.ClaudeCode(**{**claude_kwargs, "env": make_env(tmp_path / "elsewhere", fake_api.url)})
+    fresh_home = make_env(tmp_path / "elsewhere", fake_api.url)
+    elsewhere = sessions.ClaudeCode(transport="per_turn", **{**claude_kwargs, "env": fresh_home})
     await supervised(name="fork", provider=elsewhere, store=store, session_id=branch)
     forked = await SessionServer.send_message("fork", "fork-next")
     assert conversation(fake_api.message_requests()[-1]) == said("one", "two", "fork-next")
     assert (forked.turn, forked.cost_usd) == (3, 6.0)
     await SessionServer.send_message("source", "source-next")
     assert conversation(fake_api.message_requests()[-1]) == said("one", "two", "three", "source-next")
-    await restart("fork")
+    await restart("fork", idle_cli=False)
     await SessionServer.send_message("fork", "fork-again")
     assert conversation(fake_api.message_requests()[-1]) == said("one", "two", "fork-next", "fork-again")
     source_cli = await SessionServer.provider_session_id("source")
@@ -129,21 +131,6 @@ async def test_a_branch_point_the_cli_cannot_find_falls_back_to_the_transcript(
     assert "user: remember 42" in text
     assert "assistant: echo: remember 42" in text
     assert text.endswith("which number")
-
-
-async def test_every_turn_result_names_its_last_transcript_entry(
-    fake_api: FakeAnthropic, claude_kwargs: dict[str, Any]
-) -> None:
-    """``extra["resume_session_at"]`` is the uuid of the turn's last reply in the CLI's transcript,
-    a different one each turn (what a rewind to that turn forks at)."""
-    async with sessions.ClaudeCode(**claude_kwargs).connect(sessions.SessionContext("s")) as conn:
-        ends = []
-        for n, prompt in enumerate(("one", "two"), 1):
-            events = [e async for e in conn.run_turn(sessions.TurnRequest(n, prompt, ()))]
-            assert isinstance(events[-1], sessions.TurnCompleted)
-            ends.append(events[-1].extra["resume_session_at"])
-    assert len(set(ends)) == 2
-    assert all(isinstance(end, str) and len(end) == 36 for end in ends)
 
 
 async def test_a_seeded_session_sends_its_seed_once(
