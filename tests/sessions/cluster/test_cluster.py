@@ -39,11 +39,34 @@ async def test_calls_by_name_are_routed_to_the_owner_node(cluster: Any, postgres
         with pytest.raises(sessions.SessionElsewhere) as caught:
             await SessionServer.subscribe("s1")
         assert caught.value.node_id == "a"
+        await SessionServer.rewind("s1", 1)  # routed, like put_session
+        assert len(await SessionServer.messages("s1")) == 2  # turn 1's prompt and reply
+        async with trio.open_nursery() as nursery:
+            slow: list[sessions.Result] = []
+
+            async def turn() -> None:
+                slow.append(await SessionServer.send_message("s1", "slow:5:long"))
+
+            nursery.start_soon(turn)
+
+            async def running() -> bool:
+                return (await SessionServer.status("s1")).state == "running"
+
+            await cluster.until(running, 10)
+            assert await SessionServer.interrupt("s1") is True
+        assert slow[0].finish_reason == sessions.FinishReason.INTERRUPTED
         assert here.supervisor is not None
         assert otpy.whereis("s1") is None  # it never ran here
-    assert await cluster.local(a) == ["s1"]
-    lease = cluster.lease("s1")
-    assert lease == ("a", 1, True)
+        assert await cluster.local(a) == ["s1"]
+        assert cluster.lease("s1") == ("a", 1, True)
+        await SessionServer.stop("s1")  # routed to a: a passivation there
+        assert await cluster.local(a) == []
+
+        async def released() -> bool:  # the release is written by a's store a moment later
+            return bool(cluster.lease("s1") == (None, 1, False))
+
+        await cluster.until(released, 10)
+    assert (await cluster.send(b, "s1", "back")).turn == 5  # activated on b, from the store
 
 
 async def test_sigkill_failover_carries_history_cost_and_turns(cluster: Any) -> None:
@@ -120,7 +143,11 @@ async def test_idle_sessions_are_passivated_and_reactivated(cluster: Any) -> Non
         return not await cluster.local(a)
 
     await cluster.until(passivated, 10)
-    assert cluster.lease("p1") == (None, 1, False)
+
+    async def released() -> bool:  # written by a's store a moment after the session stopped
+        return bool(cluster.lease("p1") == (None, 1, False))
+
+    await cluster.until(released, 10)
     await trio.sleep(1.0)  # several orphan scans: an inactive lease is no orphan
     assert cluster.lease("p1") == (None, 1, False)
     result = await cluster.send(a, "p1", "three")
