@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-ttl", type=float, default=3.0)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--advertise", default=None, help="the base URL other nodes use (default: the bound one)")
     parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds; 0 for never")
     parser.add_argument("--log-file", default=None)
     args = parser.parse_args(argv)
@@ -110,7 +111,15 @@ def main(argv: list[str] | None = None) -> int:
     idle = args.idle_timeout if args.idle_timeout > 0 else math.inf
     reason = trio.run(
         functools.partial(
-            serve_node, store, factory, token=token, ready=ready, host=args.host, port=args.port, idle_timeout=idle
+            serve_node,
+            store,
+            factory,
+            token=token,
+            ready=ready,
+            host=args.host,
+            port=args.port,
+            advertise=args.advertise,
+            idle_timeout=idle,
         )
     )
     return 0 if reason == "stopped" else 3

@@ -163,8 +163,11 @@ class ClusterNode:
         ``session_factory``: ``session_id -> dict`` of `SessionServer` options (not
         ``name``, ``session_id``, ``store``: the node sets them). ``token``: the
         cluster's shared secret (at least 16 characters), sent as a bearer token
-        between nodes. ``host`` / ``port``: where the node's HTTP server listens
-        (127.0.0.1, a free port). ``idle_timeout`` (300 s): a session with no call for
+        between nodes, over plain HTTP: keep the nodes on a private network. ``host`` /
+        ``port``: where the node's HTTP server listens (127.0.0.1, a free port).
+        ``advertise``: the base URL the other nodes use to reach this one (default: the
+        one it listens on; give it when ``host`` is ``0.0.0.0`` or behind NAT, e.g.
+        ``"http://10.0.0.5:8401"``). ``idle_timeout`` (300 s): a session with no call for
         that long, idle and without subscribers, is passivated; ``math.inf`` never.
         ``route_timeout``: how long a call may wait to be placed (an owner that died,
         a failover in progress) before `ClusterUnavailable` (default ``4 * lease_ttl``,
@@ -192,11 +195,15 @@ class ClusterNode:
         token: str,
         host: str = "127.0.0.1",
         port: int = 0,
+        advertise: str | None = None,
         idle_timeout: float = 300.0,
         route_timeout: float | None = None,
         drain_timeout: float = 30.0,
         scan_interval: float | None = None,
     ) -> None:
+        url: object = advertise
+        if url is not None and not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+            raise InvalidOption("advertise", advertise, "expected a base URL such as 'http://10.0.0.5:8401'")
         checked: object = token
         if not isinstance(checked, str) or len(checked) < 16:
             raise InvalidOption("token", "<hidden>", "expected a str of at least 16 characters")
@@ -212,6 +219,7 @@ class ClusterNode:
         self.token = token
         self.host = host
         self.port = port
+        self.advertise = advertise
         self.idle_timeout = float(idle_timeout)
         self.route_timeout = float(route_timeout) if route_timeout is not None else max(10.0, 4 * ttl)
         self.drain_timeout = float(drain_timeout)
@@ -312,7 +320,8 @@ class ClusterNode:
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
         app = create_node_app(self)
-        self.address = await nursery.start(functools.partial(serve_node_app, app, host=self.host, port=self.port))
+        bound = await nursery.start(functools.partial(serve_node_app, app, host=self.host, port=self.port))
+        self.address = self.advertise.rstrip("/") if self.advertise else bound
         await self.store.set_address(self.address)
         self._state = "up"
         nursery.start_soon(self._watch_fence)

@@ -110,5 +110,7 @@ def test_a_node_checks_its_options() -> None:
         sessions.ClusterNode(object(), dict, token="x" * 16, idle_timeout=0)
     with pytest.raises(sessions.InvalidOption, match="session_factory"):
         sessions.ClusterNode(object(), "options", token="x" * 16)  # type: ignore[arg-type]
+    with pytest.raises(sessions.InvalidOption, match="advertise"):
+        sessions.ClusterNode(object(), dict, token="x" * 16, advertise="10.0.0.5:8401")
     node = sessions.ClusterNode(object(), dict, token="x" * 16, idle_timeout=math.inf)
     assert node.idle_timeout == math.inf
