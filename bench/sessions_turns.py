@@ -278,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--session-length", type=int, default=50, help="turns per session in rows c and d")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--telemetry", action="store_true", help="leave sessions' OpenTelemetry on (default: off, as without the extra)"
+    )
     args = parser.parse_args(argv)
+    if not args.telemetry:
+        sessions.configure_telemetry(enabled=False)
     if args.quick:
         args.sessions, args.turns, args.rounds, args.cpu_turns, args.cpu_rounds = 10, 3, 1, 20, 1
     print(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import math
 import tempfile
 import threading
 import unittest.mock
@@ -297,7 +298,7 @@ _json_leaves = st.one_of(
     st.integers(),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=5),
-    st.sampled_from(["é", "\ud800", "a\udfff", _Color.RED, b"x", object()]),
+    st.sampled_from(["é", "\ud800", "a\udfff", '\n"\\\x00\u2028', _Color.RED, b"x", object(), math.nan, -math.inf]),
 )
 _json_values = st.recursive(
     _json_leaves,
@@ -341,3 +342,18 @@ def test_check_json_hands_deep_and_circular_values_to_json_text() -> None:
         inner.append([])
         inner = inner[0]  # type: ignore[assignment]
     _common.check_json("s", 1, {"v": deep})
+
+
+def _text_or_error(dumps: Callable[[object], str], value: object) -> str:
+    try:
+        return dumps(value)
+    except Exception as exc:  # the outcome is compared, whatever it is
+        return f"{type(exc).__name__}: {exc}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_json_values)
+def test_the_stores_json_is_json_dumps(value: object) -> None:
+    """The durable stores encode records through json's C encoder directly: the same text as
+    json.dumps(ensure_ascii=False, separators=(",", ":")), and the same errors."""
+    assert _text_or_error(_common._dumps_with_c_encoder, value) == _text_or_error(_common._dumps_with_json, value)
