@@ -293,15 +293,28 @@ class ClusterNode:
                 await node.wait_stopped()
         """
         node = cls(store, session_factory, **options)
+        failed: Exception | None = None
         async with trio.open_nursery() as nursery:
-            await node._start(nursery)
             try:
-                yield node
-            finally:
+                await node._start(nursery)
+            except Exception as exc:  # noqa: BLE001 (raised below, outside the nursery: not in a group)
+                failed = exc
+                if _CURRENT.get() is node:
+                    _CURRENT.set(None)  # a node that did not start leaves the run as it found it
                 with trio.CancelScope(shield=True):
-                    await node.stop()
-                _CURRENT.set(None)  # calls by name are plain otpy.call again; another node may start
+                    await node._close()
+                node._finish("failed")
                 nursery.cancel_scope.cancel()
+            else:
+                try:
+                    yield node
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await node.stop()
+                    _CURRENT.set(None)  # calls by name are plain otpy.call again; another node may start
+                    nursery.cancel_scope.cancel()
+        if failed is not None:
+            raise failed
 
     async def _start(self, nursery: trio.Nursery) -> None:
         if _CURRENT.get() is not None:

@@ -236,3 +236,15 @@ async def test_a_name_of_this_process_keeps_its_meaning(cluster: Any, postgres: 
             assert node.running
         assert not node.running
         assert (await SessionServer.send_message("mine", "again")).text == "two"
+
+
+async def test_a_node_that_cannot_join_leaves_the_run_as_it_was(postgres: Any) -> None:
+    """A node whose database is unreachable fails to start with the store's error, and
+    another node can then be started in the same trio run."""
+    dead = sessions.PostgresStore("postgresql://postgres@127.0.0.1:1/none?connect_timeout=1", schema=postgres.schema)
+    with pytest.raises(sessions.StoreError):
+        async with sessions.ClusterNode.open(dead, dict, token="t" * 16):
+            pass  # pragma: no cover
+    store = sessions.PostgresStore(postgres.dsn, schema=postgres.schema, node_id="second", lease_ttl=1.0)
+    async with sessions.ClusterNode.open(store, dict, token="t" * 16) as node:
+        assert node.running
