@@ -170,7 +170,7 @@ class ClaudeSession:
 
     @property
     def branching(self) -> bool:
-        """Whether the next CLI start forks the conversation at `branch` (the CLI has not
+        """Whether the next CLI start forks the conversation at ``branch`` (the CLI has not
         reported the new session yet, and the one to fork is still the one to resume)."""
         return self.branch is not None and self.claude_session_id == self.branch.session
 
