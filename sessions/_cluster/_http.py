@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ._node import ClusterNode
 
 _MAX_BODY = 16 * 1024 * 1024
+_log = otpy.get_logger("sessions.cluster")
 
 
 def create_node_app(node: ClusterNode) -> Starlette:
@@ -60,6 +61,9 @@ def create_node_app(node: ClusterNode) -> Starlette:
         except NotHere as exc:
             return JSONResponse({"detail": str(exc) or "not here"}, status_code=409)
         except (SessionError, otpy.CallError) as exc:
+            return JSONResponse(encode_error(exc))
+        except Exception as exc:  # noqa: BLE001 (the caller gets its name and message, not a bare 500)
+            _log.warning("cluster_call_failed", session_id=name, error=repr(exc))
             return JSONResponse(encode_error(exc))
         finally:
             node._serving -= 1

@@ -37,6 +37,7 @@ from .. import _server
 from .._errors import (
     ClusterUnavailable,
     InvalidOption,
+    LeaseLost,
     SessionElsewhere,
     SessionError,
     SessionInUse,
@@ -628,7 +629,13 @@ class ClusterNode:
 
     async def _activate(self, name: str, why: str) -> bool:
         """Start ``name`` here under the node's supervisor (its ``init`` claims the lease).
-        False when another node won the claim (the caller routes to it)."""
+        False when another node won the claim (the caller routes to it) or the store failed
+        (the caller tries again, up to its ``route_timeout``).
+
+        Raises:
+            ClusterUnavailable: the session cannot be started here for another reason (the
+                factory raised, its options are malformed, its ``cwd`` is missing).
+        """
         if self._state != "up" or self._sup is None:
             return False
         event = self._activating.get(name)
@@ -637,18 +644,24 @@ class ClusterNode:
             return otpy.whereis(name) is not None
         event = self._activating[name] = trio.Event()
         try:
-            spec = SessionServer.child_spec(
-                name=name, restart="transient", session_id=name, store=self._sessions_store, **self._options(name)
-            )
+            try:
+                spec = SessionServer.child_spec(
+                    name=name, restart="transient", session_id=name, store=self._sessions_store, **self._options(name)
+                )
+            except Exception as exc:  # the application's factory: any error, named
+                raise ClusterUnavailable(name, f"session_factory failed: {exc!r}") from exc
             started = time.perf_counter()
             try:
                 await otpy.DynamicSupervisor.start_child(self._sup, spec)
             except otpy.StartError as exc:
                 reason = exc.reason
-                if isinstance(reason, SessionInUse) or type(reason).__name__ == "LeaseLost":
+                if isinstance(reason, SessionInUse | LeaseLost):
                     _log.debug("cluster_claim_lost", session_id=name, node_id=self.node_id, why=why)
                     return False
-                raise
+                if isinstance(reason, StoreError | OSError):  # the database cut off, for a moment or for good
+                    _log.warning("cluster_activation_failed", session_id=name, node_id=self.node_id, error=str(reason))
+                    return False
+                raise ClusterUnavailable(name, f"it could not be started here: {reason!r}") from exc
             self._last_used[name] = trio.current_time()
             _log.info(
                 "cluster_session_activated",
@@ -697,6 +710,7 @@ class ClusterNode:
                 with contextlib.suppress(StoreError, OSError):
                     await self.store.set_active(name, False)
             self._retired[pid] = trio.current_time()
+            self._last_used.pop(name, None)
             sup = self._sup
             if sup is not None:
                 with contextlib.suppress(otpy.CallError, otpy.ChildNotFound):
@@ -716,9 +730,6 @@ class ClusterNode:
         while self._state == "up":
             await trio.sleep(period)
             now = trio.current_time()
-            for pid, when in list(self._retired.items()):
-                if now - when > 60.0:
-                    del self._retired[pid]
             for name, pid in self._local().items():
                 last = self._last_used.setdefault(name, now)
                 if now - last >= self.idle_timeout and self._state == "up":
@@ -727,6 +738,17 @@ class ClusterNode:
                     else:
                         self._last_used[name] = now
 
+    def _prune(self) -> None:
+        """Forget the servers retired a minute ago, and the last use of sessions gone from here."""
+        now = trio.current_time()
+        for pid, when in list(self._retired.items()):
+            if now - when > 60.0:
+                del self._retired[pid]
+        if len(self._last_used) > 2 * len(self._activating) + 1024:
+            local = self._local()
+            for name in [name for name in self._last_used if name not in local]:
+                del self._last_used[name]
+
     async def _scan_orphans(self) -> None:
         """Activate, every ``scan_interval``, the orphans that rendezvous hashing gives to this node."""
         limiter = trio.CapacityLimiter(16)
@@ -734,6 +756,7 @@ class ClusterNode:
             await trio.sleep(self.scan_interval)
             if self._state != "up":
                 return
+            self._prune()
             try:
                 orphans = await self.store.orphans(limit=256)
                 live = await self._refresh_nodes() if orphans else []

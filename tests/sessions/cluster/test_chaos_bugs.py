@@ -16,12 +16,6 @@ pytestmark = pytest.mark.timeout(45)
 TOKEN = "chaos-bug-token-0123456789"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG for cluster (CLUSTER_CONTRACT.md 2026-12-08): an activation that fails on a store error"
-    " (the database cut off) raises otpy.StartError out of the call by name, an HTTP 500 for a forwarded"
-    " call, instead of being retried within route_timeout or raising ClusterUnavailable",
-)
 async def test_a_store_error_during_activation_is_retried_not_raised_as_a_start_error(postgres: Any) -> None:
     """The session's first claim fails once on a store error (a connection cut, as in a
     chaos run); the call by name gets its turn (or a ClusterUnavailable), not a StartError."""

@@ -248,3 +248,15 @@ async def test_a_node_that_cannot_join_leaves_the_run_as_it_was(postgres: Any) -
     store = sessions.PostgresStore(postgres.dsn, schema=postgres.schema, node_id="second", lease_ttl=1.0)
     async with sessions.ClusterNode.open(store, dict, token="t" * 16) as node:
         assert node.running
+
+
+async def test_a_session_the_factory_refuses_is_a_cluster_error_naming_why(postgres: Any) -> None:
+    """session_factory raising (an unknown session id, say) gives the caller ClusterUnavailable
+    naming the factory's error at once, and the node goes on serving the others."""
+    known = {"ok": {"provider": sessions.ScriptedProvider()}}
+    store = sessions.PostgresStore(postgres.dsn, schema=postgres.schema, node_id="f", lease_ttl=1.0)
+    async with sessions.ClusterNode.open(store, lambda sid: known[sid], token="t" * 16) as node:
+        with trio.fail_after(5), pytest.raises(sessions.ClusterUnavailable, match="session_factory failed: KeyError"):
+            await SessionServer.send_message("nope", "hi")
+        assert (await SessionServer.send_message("ok", "hi")).turn == 1
+        assert node.running
