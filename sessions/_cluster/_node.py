@@ -1,8 +1,8 @@
 """ClusterNode: one OS process's share of a cluster of sessions on PostgreSQL.
 
 A node joins the cluster through a `PostgresStore` (its row in ``nodes``, renewed by the
-store's heartbeat), serves the other nodes over HTTP, runs the sessions it owns under a
-``DynamicSupervisor``, and routes the client functions of `SessionServer` by name:
+store's heartbeat), serves the other nodes over HTTP, runs the sessions it owns under
+``DynamicSupervisor`` shards, and routes the client functions of `SessionServer` by name:
 
 1. a session registered in this process under that name: called directly;
 2. else the owner named by the session's lease, when that node is live: called over HTTP;
@@ -63,6 +63,7 @@ SessionFactory = Callable[[str], Mapping[str, Any]]
 _CURRENT: RunVar[ClusterNode | None] = RunVar("sessions_cluster_node", default=None)
 _CLAIM_WAIT: Final = 0.5  # how long an activation waits for a claim held by a live other node
 _NODE_KEYS: Final = frozenset({"name", "session_id", "store"})
+_SHARDS: Final = 4  # DynamicSupervisors of sessions per node: activations run this many at a time
 _OWNERS_KEPT: Final = 100_000  # routed sessions whose owner a node remembers (then it forgets them all)
 
 
@@ -229,6 +230,7 @@ class ClusterNode:
         self.stop_reason: str | None = None
         self._sessions_store = _NodeStore(store)
         self._sup: otpy.Pid | None = None
+        self._shards: list[otpy.Pid] = []
         self._client: httpx.AsyncClient | None = None
         self._state = "new"  # new, up, draining, stopped
         self._stopped = trio.Event()
@@ -257,7 +259,9 @@ class ClusterNode:
 
     @property
     def supervisor(self) -> otpy.Pid | None:
-        """The ``DynamicSupervisor`` of the sessions this node runs (for ``otpy.tree``).
+        """The root of the sessions this node runs (for ``otpy.tree``): a ``Supervisor`` of
+        four ``DynamicSupervisor`` shards, so that activations (each a claim, a load and a
+        durable append in the session's ``init``) run four at a time.
 
         Example::
 
@@ -327,7 +331,11 @@ class ClusterNode:
         _CURRENT.set(self)
         _server._route_through(_routed_call, _routed_stop)
         self._nursery = nursery
-        self._sup = await otpy.DynamicSupervisor.start(max_restarts=100, max_seconds=10, nursery=nursery)
+        shards = [
+            otpy.DynamicSupervisor.child_spec(max_restarts=100, max_seconds=10, id=f"sessions-{n}")
+            for n in range(_SHARDS)
+        ]
+        self._sup = await otpy.Supervisor.start(shards, strategy="one_for_one", nursery=nursery)
         self._client = httpx.AsyncClient(
             headers={"authorization": f"Bearer {self.token}"},
             timeout=httpx.Timeout(5.0, connect=1.0),
@@ -538,7 +546,7 @@ class ClusterNode:
         self._last_used[name] = trio.current_time()
         if isinstance(request, _Stop):
             sup = self._sup
-            if sup is not None and pid.parent is sup and otpy.is_normal_reason(request.reason):
+            if sup is not None and self._ours(pid) and otpy.is_normal_reason(request.reason):
                 await self._retire(name, pid, active=False, why="stopped")  # stop = passivate now
             else:
                 await otpy.stop(pid, request.reason)
@@ -638,6 +646,9 @@ class ClusterNode:
         """
         if self._state != "up" or self._sup is None:
             return False
+        shard = await self._shard(name)
+        if shard is None:
+            return False
         event = self._activating.get(name)
         if event is not None:
             await event.wait()
@@ -652,7 +663,7 @@ class ClusterNode:
                 raise ClusterUnavailable(name, f"session_factory failed: {exc!r}") from exc
             started = time.perf_counter()
             try:
-                await otpy.DynamicSupervisor.start_child(self._sup, spec)
+                await otpy.DynamicSupervisor.start_child(shard, spec)
             except otpy.StartError as exc:
                 reason = exc.reason
                 if isinstance(reason, SessionInUse | LeaseLost):
@@ -683,9 +694,32 @@ class ClusterNode:
         found: dict[str, otpy.Pid] = {}
         for name in otpy.registered():
             pid = otpy.whereis(name)
-            if pid is not None and pid.parent is sup:
+            if pid is not None and self._ours(pid):
                 found[name] = pid
         return found
+
+    def _ours(self, pid: otpy.Pid) -> bool:
+        """Whether ``pid`` is a session of this node (a child of one of its shards)."""
+        parent = pid.parent
+        return parent is not None and self._sup is not None and parent.parent is self._sup
+
+    async def _shard(self, name: str) -> otpy.Pid | None:
+        """The ``DynamicSupervisor`` shard that runs ``name`` (by a hash of it), or None when stopped."""
+        sup = self._sup
+        if sup is None or not sup.alive:
+            return None
+        shards = self._shards
+        if len(shards) != _SHARDS or not all(shard.alive for shard in shards):
+            try:
+                children = await otpy.Supervisor.which_children(sup)
+            except otpy.CallError:
+                return None
+            found = {info.id: info.child for info in children if isinstance(info.child, otpy.Pid)}
+            shards = self._shards = [found[key] for key in sorted(found, key=str)]
+            if len(shards) != _SHARDS:
+                return None  # a shard is being restarted: the caller tries again
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        return shards[int.from_bytes(digest, "big") % _SHARDS]
 
     async def _retire(self, name: str, pid: otpy.Pid, *, active: bool, why: str, idle_only: bool = False) -> bool:
         """Stop the local session ``name`` between turns: calls that would start work are held
@@ -711,10 +745,10 @@ class ClusterNode:
                     await self.store.set_active(name, False)
             self._retired[pid] = trio.current_time()
             self._last_used.pop(name, None)
-            sup = self._sup
-            if sup is not None:
+            shard = pid.parent
+            if shard is not None:
                 with contextlib.suppress(otpy.CallError, otpy.ChildNotFound):
-                    await otpy.DynamicSupervisor.terminate_child(sup, pid)
+                    await otpy.DynamicSupervisor.terminate_child(shard, pid)
             if active:
                 _log.info("cluster_session_handed_over", session_id=name, node_id=self.node_id, turns=status.turn_count)
             else:
