@@ -10,6 +10,7 @@ lines of our own (the projects folder, ``--permission-prompt-tool stdio`` for
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Final
 
 import attrs
@@ -24,6 +25,10 @@ _WHY_RESUME: Final = (
     "ClaudeSDKClient loads a session_store transcript for --resume only when it builds its own transport:"
     " with ours the provider takes the same steps"
 )
+_WHY_WAKE: Final = (
+    "the turn waits for the CLI's next message with no cancel scope per message (one costs more than the SDK's whol"
+    "e parse): a watchdog ends a wait whose deadline passed by putting a marker into the SDK's message stream"
+)
 _WHY_PARSE: Final = (
     "ClaudeSDKClient.receive_messages leaves its inner generator to the garbage collector when closed ear"
     "ly (a ResourceWarning per turn): the provider reads the raw stream and parses it with the SDK's parser"
@@ -33,12 +38,15 @@ _WHY_PARSE: Final = (
 @attrs.frozen
 class PrivateUse:
     """One private SDK name: ``module``, then ``path`` (attributes, dotted); ``instance``:
-    the last part is an attribute of an instance of ``ClaudeSDKClient``, not of the class."""
+    the last part is an attribute of an instance of ``ClaudeSDKClient``, not of the class;
+    ``assigned``: the last part is an attribute the class's ``__init__`` assigns (read in
+    its source)."""
 
     module: str
     path: str
     why: str
     instance: bool = False
+    assigned: bool = False
 
     def problem(self) -> str | None:
         """None when the name is where it was; else what moved, by name."""
@@ -52,10 +60,18 @@ class PrivateUse:
 
             target = ClaudeSDKClient(ClaudeAgentOptions())
             parts = parts[1:]
+        attribute = parts.pop() if self.assigned else None
         for part in parts:
             if not hasattr(target, part):
                 return f"{self.module}.{self.path} is gone"
             target = getattr(target, part)
+        if attribute is not None:
+            try:
+                source = inspect.getsource(getattr(target, "__init__"))  # noqa: B009
+            except (OSError, TypeError):
+                return f"{self.module}.{self.path}: the source of __init__ cannot be read"
+            if f"self.{attribute}" not in source:
+                return f"{self.module}.{self.path} is gone"
         return None
 
 
@@ -72,6 +88,7 @@ PRIVATE_USES: Final = (
     PrivateUse("claude_agent_sdk._internal.message_parser", "parse_message", _WHY_PARSE),
     PrivateUse("claude_agent_sdk._internal.query", "Query.receive_messages", _WHY_PARSE),
     PrivateUse("claude_agent_sdk", "ClaudeSDKClient._query", _WHY_PARSE, instance=True),
+    PrivateUse("claude_agent_sdk._internal.query", "Query._message_send", _WHY_WAKE, assigned=True),
 )
 """The private names used, each with its reason."""
 

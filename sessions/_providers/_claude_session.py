@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
 
+import anyio
 import attrs
 import trio
 from claude_agent_sdk import (
@@ -52,7 +53,7 @@ from ._claude_options import (
 from ._claude_private import MaterializedResume, apply_materialized_options, materialize_resume_session
 from ._claude_process import LauncherTransport
 from ._claude_store import ClaudeTranscriptStore
-from ._claude_turn import TurnMapper, receive_messages
+from ._claude_turn import WAKE, TurnMapper, receive_messages, wake_stream
 
 if TYPE_CHECKING:
     from ._claude import ClaudeCode
@@ -118,6 +119,14 @@ def exit_text(code: int | None) -> str:
     return f"the CLI exited with exit code {code}"
 
 
+@attrs.define(eq=False)
+class _Watch:
+    """One turn's watchdog (`ClaudeSession._watchdog`): its whole life, and its current sleep."""
+
+    scope: trio.CancelScope
+    sleep: trio.CancelScope | None = None
+
+
 class ClaudeSession:
     """A connected `ClaudeCode`: one session's CLI process (duplex) or processes (per turn).
 
@@ -164,7 +173,8 @@ class ClaudeSession:
         self._recovered_from: str | None = None
         self._interrupt_requested = False
         self._interrupt_deadline = float("inf")
-        self._wait_scope: trio.CancelScope | None = None
+        self._idle_deadline = float("inf")
+        self._watch: _Watch | None = None
         self._log = log.bind(session=ctx.session_id)
         self._stderr: collections.deque[str] = collections.deque(maxlen=_STDERR_LINES)
 
@@ -482,14 +492,37 @@ class ClaudeSession:
             return
         self._interrupt_requested = True
         self._interrupt_deadline = trio.current_time() + self.provider.interrupt_grace
-        if self._wait_scope is not None:
-            self._wait_scope.deadline = min(self._wait_scope.deadline, self._interrupt_deadline)
+        if self._watch is not None and self._watch.sleep is not None:
+            self._watch.sleep.deadline = min(self._watch.sleep.deadline, self._interrupt_deadline)
         with trio.move_on_after(self.provider.interrupt_grace):
             try:
                 await client.interrupt()
             except Exception as exc:  # noqa: BLE001 - the SDK raises bare Exception for control errors
                 self._log.warning("claude_interrupt_failed", error=str(exc))
                 transport.kill_now()
+
+    async def _watchdog(self, watch: _Watch, wake: Any, turn_deadline: float) -> None:
+        """Wake the turn's wait (`WAKE` into the SDK's message stream) when the idle or turn
+        deadline, or the interrupt's grace, passes; then sleep until the turn or `interrupt`
+        moves ``watch.sleep``'s deadline (a stale wake-up: a message came first) or the turn
+        ends (``watch.scope``). A system task: nothing may escape it."""
+        try:
+            with watch.scope:
+                while True:
+                    deadline = min(self._idle_deadline, turn_deadline, self._interrupt_deadline)
+                    if trio.current_time() >= deadline:
+                        # a full buffer (messages to read) or a closed stream ends the wait anyway
+                        with contextlib.suppress(
+                            anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError
+                        ):
+                            wake.send_nowait(WAKE)
+                        deadline = float("inf")
+                    with trio.CancelScope(deadline=deadline) as watch.sleep:
+                        await trio.sleep_forever()
+        except Exception as exc:  # noqa: BLE001 (a system task must not raise; the turn's own deadline check remains)
+            self._log.warning("claude_watchdog_failed", error=repr(exc))
+        finally:
+            watch.sleep = None
 
     def run_turn(self, request: TurnRequest) -> AsyncIterator[ProviderEvent]:
         """Run one turn: the CLI's events, normalized, ending with one `TurnCompleted`.
@@ -524,16 +557,25 @@ class ClaudeSession:
             messages = receive_messages(client)
             now = trio.current_time()
             turn_deadline = now + self.provider.turn_timeout if self.provider.turn_timeout is not None else float("inf")
+            # The waits are bounded by a watchdog (`_watchdog`), not by a cancel scope per
+            # message: each message only moves `_idle_deadline`.
+            watch = self._watch = _Watch(trio.CancelScope())
+            trio.lowlevel.spawn_system_task(
+                self._watchdog, watch, wake_stream(client), turn_deadline, name=f"claude watchdog {self.ctx.session_id}"
+            )
             try:
                 while True:
-                    idle_deadline = (
-                        trio.current_time() + self.provider.idle_timeout
+                    now = trio.current_time()
+                    self._idle_deadline = (
+                        now + self.provider.idle_timeout
                         if self.provider.idle_timeout is not None and not mapper.tools_running
                         else float("inf")  # a tool may run quietly for long: only turn_timeout bounds it
                     )
+                    if (sleep := watch.sleep) is not None and self._idle_deadline < sleep.deadline:
+                        sleep.deadline = self._idle_deadline  # sooner than the watchdog thought (a tool ended)
                     message: Any = None
-                    with trio.CancelScope(deadline=min(idle_deadline, turn_deadline, self._interrupt_deadline)) as wait:
-                        self._wait_scope = wait
+                    timed_out = now >= min(turn_deadline, self._interrupt_deadline)
+                    if not timed_out:
                         try:
                             message = await messages.__anext__()
                         except StopAsyncIteration:
@@ -545,9 +587,14 @@ class ClaudeSession:
                                         await self._charge_of_a_broken_turn(self._transport)
                                 self._transport.kill_now()  # the SDK's reader is gone: nothing will end this turn
                             raise self._broken(exc) from exc
-                        finally:
-                            self._wait_scope = None
-                    if wait.cancelled_caught:
+                        if message is WAKE:  # the watchdog's: a deadline passed, or a stale wake-up
+                            now = trio.current_time()
+                            timed_out = now >= min(self._idle_deadline, turn_deadline, self._interrupt_deadline)
+                            if not timed_out:
+                                if watch.sleep is not None:
+                                    watch.sleep.cancel()  # let the watchdog read the deadlines again
+                                continue
+                    if timed_out:
                         now = trio.current_time()
                         if now >= self._interrupt_deadline or self._interrupt_requested:
                             completed = True
@@ -597,11 +644,13 @@ class ClaudeSession:
                         yield final
                         return
             finally:
+                watch.scope.cancel()
+                if self._watch is watch:
+                    self._watch = None
                 with trio.CancelScope(shield=True):
                     await messages.aclose()
         finally:
             self._turn_active = False
-            self._wait_scope = None
             with trio.CancelScope(shield=True):
                 if not completed:
                     await self._settle()

@@ -317,6 +317,9 @@ async def receive_messages(client: ClaudeSDKClient) -> AsyncGenerator[Any, None]
         raise CLIConnectionError("Not connected. Call connect() first.")
     async with contextlib.aclosing(query.receive_messages()) as raw:
         async for data in raw:
+            if data is WAKE:
+                yield WAKE
+                continue
             message = parse_message(data)
             if message is not None:
                 yield message
@@ -325,6 +328,16 @@ async def receive_messages(client: ClaudeSDKClient) -> AsyncGenerator[Any, None]
 def _count(value: object) -> int:
     """A token count from the API's usage (0 for anything that is not a count)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+WAKE: Final[dict[str, Any]] = {"type": "sessions_wake"}
+"""What the session's watchdog puts into the SDK's message stream to end a wait whose
+deadline passed; `receive_messages` passes this very object on (before parsing)."""
+
+
+def wake_stream(client: ClaudeSDKClient) -> Any:
+    """The send side of the SDK's message stream (the one `receive_messages` reads)."""
+    return client._query._message_send  # type: ignore[union-attr]
 
 
 def tool_text(content: Any) -> str:

@@ -10,8 +10,10 @@ initialize, FAKE_CLAUDE_SPAWN_AT_START=1: start the grandchild at once, FAKE_CLA
 - ``garbage``: a line that starts like JSON and is not;
 - ``grandchild``: start ``sleep 600`` (writing its pid to FAKE_CLAUDE_PIDFILE), then hang;
 - ``hang``: never answer;
+- ``deaf``: never answer, and ignore the interrupt;
 - ``die``: exit 3 mid-turn;
 - ``quiet-tool:S``: a tool call that runs S seconds with no output, then its result;
+- ``quiet-tool-then-hang:S``: the same, then never an answer;
 - anything else: answer ``fake: <prompt>`` at a cost of $1 (cumulative per process).
 """
 
@@ -91,6 +93,9 @@ def turn(prompt: str, interrupted: threading.Event) -> None:
         with lock:
             sys.stdout.write('{"type": "assistant", this is not json\n')
             sys.stdout.flush()
+    elif prompt == "deaf":
+        while True:  # never answers, and ignores the interrupt
+            time.sleep(1)
     elif prompt in ("grandchild", "hang"):
         if prompt == "grandchild":
             child = subprocess.Popen(["sleep", "600"])
@@ -99,7 +104,7 @@ def turn(prompt: str, interrupted: threading.Event) -> None:
         while not interrupted.wait(0.05):
             pass
         result("", subtype="error_during_execution", is_error=True, cost=0.0)
-    elif prompt.startswith("quiet-tool:"):
+    elif prompt.startswith(("quiet-tool:", "quiet-tool-then-hang:")):
         emit(
             {
                 "type": "assistant",
@@ -125,6 +130,8 @@ def turn(prompt: str, interrupted: threading.Event) -> None:
                 "parent_tool_use_id": None,
             }
         )
+        if prompt.startswith("quiet-tool-then-hang:"):
+            return  # the tool answered; the model never does
         assistant("the tool is done")
         result("the tool is done")
     elif prompt == "die":

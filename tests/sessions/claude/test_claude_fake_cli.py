@@ -168,6 +168,47 @@ async def test_a_quiet_tool_does_not_trip_the_idle_timeout(fake_claude: str, fak
     assert info.value.phase == "idle"
 
 
+async def test_silence_after_a_quiet_tool_trips_the_idle_timeout(fake_claude: str, fake_claude_env: dict[str, str]):
+    """The idle deadline comes back (sooner than the turn's) once the tool has answered:
+    the wait that follows is bounded by it."""
+    provider = fake(fake_claude, fake_claude_env, idle_timeout=0.5)
+    async with provider.connect(SessionContext("s1")) as conn:
+        with trio.fail_after(20), pytest.raises(sessions.ProviderTimeout) as info:
+            await turn(conn, "quiet-tool-then-hang:1.0")
+    assert info.value.phase == "idle"
+
+
+async def test_a_silent_cli_hits_the_turn_timeout_before_the_idle_timeout(
+    fake_claude: str, fake_claude_env: dict[str, str]
+):
+    provider = fake(fake_claude, fake_claude_env, idle_timeout=60, turn_timeout=1.0)
+    async with provider.connect(SessionContext("s1")) as conn:
+        with trio.fail_after(20), pytest.raises(sessions.ProviderTimeout) as info:
+            await turn(conn, "hang")
+    assert info.value.phase == "turn"
+
+
+async def test_a_cli_that_ignores_the_interrupt_is_killed_after_the_grace(
+    fake_claude: str, fake_claude_env: dict[str, str]
+):
+    """The interrupt's grace bounds the wait, long before the idle timeout would."""
+    provider = fake(fake_claude, fake_claude_env, idle_timeout=60, interrupt_grace=0.5)
+    events: list[Any] = []
+    async with provider.connect(SessionContext("s1")) as conn:
+
+        async def run() -> None:
+            events.extend([e async for e in conn.run_turn(TurnRequest(1, "deaf", ()))])
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                await trio.sleep(1.0)  # the turn is waiting for the CLI
+                await conn.interrupt()
+    assert isinstance(events[-1], TurnCompleted)
+    assert events[-1].finish_reason is FinishReason.INTERRUPTED
+    assert "did not stop in time" in (events[-1].error or "")
+
+
 def test_a_program_that_exits_without_leaving_the_context_leaves_no_process(
     fake_claude: str, fake_claude_env: dict[str, str], tmp_path: Path
 ):
