@@ -178,6 +178,26 @@ async def test_silence_after_a_quiet_tool_trips_the_idle_timeout(fake_claude: st
     assert info.value.phase == "idle"
 
 
+async def test_a_stale_wake_up_is_ignored(fake_claude: str, fake_claude_env: dict[str, str]):
+    """A watchdog's wake-up read when no deadline has passed (a message came first) does
+    not end the turn: the deadlines are checked again and the turn goes on."""
+    from sessions._providers._claude_turn import WAKE, wake_stream
+
+    provider = fake(fake_claude, fake_claude_env, idle_timeout=30)
+    async with provider.connect(SessionContext("s1")) as conn:
+        done: list[TurnCompleted] = []
+
+        async def run() -> None:
+            done.append(await turn(conn, "quiet-tool:1.0"))
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run)
+                await trio.sleep(0.5)  # the tool runs: the turn waits
+                wake_stream(conn._client).send_nowait(WAKE)
+    assert done[0].text == "the tool is done"
+
+
 async def test_a_silent_cli_hits_the_turn_timeout_before_the_idle_timeout(
     fake_claude: str, fake_claude_env: dict[str, str]
 ):
