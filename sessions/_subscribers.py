@@ -114,16 +114,22 @@ class Subscription:
             trio.EndOfChannel: the subscription ended and nothing is left to read.
         """
         inner = self._inner
+        # trio's pattern for a receive that must not lose an event: cancellation is checked
+        # first, the event is taken with no checkpoint between the check and the pop (another
+        # task reading the same subscription cannot empty the buffer in between), and the
+        # checkpoint after it cannot raise.
         while True:
+            await trio.lowlevel.checkpoint_if_cancelled()
             if inner.dropped:
                 count, inner.dropped = inner.dropped, 0
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 return EventsDropped(count)
             if inner.buffer:
-                await trio.lowlevel.checkpoint()
-                return inner.buffer.popleft()
+                event = inner.buffer.popleft()
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return event
             if inner.closed:
-                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 raise trio.EndOfChannel
             if inner.wakeup is None:
                 inner.wakeup = trio.Event()

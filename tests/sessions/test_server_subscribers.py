@@ -77,6 +77,32 @@ async def test_a_reader_waits_for_the_next_event() -> None:
         await subscription.receive()
 
 
+async def test_two_readers_of_one_subscription_share_its_events() -> None:
+    """Two tasks reading one subscription at once each get distinct events, every event once,
+    and both end at its end (an event is taken only after the reader's checkpoint)."""
+    inner = SubscriberBuffer(64)
+    subscription = Subscription(inner)
+    got: list[list[object]] = [[], []]
+
+    async def read(index: int) -> None:
+        async for event in subscription:
+            got[index].append(event)
+
+    events = [added(str(number)) for number in range(20)]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read, 0)
+        nursery.start_soon(read, 1)
+        await trio.sleep(0.01)
+        for event in events:  # each push wakes both readers; only one can take it
+            inner.push(event)
+            await trio.lowlevel.checkpoint()
+        inner.push(events[0])
+        inner.close()
+    assert sorted(map(repr, got[0] + got[1])) == sorted(map(repr, [*events, events[0]]))
+    assert got[0]
+    assert got[1]
+
+
 def test_the_fanout_forgets_closed_and_collected_subscribers() -> None:
     """publish skips and forgets closed buffers; a collected Subscription closes its buffer."""
     fanout = Fanout()
