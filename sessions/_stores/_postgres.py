@@ -135,6 +135,9 @@ CREATE TABLE IF NOT EXISTS {s}.leases (
     active     boolean NOT NULL,
     updated_at timestamptz NOT NULL
 );
+-- the orphan scan reads active leases only, oldest first: a cluster with most of its
+-- sessions passivated (active = false) keeps them out of every scan
+CREATE INDEX IF NOT EXISTS leases_active ON {s}.leases (updated_at, session_id) WHERE active;
 CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL);
 INSERT INTO {s}.meta (key, value) VALUES ('schema_version', '1') ON CONFLICT DO NOTHING
 """

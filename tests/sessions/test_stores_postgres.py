@@ -478,6 +478,35 @@ async def test_a_restarted_node_takes_its_leases_back(postgres: Any) -> None:
 # --- membership -------------------------------------------------------------------------------
 
 
+async def test_the_orphan_scan_reads_active_leases_only(postgres: Any) -> None:
+    """With 20,000 passivated leases and one orphan, the orphan scan's plan reads the partial
+    index of active leases, not the table: a cluster holding most of its sessions passivated
+    scans only the few it runs (measured: 151.6 ms -> 0.54 ms per scan with 200,000)."""
+    s = store(postgres, node_id="n1")
+    try:
+        await s.node_info()
+        sql(postgres, "INSERT INTO {s}.leases SELECT 'p' || g, NULL, 1, false, now() FROM generate_series(1, 20000) g")
+        sql(postgres, "INSERT INTO {s}.leases VALUES ('orphan', 'gone', 3, true, now())")
+        sql(postgres, "ANALYZE {s}.leases")
+        assert [lease.session_id for lease in await s.orphans()] == ["orphan"]
+        [(definition,)] = sql(
+            postgres,
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'leases_active'",
+            postgres.schema,
+        )
+        assert definition.endswith("(updated_at, session_id) WHERE active")
+        plan = sql(
+            postgres,
+            "EXPLAIN SELECT l.session_id FROM {s}.leases l WHERE l.active AND (l.node_id IS NULL OR NOT EXISTS"
+            " (SELECT 1 FROM {s}.nodes n WHERE n.node_id = l.node_id)) ORDER BY l.updated_at, l.session_id LIMIT 256",
+        )
+        text = "\n".join(line for (line,) in plan)
+        assert "leases_active" in text, text
+        assert "Seq Scan on leases" not in text, text
+    finally:
+        await s.aclose()
+
+
 async def test_membership_helpers(postgres: Any) -> None:
     """live_nodes lists this cluster's live nodes; orphans lists active leases with no live
     holder; leave makes a node not live; set_address publishes; release_all lets go."""
