@@ -440,6 +440,27 @@ class PerRun(Generic[T]):
             await self._close_quietly(held.value)
 
 
+MAX_LINE_SIZE = 4 * 1024 * 1024
+"""The default ``max_line_size`` of the HTTP providers: characters of one streamed line
+(Ollama) or server-sent event (OpenAI-compatible), 4 MiB."""
+
+
+def check_line_size(value: object) -> None:
+    """Raise `InvalidOption` unless ``value`` is a usable ``max_line_size`` (an int >= 1)."""
+    check_number("max_line_size", value, integer=True, minimum=1)
+
+
+def line_too_long(provider: str, what: str, limit: int) -> ProviderProtocolError:
+    """The error for a streamed line (or event) longer than ``max_line_size``: what a
+    server sends is data, and one without an end would otherwise be buffered whole."""
+    return ProviderProtocolError(
+        provider,
+        f"{what} of the response is longer than max_line_size={limit} characters",
+        kind="protocol",
+        detail=f"{what} over {limit} characters",
+    )
+
+
 def check_positive(option: str, value: float | None, *, allow_none: bool = True) -> None:
     """Raise `InvalidOption` unless ``value`` is a positive number of seconds (or None
     when allowed); ``math.inf`` is accepted and means "no limit", as None does."""

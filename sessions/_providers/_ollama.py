@@ -43,15 +43,18 @@ from .._events import (
 from .._text import TextJoiner, clean_data, clean_text
 from ._base import ToolSpec
 from ._http_common import (
+    MAX_LINE_SIZE,
     FieldRules,
     PerRun,
     PriceTable,
     RetryPolicy,
+    check_line_size,
     check_positive,
     checked_usage,
     field_rules,
     fits,
     guarded_stream,
+    line_too_long,
     require_package,
     seconds_or_none,
     unavailable,
@@ -88,6 +91,9 @@ class Ollama:
       ``keep_alive``, ``think``: passed through.
     - ``max_concurrency``: requests in flight at once; ``retry``: a `RetryPolicy`;
       ``prices``: a `PriceTable` (a local model costs 0; usage is always reported).
+    - ``max_line_size``: the most characters one NDJSON line may hold (4 MiB); a longer
+      line (a server that never ends one) ends the call with `ProviderProtocolError`
+      instead of being buffered whole.
 
     Errors: every failure is a `ProviderError` (see ``docs/providers/ollama.md``).
 
@@ -113,6 +119,7 @@ class Ollama:
         max_concurrency: int = 4,
         retry: RetryPolicy | None = None,
         prices: PriceTable | None = None,
+        max_line_size: int = MAX_LINE_SIZE,
         name: str = "ollama",
     ) -> None:
         if not model or not isinstance(model, str):
@@ -120,6 +127,7 @@ class Ollama:
         check_positive("timeout", timeout)
         check_positive("connect_timeout", connect_timeout, allow_none=False)
         check_number("max_concurrency", max_concurrency, integer=True, minimum=1)
+        check_line_size(max_line_size)
         require_package(name, "ollama", "ollama")
         self.name = name
         self.model = model
@@ -136,6 +144,7 @@ class Ollama:
         self.max_concurrency = max_concurrency
         self.retry = retry if retry is not None else RetryPolicy()
         self.prices = prices if prices is not None else PriceTable()
+        self.max_line_size = max_line_size
         self._client: PerRun[httpx.AsyncClient] = PerRun(f"sessions.ollama.client.{id(self)}", self._new_client, _close)
         self._limiter: PerRun[trio.CapacityLimiter] = PerRun(
             f"sessions.ollama.limiter.{id(self)}", lambda: trio.CapacityLimiter(self.max_concurrency)
@@ -194,7 +203,7 @@ class Ollama:
             if response.is_error:
                 await response.aread()
                 response.raise_for_status()
-            lines = _Lines(response.encoding or "utf-8")
+            lines = _Lines(response.encoding or "utf-8", self.name, self.max_line_size)
             async with aclosing(cast("AsyncGenerator[bytes, None]", response.aiter_bytes())) as chunks:
                 ended = False
                 while not ended:
@@ -281,12 +290,16 @@ class _Lines:
     A line ends at LF (or CR): nothing else, so that a character such as U+2028 or U+0085
     inside a JSON string, which Ollama sends unescaped, stays in its line (httpx's
     ``aiter_lines`` would split there). Blank lines are skipped; undecodable bytes are
-    replaced, as ``aiter_text`` replaces them.
+    replaced, as ``aiter_text`` replaces them. A line longer than ``limit`` characters
+    (its end not counted), complete or not yet, raises `ProviderProtocolError`: a
+    server that never ends a line is not buffered without bound.
     """
 
-    def __init__(self, encoding: str) -> None:
+    def __init__(self, encoding: str, provider: str = "ollama", limit: int = MAX_LINE_SIZE) -> None:
         self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
         self._rest = ""
+        self._provider = provider
+        self._limit = limit
 
     def feed(self, chunk: bytes, *, end: bool = False) -> list[str]:
         """The lines that ``chunk`` completes (and the last one if ``end``)."""
@@ -295,9 +308,15 @@ class _Lines:
             text = text.replace("\r", "\n")
         if "\n" not in text and not end:
             self._rest += text
+            if len(self._rest) > self._limit:
+                raise line_too_long(self._provider, "a line", self._limit)
             return []
-        lines = (self._rest + text).split("\n")
+        whole = self._rest + text
+        lines = whole.split("\n")
         self._rest = "" if end else lines.pop()
+        # no line is longer than the text that holds them all: one comparison per chunk
+        if len(whole) > self._limit and (len(self._rest) > self._limit or any(len(x) > self._limit for x in lines)):
+            raise line_too_long(self._provider, "a line", self._limit)
         return [line for line in lines if line and not line.isspace()]
 
 

@@ -41,15 +41,18 @@ from .._events import (
 from .._text import TextJoiner, clean_data, clean_text
 from ._base import ToolSpec
 from ._http_common import (
+    MAX_LINE_SIZE,
     FieldRules,
     PerRun,
     PriceTable,
     RetryPolicy,
+    check_line_size,
     check_positive,
     checked_usage,
     field_rules,
     fits,
     guarded_stream,
+    line_too_long,
     require_package,
     seconds_or_none,
     unavailable,
@@ -89,6 +92,9 @@ class OpenAICompatible:
     - ``max_concurrency``, ``retry``, ``prices``: as for `Ollama`.
     - ``include_usage``: ask for the usage-only last chunk (turn off for servers that
       reject ``stream_options``; usage is then 0).
+    - ``max_line_size``: the most characters one server-sent event may hold (4 MiB); a
+      longer one (a server that never ends it) ends the call with `ProviderProtocolError`
+      instead of being buffered whole.
 
     Errors: every failure is a `ProviderError` (see ``docs/providers/openai.md``).
 
@@ -114,6 +120,7 @@ class OpenAICompatible:
         retry: RetryPolicy | None = None,
         prices: PriceTable | None = None,
         include_usage: bool = True,
+        max_line_size: int = MAX_LINE_SIZE,
         name: str = "openai",
     ) -> None:
         if not model or not isinstance(model, str):
@@ -121,6 +128,7 @@ class OpenAICompatible:
         check_positive("timeout", timeout)
         check_positive("connect_timeout", connect_timeout, allow_none=False)
         check_number("max_concurrency", max_concurrency, integer=True, minimum=1)
+        check_line_size(max_line_size)
         require_package(name, "openai", "openai")
         self.name = name
         self.model = model
@@ -134,6 +142,7 @@ class OpenAICompatible:
         self.retry = retry if retry is not None else RetryPolicy()
         self.prices = prices if prices is not None else PriceTable()
         self.include_usage = include_usage
+        self.max_line_size = max_line_size
         self._client: PerRun[openai.AsyncOpenAI] = PerRun(
             f"sessions.openai.client.{id(self)}", self._new_client, _close
         )
@@ -195,7 +204,7 @@ class OpenAICompatible:
         seen_events = 0
         async with client.chat.completions.with_streaming_response.create(**request) as response:
             body = response.http_response
-            framer = _SSEFramer(body.encoding or "utf-8")
+            framer = _SSEFramer(body.encoding or "utf-8", self.name, self.max_line_size)
             chunks = cast("AsyncGenerator[bytes, None]", body.aiter_bytes())
             async with aclosing(chunks):
                 ended = False
@@ -317,13 +326,19 @@ class _SSEFramer:
     follows ``[DONE]`` is read to the end (so that every generator below ends) and
     ignored. The body is decoded as it comes (``encoding``, undecodable bytes replaced);
     an event of one ``data:`` line, what servers send, is taken in one slice.
+
+    An event longer than ``limit`` characters (its lines and the line ends between them,
+    CRLF counted as one), complete or not yet, raises `ProviderProtocolError`: a server
+    that never ends an event is not buffered without bound.
     """
 
-    def __init__(self, encoding: str) -> None:
+    def __init__(self, encoding: str, provider: str = "openai", limit: int = MAX_LINE_SIZE) -> None:
         self._decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
         self._buffer = ""
         self._data: list[str] = []
         self.finished = False
+        self._provider = provider
+        self._limit = limit
 
     def feed(self, chunk: bytes, *, end: bool = False) -> list[str]:
         """The data of the events that ``chunk`` completes (all that is left if ``end``);
@@ -336,6 +351,8 @@ class _SSEFramer:
             held = buffer.endswith("\r") and not end  # maybe the first half of a CRLF
             buffer = buffer[:-1] if held else buffer
             buffer = buffer.replace("\r\n", "\n").replace("\r", "\n") + ("\r" if held else "")
+        if len(buffer) > self._limit:  # no event is longer than the text that holds them all
+            self._check_sizes(buffer)
         out: list[str] = []
         start = 0
         while (stop := buffer.find("\n\n", start)) >= 0 and self._block(buffer[start:stop], out):
@@ -345,6 +362,12 @@ class _SSEFramer:
             self._block(self._buffer, out)
             self._buffer = ""
         return out
+
+    def _check_sizes(self, buffer: str) -> None:
+        *complete, pending = buffer.split("\n\n")
+        # the line end that may close the event still pending is not part of it
+        if len(pending.rstrip("\r\n")) > self._limit or any(len(block) > self._limit for block in complete):
+            raise line_too_long(self._provider, "an event", self._limit)
 
     def _block(self, block: str, out: list[str]) -> bool:
         """One event's lines (a blank line ended them): its data, if any, goes to ``out``;
