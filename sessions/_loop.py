@@ -25,7 +25,8 @@ import functools
 import json
 import math
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+import types
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from decimal import Decimal
 from typing import Any, Literal
@@ -213,6 +214,25 @@ class AgentLoop:
                 ...
         """
         return self._connect(ctx)
+
+
+def _cancel_status() -> object:
+    """The current task's cancel status (trio's own, private): where `_unshielded_since`
+    stops. None if this trio has none (then every blocking wait gets its scope)."""
+    return getattr(trio.lowlevel.current_task(), "_cancel_status", None)
+
+
+def _unshielded_since(base: object) -> bool:
+    """Whether no cancel scope entered since the cancel status ``base`` (the model's own,
+    inside its ``__anext__``) is shielded: a cancel scope of the loop's may then go under
+    them, as the loop's scope around the whole wait would have reached the wait."""
+    status = _cancel_status()
+    while status is not base and status is not None:
+        scope = getattr(status, "_scope", None)
+        if scope is None or scope.shield:
+            return False
+        status = getattr(status, "parent", None)
+    return status is base
 
 
 def _working_directory(cwd: str | None) -> str:
@@ -505,18 +525,24 @@ class LoopSession:
                 model = options.get("model") or getattr(loop.model, "model", None)
                 stream = telemetry.traced_chat(stream, provider=loop.model.name, model=model)
             said, thought = TextJoiner(), TextJoiner()
+            base = _cancel_status()
             try:
                 while True:
-                    with trio.CancelScope() as scope:
-                        self._scope = scope
-                        if self._stop_requested():
-                            scope.cancel()
-                        try:
-                            step: ProviderEvent | None = await stream.__anext__()
-                        except StopAsyncIteration:
-                            step = None
-                    self._scope = None
-                    if scope.cancelled_caught or step is None:
+                    # No cancel scope per event (one costs more than the rest of a delta's
+                    # path here): the model's next event is asked for by hand, and only a
+                    # wait that blocks gets a scope that interrupt() cancels (`_wait`).
+                    if self._stop_requested():
+                        break
+                    waiting = stream.__anext__().__await__()
+                    try:
+                        trap = waiting.send(None)
+                    except StopIteration as got:
+                        step: ProviderEvent | None = got.value
+                    except StopAsyncIteration:
+                        step = None
+                    else:
+                        step = await self._wait(waiting, trap, base)
+                    if step is None:
                         break
                     # What a model sends is text to clean (see sessions._text), here at
                     # the loop's edge, whatever ModelProvider sent it.
@@ -638,6 +664,49 @@ class LoopSession:
                         f"the same failing call to {call.name!r} was made {failures[key]} times (max_failed_repeats)",
                     )
                     return
+
+    @types.coroutine
+    def _wait(self, waiting: Any, trap: Any, base: object) -> Generator[Any, Any, ProviderEvent | None]:
+        """The rest of a wait for the model's next event that blocked (``waiting`` yielded
+        ``trap`` to trio): each of its blocking steps goes to trio inside a cancel scope
+        that `interrupt` cancels, entered and left around that step alone, so scopes stay
+        nested as the model's code left them. Not where the model's code is shielded
+        (between ``base``, the loop's cancel status, and the wait): the scope would pierce
+        it. The event, or None at the stream's end or when interrupted."""
+        ours = False
+        while True:
+            scope = trio.CancelScope() if _unshielded_since(base) else None
+            if scope is not None:
+                scope.__enter__()
+                self._scope = scope
+                if self._stop_requested():
+                    scope.cancel()
+            thrown: BaseException | None = None
+            try:
+                value = yield trap
+            except GeneratorExit:
+                if scope is not None:
+                    self._scope = None
+                    scope.__exit__(None, None, None)
+                waiting.close()
+                raise
+            except BaseException as exc:  # noqa: BLE001 (what trio throws in goes to the model's code)
+                thrown, value = exc, None
+            if scope is not None:
+                self._scope = None
+                scope.__exit__(None, None, None)
+                ours = ours or scope.cancel_called
+            try:
+                trap = waiting.send(value) if thrown is None else waiting.throw(thrown)
+            except StopIteration as got:
+                event: ProviderEvent = got.value
+                return event
+            except StopAsyncIteration:
+                return None
+            except trio.Cancelled:
+                if ours and self._stop_requested():
+                    return None  # our scope's cancellation, come out of the model's code
+                raise
 
     async def _run_tools(self, calls: list[ToolCall], turn: int, denials: list[str]) -> _Batch:
         results: list[ToolResult | None] = [None] * len(calls)
