@@ -113,7 +113,7 @@ async def test_a_shielded_wait_of_the_model_is_not_cut_short(tmp_path: Path, aut
     assert 5.0 <= took < 6.0
 
 
-async def test_the_loop_runs_on_after_a_wait_and_a_later_turn_is_not_interrupted(
+async def test_a_wait_that_ends_by_itself_and_the_turn_after_an_interrupted_one_complete(
     tmp_path: Path, autojump_clock: Any
 ) -> None:
     async def wait() -> None:
@@ -123,8 +123,11 @@ async def test_the_loop_runs_on_after_a_wait_and_a_later_turn_is_not_interrupted
     loop = sessions.AgentLoop(model, tools=None)
     async with loop.connect(SessionContext("s1", cwd=str(tmp_path))) as conn:
         first = [e async for e in conn.run_turn(TurnRequest(1, "go", ()))]
-        assert first[-1].finish_reason is FinishReason.STOP
-        assert first[-1].text == "one two"
+        assert (first[-1].finish_reason, first[-1].text) == (FinishReason.STOP, "one two")
+        await conn.interrupt()  # between turns: the next turn starts afresh
+        second = [e async for e in conn.run_turn(TurnRequest(2, "again", ()))]
+        assert (second[-1].finish_reason, second[-1].text) == (FinishReason.STOP, "one two")
+    assert model.after == ["woke", "woke"]
 
 
 async def test_through_a_session_server_the_interrupt_does_not_wait_for_the_grace(
