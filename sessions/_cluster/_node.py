@@ -345,6 +345,13 @@ class ClusterNode:
         bound = await nursery.start(functools.partial(serve_node_app, app, host=self.host, port=self.port))
         self.address = self.advertise.rstrip("/") if self.advertise else bound
         await self.store.set_address(self.address)
+        # A node that starts runs nothing of the cluster's yet: the leases held under its id
+        # that its store does not claim are an earlier incarnation's (SIGKILLed and started
+        # again before another node took them). Released, the active ones are orphans again,
+        # for the scan (spread by rendezvous hashing), and a call activates any of them.
+        recovered = await self.store.release_stale()
+        if recovered:
+            _log.info("cluster_leases_recovered", node_id=self.node_id, sessions=len(recovered))
         self._state = "up"
         nursery.start_soon(self._watch_fence)
         nursery.start_soon(self._scan_orphans)

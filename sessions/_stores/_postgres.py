@@ -389,6 +389,14 @@ class _PgHandler(Handler):
                 (active, me),
             ).fetchall()
             return [row[0] for row in rows]
+        if job.op == "release_stale":
+            (kept,) = job.args
+            rows = conn.execute(
+                f"UPDATE {s}.leases SET node_id = NULL, updated_at = now()"
+                " WHERE node_id = %s AND NOT (session_id = ANY(%s)) RETURNING session_id",
+                (me, kept),
+            ).fetchall()
+            return sorted(row[0] for row in rows)
         if job.op == "node_info":
             row = conn.execute(
                 f"SELECT node_id, cluster, address, started_at, expires_at, state FROM {s}.nodes WHERE node_id = %s",
@@ -1091,6 +1099,23 @@ class PostgresStore:
         with self._epochs_lock:
             self._epochs.clear()
         result: list[str] = await self._worker.submit(Job("release_all", (active,)))
+        return result
+
+    async def release_stale(self) -> list[str]:
+        """Release the leases held under this node's id that this store object does not
+        claim (each lease keeps its ``active`` flag); returns their sessions, sorted.
+
+        They are an earlier incarnation's: a node SIGKILLed and started again under the
+        same ``node_id`` is the live holder of the leases it held before, so they are no
+        orphans, yet nothing runs them. Released, the active ones are orphans again.
+
+        Example::
+
+            recovered = await store.release_stale()   # at a node's start
+        """
+        with self._epochs_lock:
+            kept = sorted(self._epochs)
+        result: list[str] = await self._worker.submit(Job("release_stale", (kept,)))
         return result
 
 

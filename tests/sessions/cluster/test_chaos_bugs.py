@@ -62,13 +62,6 @@ async def test_a_store_opened_by_a_slow_process_opens(postgres: Any, monkeypatch
         await store.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG for cluster (CLUSTER_CONTRACT.md 2026-12-08): a node restarted under the same node_id is the live"
-    " holder of its earlier incarnation's leases, so they are no orphans, and a call routed there loops on 'its"
-    " previous server here is still letting go' instead of activating: the session is stuck (chaos soak seed"
-    " 781080246: s20 never answered again after c was SIGKILLed and restarted)",
-)
 async def test_a_node_restarted_under_its_id_serves_its_earlier_sessions(cluster: Any) -> None:
     """One node runs s1, is SIGKILLed and started again under the same id: the next call
     of s1 is served (turn 2), here or anywhere, instead of failing."""
