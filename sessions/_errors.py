@@ -21,7 +21,7 @@
     │   └── ResumeRejected        the provider does not know the session to resume
     ├── ToolError                 a tool failed; the loop sends .message to the model
     └── ClusterError              a call by name could not be placed in the cluster
-        ├── SessionElsewhere      subscribe/follow of a session that lives on another node; .node_id
+        ├── SessionElsewhere      a session that lives on another node (not raised by subscribe); .node_id
         └── ClusterUnavailable    no node could take the call in time; .session_id, .detail
 
 A failed *turn* is not an exception: `send_message` returns a `Result` with ``is_error``
@@ -355,16 +355,17 @@ class ClusterError(SessionError):
 
 @attrs.define(eq=False, repr=False, slots=False)
 class SessionElsewhere(ClusterError):
-    """`SessionServer.subscribe` (or ``follow``) of a session that lives on another node.
+    """A session that lives on another node (``node_id``, reachable at ``address``), for a
+    client function that works only where the session runs.
 
-    A subscription is a stream inside one OS process; subscribe on the node that owns
-    the session (``node_id``, reachable at ``address``), or use `SessionServer.history`
-    and `SessionServer.status`, which work from any node.
+    `ClusterNode` no longer raises it for `SessionServer.subscribe`, which streams the
+    owner's events to any node; it stays for code that catches it, and for such
+    functions.
 
     Example::
 
         try:
-            events = await SessionServer.subscribe("my_agent")
+            await SessionServer.send_message("my_agent", "hi")
         except sessions.SessionElsewhere as exc:
             print(f"{exc.session_id} lives on {exc.node_id} ({exc.address})")
     """

@@ -587,6 +587,12 @@ class SessionServer(otpy.GenServer):
         turn gets that turn's `TurnFinished` first. ``buffer`` overrides
         ``subscriber_buffer``.
 
+        By name inside a `ClusterNode`'s trio run, it works from any node: on a node that
+        does not own the session, the owner's events are streamed to this node over
+        HTTP, into a subscription with the same buffer and `EventsDropped`, that ends
+        when the session's server on the owner exits, the owner node is lost, or this
+        node stops (see docs/cluster.md).
+
         Example::
 
             async with await SessionServer.subscribe("agent") as events:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import math
 import signal
 import time
@@ -38,14 +39,15 @@ from .._errors import (
     ClusterUnavailable,
     InvalidOption,
     LeaseLost,
-    SessionElsewhere,
     SessionError,
     SessionInUse,
     StoreError,
 )
+from .._events import EventsDropped
 from .._server import SessionServer, SessionStatus, _Get, _Put, _Rewind, _Send, _Subscribe
 from .._stores._base import Record
 from .._stores._claims import SessionClaim
+from .._subscribers import SubscriberBuffer, Subscription
 from ._wire import NotHere, _Stop
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ _CLAIM_WAIT: Final = 0.5  # how long an activation waits for a claim held by a l
 _NODE_KEYS: Final = frozenset({"name", "session_id", "store"})
 _SHARDS: Final = 4  # DynamicSupervisors of sessions per node: activations run this many at a time
 _OWNERS_KEPT: Final = 100_000  # routed sessions whose owner a node remembers (then it forgets them all)
+_STREAM_READ: Final = 10.0  # a subscribe stream silent this long (its owner pings every second) is cut
 
 
 # --- the router that SessionServer's client functions call -------------------------------------
@@ -147,13 +150,14 @@ class ClusterNode:
     What works across nodes: `SessionServer.send_message`, ``session_id``, ``history``,
     ``last_result``, ``messages``, ``total_cost``, ``turn_count``, ``usage``, ``status``,
     ``get_session``, ``put_session``, ``rewind``, ``interrupt``, ``stop`` (which
-    passivates: the session stops and is not brought back until the next call).
-    ``subscribe`` is a stream inside one process: it works on the node that owns the
-    session (a session that lives nowhere is activated here first) and raises
-    `SessionElsewhere` naming the owner otherwise. ``follow`` follows the server
-    registered under the name in this process, across its restarts here; it ends after
-    its ``restart_timeout`` when the session is passivated, handed over, or lives on
-    another node (`subscribe` says where).
+    passivates: the session stops and is not brought back until the next call), and
+    ``subscribe``: on another node than the owner, the `Subscription` reads the owner's
+    events over one HTTP stream (a task of this node, ended by closing the subscription
+    or stopping the node), with the same buffer and `EventsDropped`; it ends when the
+    session's server on the owner exits (passivated, handed over, stopped) or the owner
+    node is lost. ``follow`` follows the server registered under the name in this
+    process, across its restarts here; it ends after its ``restart_timeout`` when the
+    session is passivated, handed over, or lives on another node.
 
     Ownership: a session runs on one node at a time, the holder of its lease in the
     store; every append carries the lease's epoch and the store refuses a stale one, so a
@@ -243,6 +247,7 @@ class ClusterNode:
         self._nursery: trio.Nursery | None = None
         self._leaving = False
         self._serving = 0  # HTTP calls in progress
+        self._streams: set[trio.CancelScope] = set()  # this node's subscriptions to other nodes' sessions
 
     def __repr__(self) -> str:
         return f"<ClusterNode {self.node_id} {self._state} at {self.address}>"
@@ -413,6 +418,8 @@ class ClusterNode:
         self._stopped.set()
 
     async def _close(self) -> None:
+        for scope in list(self._streams):  # their subscriptions end
+            scope.cancel()
         client, self._client = self._client, None
         if client is not None:
             with trio.move_on_after(1.0):
@@ -511,18 +518,22 @@ class ClusterNode:
                     if forwarded:
                         raise NotHere(f"owned by {owner}")
                     if isinstance(request, _Subscribe):
-                        raise SessionElsewhere(name, owner, self._addresses.get(owner))
-                    if len(self._owners) >= _OWNERS_KEPT:
-                        self._owners.clear()
-                    self._owners[name] = owner
-                    try:
-                        return await self._remote(owner, name, request, timeout)
-                    except NotHere as exc:
-                        self._owners.pop(name, None)
-                        why = f"node {owner}: {exc}"
-                    except otpy.ServerExited:
-                        self._owners.pop(name, None)
-                        raise
+                        try:
+                            return await self._subscribe_remote(owner, name, request)
+                        except NotHere as exc:
+                            why = f"node {owner}: {exc}"
+                    else:
+                        if len(self._owners) >= _OWNERS_KEPT:
+                            self._owners.clear()
+                        self._owners[name] = owner
+                        try:
+                            return await self._remote(owner, name, request, timeout)
+                        except NotHere as exc:
+                            self._owners.pop(name, None)
+                            why = f"node {owner}: {exc}"
+                        except otpy.ServerExited:
+                            self._owners.pop(name, None)
+                            raise
                 elif owner == self.node_id:
                     why = "its previous server here is still letting go"  # released in a moment
                 elif isinstance(request, _Stop):
@@ -533,6 +544,8 @@ class ClusterNode:
                     peer = await self._peer_for(name)
                     if peer is not None:
                         try:
+                            if isinstance(request, _Subscribe):
+                                return await self._subscribe_remote(peer, name, request)
                             return await self._remote(peer, name, request, timeout)
                         except NotHere as exc:
                             why = f"node {peer}: {exc}"
@@ -632,6 +645,85 @@ class ClusterNode:
         if response.status_code != 200:
             raise NotHere(f"HTTP {response.status_code}")
         return decode_reply(response.json(), name)
+
+    async def _subscribe_remote(self, node_id: str, name: str, request: _Subscribe) -> Subscription:
+        """Subscribe to ``name`` on ``node_id``: a task of this node reads the events it
+        streams into the returned subscription's buffer.
+
+        Raises:
+            NotHere: that node does not hold the session, or could not be reached (the
+                caller routes again).
+        """
+        address = await self._address(node_id)
+        nursery = self._nursery
+        if address is None or self._client is None or nursery is None:
+            raise NotHere(f"no address for node {node_id}")
+        subscription: Subscription = await nursery.start(self._pump, node_id, address, name, request.buffer)
+        return subscription
+
+    async def _pump(
+        self,
+        node_id: str,
+        address: str,
+        name: str,
+        buffer: int | None,
+        task_status: trio.TaskStatus[Subscription] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Read ``name``'s event stream from ``node_id`` into a local buffer, until the stream
+        ends (the session's server there exited), breaks (that node is lost, or silent for
+        ``_STREAM_READ`` s), the subscription is closed, or this node stops."""
+        import httpx
+
+        from ._wire import decode_error, decode_event
+
+        client = self._client
+        if client is None:
+            raise NotHere("this node has stopped")
+        scope = trio.CancelScope()
+        inner: _RemoteBuffer | None = None
+        params = {} if buffer is None else {"buffer": str(buffer)}
+        self._streams.add(scope)
+        try:
+            with scope:
+                async with client.stream(
+                    "GET",
+                    f"{address}/v1/subscribe/{_quote(name)}",
+                    params=params,
+                    timeout=httpx.Timeout(5.0, connect=1.0, read=_STREAM_READ),
+                ) as response:
+                    if response.status_code != 200:
+                        body = await response.aread()
+                        if response.status_code == 401:
+                            raise ClusterUnavailable(name, f"node {node_id} refused this node's token")
+                        if response.status_code == 422:
+                            raise decode_error(json.loads(body), name)
+                        raise NotHere(f"HTTP {response.status_code}")
+                    lines = response.aiter_lines()
+                    first = json.loads(await anext(lines))
+                    inner = _RemoteBuffer(int(first["subscribed"]), scope)
+                    task_status.started(Subscription(inner))
+                    async for line in lines:
+                        data = json.loads(line)
+                        if "ping" in data:
+                            continue
+                        event = decode_event(data)
+                        if isinstance(event, EventsDropped):  # lost on the owner's side: counted here
+                            inner.dropped += event.count
+                            inner.dropped_total += event.count
+                            inner.push_nothing()
+                        else:
+                            inner.push(event)
+        except Exception as exc:  # the stream broke: the subscription ends, like its server's exit
+            if inner is None:
+                if isinstance(exc, SessionError | otpy.CallError | NotHere):
+                    raise  # the caller's: a typed error, or route again
+                self._addresses.pop(node_id, None)
+                raise NotHere(f"subscribe failed: {type(exc).__name__}") from None
+            _log.info("cluster_subscription_cut", session_id=name, node_id=node_id, error=type(exc).__name__)
+        finally:
+            self._streams.discard(scope)
+            if inner is not None:
+                inner.close()
 
     # --- activation, passivation, handover, failover --------------------------------------------
 
@@ -831,6 +923,25 @@ class ClusterNode:
                     previous=lease.node_id,
                     epoch=lease.epoch,
                 )
+
+
+class _RemoteBuffer(SubscriberBuffer):
+    """The buffer of a subscription to another node's session: closing it also ends the
+    task that reads the stream (and so the stream on the owner)."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self, capacity: int, scope: trio.CancelScope) -> None:
+        super().__init__(capacity)
+        self.scope = scope
+
+    def close(self) -> None:
+        super().close()
+        self.scope.cancel()
+
+    def push_nothing(self) -> None:
+        """Wake the reader (to see the drops counted)."""
+        self._wake()
 
 
 def _quote(name: str) -> str:

@@ -5,7 +5,8 @@ Each request of `SessionServer`'s client API has one JSON form (``{"op": ...}``)
 reply is tagged with its type, so the calling node rebuilds the same value (a `Result`,
 a `Session`, a `SessionStatus`) and raises the same typed error the local call would
 have raised (`SessionBusy`, `BudgetExceeded`, `InvalidOption`, ``otpy.ServerExited``,
-``otpy.NoProcess``, ``otpy.CallTimeout``).
+``otpy.NoProcess``, ``otpy.CallTimeout``). A subscription's events have one JSON form
+each too (``{"event": ...}``, `encode_event`), one per line of the subscribe stream.
 """
 
 from __future__ import annotations
@@ -19,7 +20,27 @@ import attrs
 import otpy
 
 from .._errors import BudgetExceeded, ClusterUnavailable, InvalidOption, SessionBusy, SessionError
-from .._events import Result
+from .._events import (
+    EventsDropped,
+    FinishReason,
+    Message,
+    MessageAdded,
+    ModelCallFinished,
+    ProviderSessionId,
+    Result,
+    SessionEvent,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallFinished,
+    ToolCallRequested,
+    ToolResult,
+    TurnCompleted,
+    TurnFinished,
+    TurnSnapshot,
+    TurnStarted,
+    Usage,
+)
 from .._server import SessionStatus, _Get, _Interrupt, _Put, _Refused, _Rewind, _Send
 from .._session import Session
 
@@ -164,6 +185,92 @@ class _RemoteError(SessionError):
 
     def __str__(self) -> str:
         return self.message
+
+
+def encode_event(event: SessionEvent) -> dict[str, Any]:
+    """The JSON form of a session event (one line of a remote subscription's stream)."""
+    match event:
+        case TextDelta(text=text):
+            return {"event": "text_delta", "text": text}
+        case ThinkingDelta(text=text):
+            return {"event": "thinking_delta", "text": text}
+        case ToolCallRequested(call=call):
+            return {"event": "tool_call_requested", "call": call.to_dict()}
+        case ToolCallFinished(result=result):
+            return {"event": "tool_call_finished", "result": result.to_dict()}
+        case ModelCallFinished():
+            body = attrs.asdict(event, recurse=False)
+            body["usage"] = event.usage.to_dict()
+            return {"event": "model_call_finished", **body}
+        case MessageAdded(message=message):
+            return {"event": "message_added", "message": message.to_dict()}
+        case ProviderSessionId(id=provider_id):
+            return {"event": "provider_session_id", "id": provider_id}
+        case TurnCompleted():
+            body = attrs.asdict(event, recurse=False)
+            body.update(
+                finish_reason=str(event.finish_reason),
+                usage=event.usage.to_dict(),
+                permission_denials=list(event.permission_denials),
+                extra=_jsonable(event.extra),
+            )
+            return {"event": "turn_completed", **body}
+        case TurnStarted(session_id=sid, turn=turn, prompt=prompt):
+            return {"event": "turn_started", "session_id": sid, "turn": turn, "prompt": prompt}
+        case TurnFinished(result=result):
+            return {"event": "turn_finished", "result": result.to_dict()}
+        case TurnSnapshot(session_id=sid, turn=turn, prompt=prompt, text=text, messages=messages):
+            return {
+                "event": "turn_snapshot",
+                "session_id": sid,
+                "turn": turn,
+                "prompt": prompt,
+                "text": text,
+                "messages": [m.to_dict() for m in messages],
+            }
+        case EventsDropped(count=count):
+            return {"event": "events_dropped", "count": count}
+    raise TypeError(f"not a session event: {event!r}")
+
+
+def decode_event(data: dict[str, Any]) -> SessionEvent:
+    """The event that `encode_event` encoded (`ValueError`, `KeyError` or `TypeError` for anything else)."""
+    body = {key: value for key, value in data.items() if key != "event"}
+    match data.get("event"):
+        case "text_delta":
+            return TextDelta(str(data["text"]))
+        case "thinking_delta":
+            return ThinkingDelta(str(data["text"]))
+        case "tool_call_requested":
+            return ToolCallRequested(ToolCall.from_dict(data["call"]))
+        case "tool_call_finished":
+            return ToolCallFinished(ToolResult.from_dict(data["result"]))
+        case "model_call_finished":
+            body["usage"] = Usage.from_dict(body["usage"])
+            return ModelCallFinished(**body)
+        case "message_added":
+            return MessageAdded(Message.from_dict(data["message"]))
+        case "provider_session_id":
+            return ProviderSessionId(str(data["id"]))
+        case "turn_completed":
+            body.update(
+                finish_reason=FinishReason(body["finish_reason"]),
+                usage=Usage.from_dict(body["usage"]),
+                permission_denials=tuple(body["permission_denials"]),
+            )
+            return TurnCompleted(**body)
+        case "turn_started":
+            return TurnStarted(str(data["session_id"]), int(data["turn"]), str(data["prompt"]))
+        case "turn_finished":
+            return TurnFinished(Result.from_dict(data["result"]))
+        case "turn_snapshot":
+            messages = tuple(Message.from_dict(m) for m in data["messages"])
+            return TurnSnapshot(
+                str(data["session_id"]), int(data["turn"]), str(data["prompt"]), str(data["text"]), messages
+            )
+        case "events_dropped":
+            return EventsDropped(int(data["count"]))
+    raise ValueError(f"not a session event: {data!r}")
 
 
 def _jsonable(value: object) -> Any:

@@ -14,9 +14,11 @@ import sessions
 from sessions._cluster._wire import (
     _Stop,
     decode_error,
+    decode_event,
     decode_reply,
     decode_request,
     encode_error,
+    encode_event,
     encode_reply,
     encode_request,
 )
@@ -114,3 +116,46 @@ def test_a_node_checks_its_options() -> None:
         sessions.ClusterNode(object(), dict, token="x" * 16, advertise="10.0.0.5:8401")
     node = sessions.ClusterNode(object(), dict, token="x" * 16, idle_timeout=math.inf)
     assert node.idle_timeout == math.inf
+
+
+_MESSAGE = sessions.Message(
+    role="assistant",
+    content="done",
+    tool_calls=(sessions.ToolCall(id="c1", name="Read", arguments={"path": "a.txt"}),),
+)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        sessions.TextDelta("hel"),
+        sessions.ThinkingDelta("hmm"),
+        sessions.ToolCallRequested(sessions.ToolCall(id="c1", name="Read", arguments={"path": "a.txt"})),
+        sessions.ToolCallFinished(sessions.ToolResult(tool_call_id="c1", name="Read", content="text", is_error=True)),
+        sessions.ModelCallFinished("haiku", sessions.Usage(10, 5), stop_reason="end_turn", response_id="r1"),
+        sessions.MessageAdded(_MESSAGE),
+        sessions.ProviderSessionId("p-1"),
+        sessions.TurnCompleted(
+            text="done",
+            finish_reason=sessions.FinishReason.INTERRUPTED,
+            cost_usd=0.25,
+            usage=sessions.Usage(3, 4),
+            permission_denials=("Bash",),
+            extra={"k": [1, 2]},
+        ),
+        sessions.TurnStarted("s1", 3, "hi"),
+        sessions.TurnFinished(sessions.Result(text="done", session_id="s1", turn=3, cost_usd=0.01)),
+        sessions.TurnSnapshot("s1", 3, "hi", "do", (_MESSAGE,)),
+        sessions.EventsDropped(4),
+    ],
+    ids=lambda event: type(event).__name__,
+)
+def test_events_cross_the_wire_unchanged(event: sessions.SessionEvent) -> None:
+    assert decode_event(through(encode_event(event))) == event
+
+
+def test_an_unknown_event_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a session event"):
+        decode_event({"event": "nope"})
+    with pytest.raises(TypeError, match="not a session event"):
+        encode_event("not an event")  # type: ignore[arg-type]
