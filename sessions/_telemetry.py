@@ -380,12 +380,8 @@ class _Telemetry:
         self.operation_duration.record((end - start) / 1e9, metric)
         span.end(end_time=end)
 
-    def _reported_tool(
-        self, parent: Any, call: ToolCall, start: int, end: int, error: str | None, result: str | None
-    ) -> None:
-        """An ``execute_tool`` span for a tool call the provider ran itself."""
-        from opentelemetry.trace import Status, StatusCode
-
+    def _tool_attributes(self, call: ToolCall) -> dict[str, Any]:
+        """An ``execute_tool`` span's attributes (its arguments only with content capture on)."""
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "execute_tool",
             "gen_ai.tool.name": call.name,
@@ -394,8 +390,17 @@ class _Telemetry:
         }
         if self.capture_content:
             attributes["gen_ai.tool.call.arguments"] = json.dumps(call.arguments, default=str)
-            if result is not None:
-                attributes["gen_ai.tool.call.result"] = result
+        return attributes
+
+    def _reported_tool(
+        self, parent: Any, call: ToolCall, start: int, end: int, error: str | None, result: str | None
+    ) -> None:
+        """An ``execute_tool`` span for a tool call the provider ran itself."""
+        from opentelemetry.trace import Status, StatusCode
+
+        attributes = self._tool_attributes(call)
+        if self.capture_content and result is not None:
+            attributes["gen_ai.tool.call.result"] = result
         span = self.tracer.start_span(
             f"execute_tool {call.name}",
             context=parent,
@@ -414,14 +419,7 @@ class _Telemetry:
         """Run a tool inside its ``execute_tool {tool}`` span."""
         from opentelemetry.trace import Status, StatusCode
 
-        attributes: dict[str, Any] = {
-            "gen_ai.operation.name": "execute_tool",
-            "gen_ai.tool.name": call.name,
-            "gen_ai.tool.call.id": call.id,
-            "gen_ai.tool.type": "function",
-        }
-        if self.capture_content:
-            attributes["gen_ai.tool.call.arguments"] = json.dumps(call.arguments, default=str)
+        attributes = self._tool_attributes(call)
         with self.tracer.start_as_current_span(
             f"execute_tool {call.name}",
             kind=self.trace.SpanKind.INTERNAL,
